@@ -1,0 +1,40 @@
+# deit.c build. `make` builds ./deit with OpenMP and -march=native when the compiler accepts
+# them (NO_OMP=1 turns OpenMP off, NO_NATIVE=1 drops -march=native); `make test` runs the tests.
+# Never -ffast-math: it breaks erf/exp handling in GELU and the softmax.
+CC ?= cc
+CFLAGS ?= -O3 -Wall -Wextra
+LDLIBS = -lm
+
+probe = $(shell echo 'int main(void){return 0;}' | $(CC) $(1) -x c - -o /dev/null 2>/dev/null && echo yes)
+
+ifeq ($(NO_NATIVE),)
+  ifeq ($(call probe,-march=native),yes)
+    ARCH = -march=native
+  endif
+endif
+ifeq ($(NO_OMP),)
+  ifeq ($(call probe,-fopenmp),yes)
+    OMP = -fopenmp
+  endif
+endif
+FLAGS = $(CFLAGS) $(ARCH) $(OMP)
+
+.PHONY: all test debug asan clean check-torch
+all: deit
+
+deit: deit.c deit.h
+	@echo "deit: CC=$(CC) flags: $(FLAGS) $(if $(OMP),(OpenMP on),(OpenMP off)) $(if $(ARCH),(native),(generic))"
+	$(CC) $(FLAGS) deit.c $(LDLIBS) -o deit
+
+test_deit: test_deit.c deit.c deit.h
+	$(CC) $(FLAGS) test_deit.c $(LDLIBS) -o test_deit
+
+test: test_deit
+	./test_deit
+
+debug: deit.c deit.h
+	$(CC) -O0 -g -Wall -Wextra deit.c $(LDLIBS) -o deit
+	$(CC) -O0 -g -Wall -Wextra test_deit.c $(LDLIBS) -o test_deit
+
+clean:
+	rm -f deit test_deit test_deit_asan

@@ -1,0 +1,188 @@
+/*
+ * deit.h - the data structures of deit.c, with the shape of every tensor.
+ *
+ * deit.c is the whole program; this header only names what it is made of, so that a
+ * reader (and test_deit.c) can see the model's layout in one place. Shapes use
+ *   B batch, T tokens (1 class + 1 distillation + N patches), D dim, L depth,
+ *   NH heads, H mlp_hidden, C classes, K = in_chans * P * P (a flattened patch).
+ */
+#ifndef DEIT_H
+#define DEIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- file formats: 256 little-endian int32 header, then float32 tensors ---- */
+#define HEADER_INTS 256
+#define DEIT_MAGIC 20201223    /* student checkpoint: the day DeiT appeared */
+#define DEIT_VERSION 1
+#define TEACHER_MAGIC 20151210 /* teacher checkpoint: the day ResNet appeared */
+#define TEACHER_VERSION 1
+#define STATE_MAGIC 20170608   /* training state (optimizer, step, rng): "Attention is all you need" */
+#define STATE_VERSION 1
+
+/* ---- random numbers: xorshift64*, small state so it can be saved with the run ---- */
+typedef struct {
+    uint64_t state;
+} Rng;
+
+/* ---- the student: a vision transformer with class and distillation tokens ---- */
+typedef struct {
+    int img_size;    /* S: input images are S x S */
+    int patch_size;  /* P: patches are P x P, N = (S/P)^2 of them */
+    int in_chans;    /* 3 */
+    int num_classes; /* C */
+    int dim;         /* D: token width */
+    int depth;       /* L: number of transformer blocks */
+    int heads;       /* NH: attention heads, head_dim = D / NH */
+    int mlp_hidden;  /* H: hidden width of the MLP, 4 D */
+    int dist_token;  /* 1: DeiT with distillation token and head_dist; 0: plain ViT */
+} DeiTConfig;
+
+/* Parameters in checkpoint order. Linear weights are (out, in) as in PyTorch. When the model
+   has no distillation token, dist_token, head_dist_w and head_dist_b have size 0. */
+#define NUM_PARAM_TENSORS 23
+typedef struct {
+    float *patch_w;     /* (D, K)    patch embedding, a linear map of each flattened patch */
+    float *patch_b;     /* (D) */
+    float *cls_token;   /* (D)       the class token */
+    float *dist_token;  /* (D)       the distillation token (DeiT's addition) */
+    float *pos_embed;   /* (T, D)    learned position embedding, [cls, dist, patches] */
+    float *ln1_w;       /* (L, D)    LayerNorm before attention */
+    float *ln1_b;       /* (L, D) */
+    float *qkv_w;       /* (L, 3D, D) rows: q, then k, then v; each split into NH heads */
+    float *qkv_b;       /* (L, 3D) */
+    float *proj_w;      /* (L, D, D) attention output projection */
+    float *proj_b;      /* (L, D) */
+    float *ln2_w;       /* (L, D)    LayerNorm before the MLP */
+    float *ln2_b;       /* (L, D) */
+    float *fc1_w;       /* (L, H, D) */
+    float *fc1_b;       /* (L, H) */
+    float *fc2_w;       /* (L, D, H) */
+    float *fc2_b;       /* (L, D) */
+    float *lnf_w;       /* (D)       final LayerNorm */
+    float *lnf_b;       /* (D) */
+    float *head_w;      /* (C, D)    classifier on the class token */
+    float *head_b;      /* (C) */
+    float *head_dist_w; /* (C, D)    classifier on the distillation token */
+    float *head_dist_b; /* (C) */
+} ParameterTensors;
+
+/* Everything the forward pass keeps for the backward pass (per-layer tensors stacked on L).
+   The same struct holds the gradients of the activations during backward. */
+#define NUM_ACTIVATION_TENSORS 28
+typedef struct {
+    float *patches;     /* (B, N, K)      the image cut into flattened patches */
+    float *patch_emb;   /* (B, N, D)      patch embeddings */
+    float *x0;          /* (B, T, D)      tokens + position embedding: input of block 0 */
+    float *ln1;         /* (L, B, T, D) */
+    float *ln1_mean;    /* (L, B, T) */
+    float *ln1_rstd;    /* (L, B, T)      1 / sqrt(var + eps) */
+    float *qkv;         /* (L, B, T, 3D) */
+    float *att;         /* (L, B, NH, T, T) attention probabilities (softmax of the scores) */
+    float *atty;        /* (L, B, T, D)   attention output, heads concatenated */
+    float *attproj;     /* (L, B, T, D)   after the output projection */
+    float *resid1;      /* (L, B, T, D)   x + drop_path(attn(ln1(x))) */
+    float *ln2;         /* (L, B, T, D) */
+    float *ln2_mean;    /* (L, B, T) */
+    float *ln2_rstd;    /* (L, B, T) */
+    float *fc1;         /* (L, B, T, H)   MLP pre-activation */
+    float *gelu;        /* (L, B, T, H) */
+    float *fc2;         /* (L, B, T, D) */
+    float *resid2;      /* (L, B, T, D)   block output */
+    float *drop_scale;  /* (L, 2, B)      stochastic depth: 0 (dropped) or 1/keep, per sample */
+    float *lnf;         /* (B, T, D) */
+    float *lnf_mean;    /* (B, T) */
+    float *lnf_rstd;    /* (B, T) */
+    float *cls_out;     /* (B, D)         final class token */
+    float *dist_out;    /* (B, D)         final distillation token */
+    float *logits;      /* (B, C)         head(cls_out) */
+    float *logits_dist; /* (B, C)         head_dist(dist_out) */
+    float *logits_mean; /* (B, C)         inference output: mean of the two heads */
+    float *scratch;     /* (B, C)         loss targets built from labels or the teacher */
+} ActivationTensors;
+
+/* One parameter tensor as the optimizer and the checkpoint see it. */
+typedef struct {
+    const char *name;
+    size_t offset;  /* in floats, from the start of the parameter block */
+    size_t size;    /* in floats */
+    int decay;      /* weight decay applies (matrices yes; biases, norms, tokens, pos_embed no) */
+    int trainable;  /* 0 for BatchNorm running statistics */
+} TensorInfo;
+
+typedef struct {
+    DeiTConfig config;
+    int num_patches;  /* N */
+    int num_tokens;   /* T = 1 + dist_token + N */
+    float drop_path;  /* stochastic depth rate of the last block (training only) */
+    /* parameters and their gradients: one allocation each */
+    ParameterTensors params;
+    ParameterTensors grads;
+    TensorInfo tensors[NUM_PARAM_TENSORS];
+    float *params_memory;
+    float *grads_memory;
+    size_t num_params;
+    /* activations and their gradients, allocated at the first forward for batch_size */
+    ActivationTensors acts;
+    ActivationTensors grads_acts;
+    size_t act_sizes[NUM_ACTIVATION_TENSORS];
+    float *acts_memory;
+    float *grads_acts_memory;
+    size_t num_acts;
+    int batch_size;  /* largest B the activations hold */
+    Rng rng;         /* drop-path masks */
+} DeiT;
+
+/* ---- the teacher: a CIFAR ResNet (He et al. 2016) ---- */
+#define TEACHER_MAX_STAGES 8
+typedef struct {
+    int img_size, in_chans, num_classes;
+    int stages;                       /* S */
+    int blocks;                       /* B: basic blocks per stage */
+    int widths[TEACHER_MAX_STAGES];   /* channels of each stage */
+} TeacherConfig;
+
+/* A convolution without bias followed by BatchNorm. Tensors point into the teacher's block. */
+typedef struct {
+    int cin, cout, ksize, stride, pad;
+    int hin, win, hout, wout;         /* spatial sizes, fixed by the architecture */
+    float *w;                         /* (cout, cin, k, k) */
+    float *gamma, *beta;              /* (cout) */
+    float *running_mean, *running_var;/* (cout) */
+    /* activations (channel-major: (cout, B, hout, wout)) and their gradients */
+    float *col;                       /* (cin*k*k, B*hout*wout) im2col of the input */
+    float *conv, *bn;                 /* conv output, BatchNorm output */
+    float *bn_mean, *bn_rstd;         /* (cout) batch statistics */
+    float *dconv, *dbn;
+} ConvBN;
+
+typedef struct {
+    ConvBN conv1, conv2, shortcut;    /* shortcut.cout == 0 when it is the identity */
+    float *in;                        /* (cin, B, hin, win) block input (previous output) */
+    float *h1;                        /* relu(bn1(conv1(in))) */
+    float *out;                       /* relu(bn2(conv2(h1)) + shortcut(in)) */
+    float *dh1, *dout;
+} BasicBlock;
+
+typedef struct {
+    TeacherConfig config;
+    ConvBN stem;
+    BasicBlock *blocks;               /* stages * blocks of them, in order */
+    int num_blocks;
+    float *fc_w, *fc_b;               /* (C, W_last), (C) */
+    float *stem_out;                  /* relu(bn(stem(x))): (W0, B, S, S) */
+    float *input_cm;                  /* (in_chans, B, S, S): the input, channel-major */
+    float *pooled;                    /* (B, W_last) */
+    float *logits;                    /* (B, C) */
+    float *dstem_out, *dpooled, *dlogits;
+    float *params_memory, *grads_memory;
+    size_t num_params;
+    TensorInfo *tensors;
+    int num_tensors;
+    float *acts_memory;
+    size_t num_acts;
+    int batch_size;
+} Teacher;
+
+#endif /* DEIT_H */

@@ -1,0 +1,545 @@
+/*
+ * test_deit.c - tests for deit.c, with no dependencies:  make test
+ *
+ * Includes deit.c itself (its main() is left out with TESTING), so every static function is
+ * reachable. Each check prints one line; the program ends with "N passed, M failed" and exits
+ * non-zero when anything failed.
+ *
+ * Gradient checks compare each backward against central finite differences of a scalar
+ * probe loss  f = sum(out * R)  with R a fixed random tensor: df/dout = R goes into the
+ * backward, and the analytic gradient of every input must match (f(x+h) - f(x-h)) / 2h.
+ */
+#define TESTING
+#include "deit.c"
+
+static int tests_passed = 0, tests_failed = 0;
+
+static void check(int ok, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s ", ok ? "ok  " : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    if (ok) tests_passed++;
+    else tests_failed++;
+    fflush(stdout);
+}
+
+static Rng test_rng;
+
+static float *rand_tensor(size_t n, float scale) {
+    float *x = xmalloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) x[i] = scale * rng_normal(&test_rng);
+    return x;
+}
+
+static float *zeros(size_t n) { return xcalloc(n, sizeof(float)); }
+
+static double dot(const float *a, const float *b, size_t n) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+/* ---- finite-difference machinery -------------------------------------------------------- */
+typedef double (*ProbeFn)(void *ctx); /* runs a forward pass, returns the scalar probe loss */
+
+/* Compares analytic[i] with the central difference of f in x[i] on up to max_checks entries.
+   Error per entry: |a - n| / max(|a| + |n|, floor). Returns the largest error. */
+static double grad_error(float *x, const float *analytic, size_t n, ProbeFn f, void *ctx, float h,
+                         double floor, int max_checks) {
+    double worst = 0.0;
+    int checks = (size_t)max_checks < n ? max_checks : (int)n;
+    for (int c = 0; c < checks; c++) {
+        size_t i = (size_t)checks == n ? (size_t)c : (size_t)rng_int(&test_rng, (int)n);
+        float saved = x[i];
+        x[i] = saved + h;
+        double fp = f(ctx);
+        x[i] = saved - h;
+        double fm = f(ctx);
+        x[i] = saved;
+        double num = (fp - fm) / (2.0 * h);
+        double denom = fabs(analytic[i]) + fabs(num);
+        if (denom < floor) denom = floor;
+        double err = fabs(analytic[i] - num) / denom;
+        if (err > worst) worst = err;
+    }
+    return worst;
+}
+
+static void check_grad(const char *layer, const char *what, float *x, const float *analytic, size_t n,
+                       ProbeFn f, void *ctx, float h, double tol) {
+    double err = grad_error(x, analytic, n, f, ctx, h, 1e-2, 64);
+    check(err < tol, "gradcheck %-22s %-12s max rel err %.2e (tol %.0e)", layer, what, err, tol);
+}
+
+/* ---- 2. matmul: the fast routine against the reference, odd shapes and all transposes ---- */
+static void test_matmul(void) {
+    int shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {13, 37, 29}, {6, 32, 256}, {67, 131, 257}, {100, 300, 513}, {5, 4100, 9}};
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                float *A = rand_tensor((size_t)M * K, 1.0f), *B = rand_tensor((size_t)K * N, 1.0f);
+                float *C1 = rand_tensor((size_t)M * N, 1.0f), *C2 = xmalloc(sizeof(float) * M * N);
+                memcpy(C2, C1, sizeof(float) * M * N);
+                int a_rs = ta ? 1 : K, a_cs = ta ? M : 1, b_rs = tb ? 1 : N, b_cs = tb ? K : 1;
+                matmul(C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+                matmul_reference(C2, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+                double worst = 0.0;
+                for (size_t i = 0; i < (size_t)M * N; i++) {
+                    double e = fabs(C1[i] - C2[i]) / (1.0 + fabs(C2[i]));
+                    if (e > worst) worst = e;
+                }
+                check(worst < 1e-4 * sqrt((double)K), "matmul %4dx%4dx%4d transA=%d transB=%d vs reference: max err %.1e",
+                      M, N, K, ta, tb, worst);
+                free(A), free(B), free(C1), free(C2);
+            }
+    }
+}
+
+/* ---- 3. every layer of the transformer ----------------------------------------------------- */
+typedef struct {
+    int B, T, D, NH, K, N, C, S, P;
+    float *x, *w, *b, *out, *R, *aux1, *aux2, *aux3;
+} LayerCtx;
+
+static double probe_linear(void *p) {
+    LayerCtx *c = p;
+    linear_forward(c->out, c->x, c->w, c->b, c->B, c->K, c->N);
+    return dot(c->out, c->R, (size_t)c->B * c->N);
+}
+
+static void test_linear(void) {
+    LayerCtx c = {.B = 5, .K = 7, .N = 9};
+    c.x = rand_tensor(5 * 7, 1), c.w = rand_tensor(9 * 7, 1), c.b = rand_tensor(9, 1);
+    c.out = zeros(5 * 9), c.R = rand_tensor(5 * 9, 1);
+    float *dx = zeros(5 * 7), *dw = zeros(9 * 7), *db = zeros(9);
+    linear_backward(dx, dw, db, c.R, c.x, c.w, 5, 7, 9);
+    check_grad("linear", "dx", c.x, dx, 35, probe_linear, &c, 1e-2f, 1e-2);
+    check_grad("linear", "dW", c.w, dw, 63, probe_linear, &c, 1e-2f, 1e-2);
+    check_grad("linear", "db", c.b, db, 9, probe_linear, &c, 1e-2f, 1e-2);
+}
+
+static double probe_patch(void *p) {
+    LayerCtx *c = p;
+    patch_embed_forward(c->out, c->aux1, c->x, c->w, c->b, c->B, 3, c->S, c->P, c->D);
+    return dot(c->out, c->R, (size_t)c->B * c->N * c->D);
+}
+
+static void test_patch_embed(void) {
+    LayerCtx c = {.B = 2, .S = 8, .P = 4, .D = 5, .N = 4};
+    int K = 3 * 4 * 4;
+    c.x = rand_tensor(2 * 3 * 64, 1), c.w = rand_tensor((size_t)5 * K, 1), c.b = rand_tensor(5, 1);
+    c.aux1 = zeros((size_t)2 * 4 * K), c.out = zeros(2 * 4 * 5), c.R = rand_tensor(2 * 4 * 5, 1);
+    probe_patch(&c);
+    float *dw = zeros((size_t)5 * K), *db = zeros(5);
+    patch_embed_backward(dw, db, c.R, c.aux1, 2, 3, 8, 4, 5);
+    check_grad("patch_embed", "dW", c.w, dw, (size_t)5 * K, probe_patch, &c, 1e-2f, 1e-2);
+    check_grad("patch_embed", "db", c.b, db, 5, probe_patch, &c, 1e-2f, 1e-2);
+    /* the patch of (row 1, col 0), channel 2, pixel (dy 3, dx 1) sits at image (2, 4+3, 0+1) */
+    check(c.aux1[((size_t)0 * 4 + 2) * K + 2 * 16 + 3 * 4 + 1] == c.x[(2 * 8 + 7) * 8 + 1],
+          "patch_embed flattens patches row-major in (channel, row, col) order");
+}
+
+static double probe_tokens(void *p) {
+    LayerCtx *c = p;
+    tokens_forward(c->out, c->x, c->aux1, c->aux2, c->aux3, c->B, c->N, c->D, c->K);
+    return dot(c->out, c->R, (size_t)c->B * c->T * c->D);
+}
+
+static void test_tokens(int has_dist) {
+    LayerCtx c = {.B = 3, .N = 4, .D = 5, .K = has_dist};
+    c.T = 1 + has_dist + 4;
+    c.x = rand_tensor(3 * 4 * 5, 1), c.aux1 = rand_tensor(5, 1), c.aux2 = rand_tensor(5, 1);
+    c.aux3 = rand_tensor((size_t)c.T * 5, 1), c.out = zeros((size_t)3 * c.T * 5), c.R = rand_tensor((size_t)3 * c.T * 5, 1);
+    float *dpe = zeros(60), *dcls = zeros(5), *ddist = zeros(5), *dpos = zeros((size_t)c.T * 5);
+    tokens_backward(dpe, dcls, ddist, dpos, c.R, 3, 4, 5, has_dist);
+    const char *name = has_dist ? "tokens+pos (cls,dist)" : "tokens+pos (cls)";
+    check_grad(name, "dpatch_emb", c.x, dpe, 60, probe_tokens, &c, 1e-2f, 1e-2);
+    check_grad(name, "dcls", c.aux1, dcls, 5, probe_tokens, &c, 1e-2f, 1e-2);
+    if (has_dist) check_grad(name, "ddist", c.aux2, ddist, 5, probe_tokens, &c, 1e-2f, 1e-2);
+    check_grad(name, "dpos", c.aux3, dpos, (size_t)c.T * 5, probe_tokens, &c, 1e-2f, 1e-2);
+}
+
+static double probe_layernorm(void *p) {
+    LayerCtx *c = p;
+    layernorm_forward(c->out, c->aux1, c->aux2, c->x, c->w, c->b, c->B, c->D);
+    return dot(c->out, c->R, (size_t)c->B * c->D);
+}
+
+static void test_layernorm(void) {
+    LayerCtx c = {.B = 6, .D = 11};
+    c.x = rand_tensor(66, 2), c.w = rand_tensor(11, 1), c.b = rand_tensor(11, 1);
+    c.out = zeros(66), c.aux1 = zeros(6), c.aux2 = zeros(6), c.R = rand_tensor(66, 1);
+    probe_layernorm(&c);
+    float *dx = zeros(66), *dw = zeros(11), *db = zeros(11);
+    layernorm_backward(dx, dw, db, c.R, c.x, c.w, c.aux1, c.aux2, 6, 11);
+    check_grad("layernorm", "dx", c.x, dx, 66, probe_layernorm, &c, 1e-2f, 1e-2);
+    check_grad("layernorm", "dw", c.w, dw, 11, probe_layernorm, &c, 1e-2f, 1e-2);
+    check_grad("layernorm", "db", c.b, db, 11, probe_layernorm, &c, 1e-2f, 1e-2);
+    double m = 0, v = 0;
+    for (int i = 0; i < 11; i++) m += c.x[i];
+    m /= 11;
+    for (int i = 0; i < 11; i++) v += (c.x[i] - m) * (c.x[i] - m);
+    v /= 11;
+    check(fabs(c.aux1[0] - m) < 1e-5 && fabs(c.aux2[0] - 1 / sqrt(v + 1e-6)) < 1e-4,
+          "layernorm keeps the row's mean (%.5f) and 1/sqrt(var + eps) (%.5f)", m, 1 / sqrt(v + 1e-6));
+}
+
+static double probe_attention(void *p) {
+    LayerCtx *c = p;
+    attention_forward(c->out, c->aux1, c->x, c->B, c->T, c->D, c->NH);
+    return dot(c->out, c->R, (size_t)c->B * c->T * c->D);
+}
+
+static void test_attention(void) {
+    LayerCtx c = {.B = 2, .T = 5, .D = 6, .NH = 2};
+    size_t nqkv = 2 * 5 * 18, nout = 2 * 5 * 6;
+    c.x = rand_tensor(nqkv, 1), c.out = zeros(nout), c.aux1 = zeros(2 * 2 * 5 * 5), c.R = rand_tensor(nout, 1);
+    probe_attention(&c);
+    float *dqkv = zeros(nqkv);
+    attention_backward(dqkv, c.R, c.x, c.aux1, 2, 5, 6, 2);
+    check_grad("attention", "dqkv", c.x, dqkv, nqkv, probe_attention, &c, 1e-2f, 1e-2);
+    double worst = 0;
+    for (int r = 0; r < 2 * 2 * 5; r++) {
+        double s = 0;
+        for (int t = 0; t < 5; t++) s += c.aux1[r * 5 + t];
+        if (fabs(s - 1) > worst) worst = fabs(s - 1);
+    }
+    check(worst < 1e-5, "attention rows are probabilities (max |sum - 1| = %.1e)", worst);
+    /* against a direct computation of one output: image 1, head 1, token 3, component 2 */
+    int b = 1, h = 1, t = 3, i = 2, hd = 3;
+    double sc[5], mx = -1e30, sum = 0, o = 0;
+    for (int t2 = 0; t2 < 5; t2++) {
+        sc[t2] = 0;
+        for (int j = 0; j < hd; j++)
+            sc[t2] += (double)c.x[(b * 5 + t) * 18 + h * hd + j] * c.x[(b * 5 + t2) * 18 + 6 + h * hd + j];
+        sc[t2] /= sqrt(hd);
+        if (sc[t2] > mx) mx = sc[t2];
+    }
+    for (int t2 = 0; t2 < 5; t2++) sum += exp(sc[t2] - mx);
+    for (int t2 = 0; t2 < 5; t2++) o += exp(sc[t2] - mx) / sum * c.x[(b * 5 + t2) * 18 + 12 + h * hd + i];
+    check(fabs(o - c.out[(b * 5 + t) * 6 + h * hd + i]) < 1e-5, "attention output equals softmax(q k^T / sqrt(hd)) v");
+}
+
+static double probe_gelu(void *p) {
+    LayerCtx *c = p;
+    gelu_forward(c->out, c->x, (size_t)c->N);
+    return dot(c->out, c->R, (size_t)c->N);
+}
+
+static void test_gelu(void) {
+    LayerCtx c = {.N = 50};
+    c.x = rand_tensor(50, 2), c.out = zeros(50), c.R = rand_tensor(50, 1);
+    float *dx = zeros(50);
+    gelu_backward(dx, c.R, c.x, 50);
+    check_grad("gelu", "dx", c.x, dx, 50, probe_gelu, &c, 1e-2f, 1e-2);
+    float x = 1.0f, y;
+    gelu_forward(&y, &x, 1);
+    check(fabsf(y - 0.8413447f) < 1e-6f, "gelu(1) = Phi(1) = 0.841345 (exact erf form): %.7f", y);
+}
+
+static double probe_residual(void *p) {
+    LayerCtx *c = p;
+    residual_forward(c->out, c->x, c->aux1, c->aux2, c->B, (size_t)c->N);
+    return dot(c->out, c->R, (size_t)c->B * c->N);
+}
+
+static void test_residual_drop_path(void) {
+    LayerCtx c = {.B = 4, .N = 6};
+    float mask[4] = {0.0f, 1.25f, 1.25f, 0.0f}; /* a fixed drop-path mask with keep prob 0.8 */
+    c.x = rand_tensor(24, 1), c.aux1 = rand_tensor(24, 1), c.aux2 = mask, c.out = zeros(24), c.R = rand_tensor(24, 1);
+    float *dx = zeros(24), *dbr = zeros(24);
+    residual_backward(dx, dbr, c.R, mask, 4, 6);
+    check_grad("residual+drop_path", "dx", c.x, dx, 24, probe_residual, &c, 1e-2f, 1e-2);
+    check_grad("residual+drop_path", "dbranch", c.aux1, dbr, 24, probe_residual, &c, 1e-2f, 1e-2);
+    float s[20000];
+    Rng r;
+    rng_seed(&r, 5);
+    drop_path_sample(s, 0.2f, 20000, &r);
+    double mean = 0;
+    int dropped = 0;
+    for (int i = 0; i < 20000; i++) {
+        mean += s[i];
+        dropped += s[i] == 0.0f;
+    }
+    check(fabs(mean / 20000 - 1) < 0.02 && abs(dropped - 4000) < 250,
+          "drop_path keeps the expectation (mean scale %.3f) and drops ~20%% (%d of 20000)", mean / 20000, dropped);
+}
+
+/* ---- 4. losses --------------------------------------------------------------------------- */
+typedef struct {
+    int B, C, type;
+    float *logits, *logits2, *targets, *teacher, alpha, tau;
+} LossCtx;
+
+static double probe_loss(void *p) {
+    LossCtx *c = p;
+    float scratch[64];
+    return deit_loss(NULL, NULL, scratch, c->logits, c->logits2, c->targets, c->teacher, c->type, c->alpha, c->tau,
+                     c->B, c->C).total;
+}
+
+static void test_losses(void) {
+    int B = 4, C = 5;
+    int labels[4] = {0, 3, 4, 1};
+    float *targets = zeros(20);
+    /* cross-entropy on known input: uniform logits give ln C */
+    float *flat = zeros(20);
+    smooth_targets(targets, labels, 0.0f, B, C);
+    check(fabs(cross_entropy_forward(flat, targets, B, C) - log(5.0)) < 1e-12, "cross-entropy of equal logits is ln C");
+    /* a known value: logits (2, 0, 0, 0, 0), label 0, smoothing 0.1 */
+    float l1[5] = {2, 0, 0, 0, 0}, t1[5];
+    int lab0 = 0;
+    smooth_targets(t1, &lab0, 0.1f, 1, 5);
+    double lse = log(exp(2.0) + 4.0), expect = -(0.92 * (2.0 - lse) + 4 * 0.02 * (0.0 - lse));
+    check(fabs(cross_entropy_forward(l1, t1, 1, 5) - expect) < 1e-5, "label-smoothed cross-entropy known value %.5f", expect);
+
+    const char *names[] = {"CE one-hot", "CE smoothing 0.1", "CE soft targets", "distill soft tau=1",
+                           "distill soft tau=3", "distill hard", "hard, no dist token"};
+    for (int k = 0; k < 7; k++) {
+        LossCtx c = {.B = B, .C = C, .alpha = 0.3f, .tau = k == 4 ? 3.0f : 1.0f};
+        c.logits = rand_tensor(20, 2), c.logits2 = rand_tensor(20, 2), c.teacher = rand_tensor(20, 3);
+        c.targets = targets;
+        if (k == 0) smooth_targets(targets, labels, 0.0f, B, C);
+        if (k == 1 || k >= 3) smooth_targets(targets, labels, 0.1f, B, C);
+        if (k == 2) /* a mixup-style soft target: 0.7 of one label, 0.3 of another */
+            for (int b = 0; b < B; b++)
+                for (int cc = 0; cc < C; cc++) targets[b * C + cc] = 0.7f * (cc == labels[b]) + 0.3f * (cc == (labels[b] + 2) % C);
+        c.type = k <= 2 ? DISTILL_NONE : (k <= 4 ? DISTILL_SOFT : DISTILL_HARD);
+        if (k == 6) c.logits2 = NULL;
+        float *dl = zeros(20), *dl2 = zeros(20), scratch[64];
+        deit_loss(dl, c.logits2 ? dl2 : NULL, scratch, c.logits, c.logits2, c.targets, c.teacher, c.type, c.alpha,
+                  c.tau, B, C);
+        check_grad(names[k], "dlogits", c.logits, dl, 20, probe_loss, &c, 2e-3f, 2e-3);
+        if (c.logits2) check_grad(names[k], "dlogits_dist", c.logits2, dl2, 20, probe_loss, &c, 2e-3f, 2e-3);
+    }
+    /* soft distillation against the same logits is zero; hard matches CE on the teacher argmax */
+    float *s = rand_tensor(20, 1);
+    check(fabs(distill_soft_forward(s, s, 2.0f, B, C)) < 1e-12, "soft distillation of a model with itself is 0");
+    float *same = zeros(20), scratch[64];
+    smooth_targets(targets, labels, 0.0f, B, C);
+    for (int i = 0; i < 20; i++) same[i] = 10.0f * targets[i]; /* a teacher that predicts the labels */
+    LossParts lp = deit_loss(NULL, NULL, scratch, s, s, targets, same, DISTILL_HARD, 0.5f, 1.0f, B, C);
+    check(fabs(lp.distill - lp.base) < 1e-6 && fabs(lp.total - lp.base) < 1e-6,
+          "hard distillation from a teacher that is always right equals the base loss");
+    /* one row by hand: KL(t || s) tau^2 / (B C) */
+    float st[2] = {1.0f, 0.0f}, te[2] = {0.0f, 1.0f};
+    double ps0 = 1 / (1 + exp(-1.0)), kl = ps0 * log(ps0 / (1 - ps0)) + (1 - ps0) * log((1 - ps0) / ps0);
+    check(fabs(distill_soft_forward(st, te, 1.0f, 1, 2) - kl / 2) < 1e-6, "soft distillation known value %.5f", kl / 2);
+}
+
+/* ---- 5. the whole model -------------------------------------------------------------------- */
+static DeiTConfig tiny_config(int dist) {
+    DeiTConfig c = {.img_size = 8, .patch_size = 4, .in_chans = 3, .num_classes = 5, .dim = 8, .depth = 2,
+                    .heads = 2, .mlp_hidden = 16, .dist_token = dist};
+    return c;
+}
+
+typedef struct {
+    DeiT *m;
+    float *images, *targets, *teacher;
+    int B, type;
+} ModelCtx;
+
+static double probe_model(void *p) {
+    ModelCtx *c = p;
+    deit_forward(c->m, c->images, c->B, 0);
+    float scratch[256];
+    int dist = c->m->config.dist_token;
+    return deit_loss(NULL, NULL, scratch, c->m->acts.logits, dist ? c->m->acts.logits_dist : NULL, c->targets,
+                     c->teacher, c->type, 0.5f, 2.0f, c->B, c->m->config.num_classes).total;
+}
+
+static void test_model_gradients(int dist, DistillType type) {
+    DeiTConfig cfg = tiny_config(dist);
+    DeiT m;
+    deit_build(&m, &cfg);
+    deit_init(&m, 42);
+    /* larger random values than the 0.02 init so every path carries a visible gradient */
+    for (size_t i = 0; i < m.num_params; i++) m.params_memory[i] += 0.3f * rng_normal(&test_rng);
+    int B = 3, labels[3] = {1, 4, 0};
+    ModelCtx c = {.m = &m, .B = B, .type = type};
+    c.images = rand_tensor((size_t)B * 3 * 64, 1), c.targets = zeros(B * 5), c.teacher = rand_tensor(B * 5, 2);
+    smooth_targets(c.targets, labels, 0.1f, B, 5);
+    deit_forward(&m, c.images, B, 0);
+    deit_zero_grad(&m);
+    deit_loss_backward_start(&m, c.targets, c.teacher, type, 0.5f, 2.0f, B);
+    deit_backward(&m, c.images, B);
+    char name[64];
+    snprintf(name, sizeof(name), "model dist=%d %s", dist, distill_names[type]);
+    double worst = 0;
+    const char *worst_name = "";
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const TensorInfo *ti = &m.tensors[t];
+        if (ti->size == 0) continue;
+        double e = grad_error(m.params_memory + ti->offset, m.grads_memory + ti->offset, ti->size, probe_model, &c,
+                              1e-2f, 1e-2, 12);
+        if (e > worst) worst = e, worst_name = ti->name;
+    }
+    check(worst < 2e-2, "gradcheck %-22s all %d tensors, worst %s rel err %.2e", name, NUM_PARAM_TENSORS - (dist ? 0 : 3),
+          worst_name, worst);
+    /* the distillation head gets no gradient without distillation */
+    if (dist && type == DISTILL_NONE) {
+        double s = 0;
+        for (size_t i = 0; i < m.tensors[21].size; i++) s += fabs(m.grads.head_dist_w[i]);
+        check(s == 0.0, "with --distill none the distillation head receives no gradient");
+    }
+    deit_free(&m);
+}
+
+static void test_model_behaviour(void) {
+    /* init: logits near zero, loss near ln(num_classes) */
+    DeiTConfig cfg = tiny_config(1);
+    cfg.num_classes = 10;
+    DeiT m;
+    deit_build(&m, &cfg);
+    deit_init(&m, 7);
+    int B = 8, labels[8];
+    float *images = rand_tensor((size_t)B * 3 * 64, 1), *targets = zeros(B * 10);
+    for (int b = 0; b < B; b++) labels[b] = b % 10;
+    smooth_targets(targets, labels, 0.0f, B, 10);
+    deit_forward(&m, images, B, 0);
+    float loss0 = (float)cross_entropy_forward(m.acts.logits, targets, B, 10);
+    check(fabsf(loss0 - logf(10.0f)) < 0.05f, "loss at init %.4f is close to ln(10) = %.4f", loss0, logf(10.0f));
+    double mean_diff = 0;
+    for (int i = 0; i < B * 10; i++)
+        mean_diff += fabs(m.acts.logits_mean[i] - 0.5f * (m.acts.logits[i] + m.acts.logits_dist[i]));
+    check(mean_diff < 1e-6, "inference output is the mean of the two heads' logits");
+    /* same seed, same init */
+    DeiT m2;
+    deit_build(&m2, &cfg);
+    deit_init(&m2, 7);
+    check(!memcmp(m.params_memory, m2.params_memory, sizeof(float) * m.num_params), "init is reproducible from the seed");
+    double s2 = 0;
+    for (size_t i = 0; i < m.tensors[7].size; i++) s2 += (double)m.params.qkv_w[i] * m.params.qkv_w[i];
+    double std = sqrt(s2 / m.tensors[7].size);
+    check(fabs(std - 0.02) < 0.002 && m.params.ln1_w[0] == 1.0f && m.params.qkv_b[0] == 0.0f,
+          "init: linear weights std %.4f (0.02), LayerNorm weight 1, biases 0", std);
+    deit_free(&m2);
+    /* overfit one batch with AdamW, drop path on */
+    m.drop_path = 0.1f;
+    Optimizer opt;
+    optimizer_init(&opt, OPT_ADAMW, m.num_params, 0.0f, 0, 0);
+    float loss = 0;
+    for (int step = 0; step < 300; step++) {
+        deit_forward(&m, images, B, 1);
+        deit_zero_grad(&m);
+        loss = (float)deit_loss_backward_start(&m, targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B).total;
+        deit_backward(&m, images, B);
+        optimizer_step(&opt, m.params_memory, m.grads_memory, m.tensors, NUM_PARAM_TENSORS, 3e-3f);
+    }
+    deit_forward(&m, images, B, 0);
+    int correct = 0;
+    for (int b = 0; b < B; b++) {
+        int best = 0;
+        for (int c = 1; c < 10; c++) if (m.acts.logits[b * 10 + c] > m.acts.logits[b * 10 + best]) best = c;
+        correct += best == labels[b];
+    }
+    check(loss < 0.05f && correct == B, "a tiny model overfits one batch: loss %.4f after 300 steps, %d/%d right", loss, correct, B);
+    optimizer_free(&opt);
+    deit_free(&m);
+}
+
+/* ---- checkpoint: round trip and rejection of bad files ----------------------------------- */
+static void write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) die("%s: cannot write", path);
+    fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+static unsigned char *read_bytes(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    rewind(f);
+    unsigned char *d = xmalloc(*n);
+    if (fread(d, 1, *n, f) != *n) *n = 0;
+    fclose(f);
+    return d;
+}
+
+static void test_checkpoint(void) {
+    const char *path = "test_ckpt.bin";
+    for (int dist = 0; dist <= 1; dist++) {
+        DeiTConfig cfg = tiny_config(dist);
+        DeiT m, m2;
+        deit_build(&m, &cfg);
+        deit_init(&m, 3);
+        check(deit_save(&m, path) == 0, "checkpoint written (dist=%d)", dist);
+        size_t n;
+        unsigned char *bytes = read_bytes(path, &n);
+        int32_t h[HEADER_INTS];
+        memcpy(h, bytes, sizeof(h));
+        check(n == 1024 + 4 * m.num_params && h[0] == 20201223 && h[1] == 1 && h[6] == 8 && h[10] == dist && h[11] == 0,
+              "checkpoint layout: 1024-byte header (magic, version, sizes) + 4 x %zu parameter bytes", m.num_params);
+        /* the tensor order of the format: patch_w first, then patch_b, cls_token, ... head last */
+        check(!memcmp(bytes + 1024, m.params.patch_w, 4) && !memcmp(bytes + 1024 + 4 * m.tensors[2].offset, m.params.cls_token, 4) &&
+                  !memcmp(bytes + n - 4 * (dist ? 5 : 5), m.params_memory + m.num_params - 5, 20),
+              "checkpoint tensors in the documented order");
+        check(deit_load(&m2, path) == 0 && m2.num_params == m.num_params &&
+                  !memcmp(m.params_memory, m2.params_memory, sizeof(float) * m.num_params) &&
+                  !memcmp(&m.config, &m2.config, sizeof(DeiTConfig)),
+              "checkpoint round trip is bit-exact (dist=%d)", dist);
+        deit_free(&m2);
+        /* corruptions */
+        const char *bad = "test_ckpt_bad.bin";
+        write_bytes(bad, bytes, n - 4);
+        check(deit_load(&m2, bad) != 0, "truncated checkpoint rejected");
+        write_bytes(bad, bytes, 100);
+        check(deit_load(&m2, bad) != 0, "checkpoint shorter than its header rejected");
+        unsigned char *copy = xmalloc(n + 4);
+        memcpy(copy, bytes, n);
+        memset(copy + n, 0, 4);
+        write_bytes(bad, copy, n + 4);
+        check(deit_load(&m2, bad) != 0, "checkpoint with trailing bytes rejected");
+        int32_t v;
+        v = 12345, memcpy(copy, &v, 4), write_bytes(bad, copy, n);
+        check(deit_load(&m2, bad) != 0, "wrong magic rejected");
+        memcpy(copy, bytes, n), v = 2, memcpy(copy + 4, &v, 4), write_bytes(bad, copy, n);
+        check(deit_load(&m2, bad) != 0, "wrong version rejected");
+        memcpy(copy, bytes, n), v = 7, memcpy(copy + 4 * 8, &v, 4), write_bytes(bad, copy, n);
+        check(deit_load(&m2, bad) != 0, "dim not divisible by heads rejected");
+        memcpy(copy, bytes, n), v = 16, memcpy(copy + 4 * 6, &v, 4), write_bytes(bad, copy, n);
+        check(deit_load(&m2, bad) != 0, "header shape that does not match the file length rejected");
+        memcpy(copy, bytes, n), v = -5, memcpy(copy + 4 * 7, &v, 4), write_bytes(bad, copy, n);
+        check(deit_load(&m2, bad) != 0, "negative depth rejected");
+        memcpy(copy, bytes, n), v = 0x7fc00000, memcpy(copy + 1024 + 40, &v, 4), write_bytes(bad, copy, n);
+        check(deit_load(&m2, bad) != 0, "NaN parameter rejected");
+        check(deit_load(&m2, "no_such_file.bin") != 0, "missing checkpoint rejected");
+        remove(bad);
+        free(copy);
+        free(bytes);
+        deit_free(&m);
+    }
+    remove(path);
+}
+
+/* ============================================================================================ */
+int main(void) {
+    rng_seed(&test_rng, 1234);
+    printf("== matmul ==\n");
+    test_matmul();
+    printf("== layers of the transformer ==\n");
+    test_patch_embed();
+    test_tokens(1);
+    test_tokens(0);
+    test_layernorm();
+    test_linear();
+    test_attention();
+    test_gelu();
+    test_residual_drop_path();
+    printf("== losses ==\n");
+    test_losses();
+    printf("== the whole model ==\n");
+    for (int dist = 0; dist <= 1; dist++)
+        for (int type = 0; type <= 2; type++) test_model_gradients(dist, (DistillType)type);
+    test_model_behaviour();
+    test_checkpoint();
+    printf("%d passed, %d failed\n", tests_passed, tests_failed);
+    return tests_failed ? 1 : 0;
+}
