@@ -47,12 +47,10 @@
 #include <omp.h>
 #define OMP(...) _Pragma(#__VA_ARGS__)
 static int num_threads(void) { return omp_get_max_threads(); }
-static int thread_id(void) { return omp_get_thread_num(); }
 static void set_threads(int n) { if (n > 0) omp_set_num_threads(n); }
 #else
 #define OMP(...)
 static int num_threads(void) { return 1; }
-static int thread_id(void) { return 0; }
 static void set_threads(int n) { (void)n; }
 #endif
 
@@ -1170,13 +1168,12 @@ static void optimizer_init(Optimizer *o, OptType type, size_t n, float weight_de
     o->momentum = momentum;
     o->nesterov = nesterov;
     o->n = n;
-    o->m = xcalloc(n, sizeof(float));
-    o->v = xcalloc(n, sizeof(float));
+    o->m = xcalloc(2 * n, sizeof(float)); /* m and v in one block: the state file writes it whole */
+    o->v = o->m + n;
 }
 
 static void optimizer_free(Optimizer *o) {
     free(o->m);
-    free(o->v);
     o->m = o->v = NULL;
 }
 
@@ -1230,27 +1227,1684 @@ static float lr_at(long step, long total_steps, long warmup_steps, float lr, flo
 }
 
 /* ============================================================================================
- * 10. The command line  (sections 7-9 follow in later commits)
+ * 7. The teacher: a CIFAR ResNet (He et al. 2016, Sec. 4.2)
+ *
+ * The paper's best teachers are convnets: their inductive bias is what the distillation token
+ * passes on to the transformer. Here: a 3x3 stem conv + BN + ReLU, S stages of B basic blocks
+ * (stride 2 at the first block of stages 2..S), global average pooling, a linear classifier.
+ * All activations are channel-major (C, B, H, W).
+ * ========================================================================================== */
+
+typedef struct {
+    const char *name;
+    int blocks, widths[3];
+} ResNetPreset;
+static const ResNetPreset resnet_presets[] = {
+    {"resnet8", 1, {16, 32, 64}},   {"resnet20", 3, {16, 32, 64}},
+    {"resnet56", 9, {16, 32, 64}},  {"resnet20w4", 3, {64, 128, 256}},
+};
+
+static int teacher_preset(TeacherConfig *c, const char *name) {
+    for (size_t i = 0; i < sizeof(resnet_presets) / sizeof(resnet_presets[0]); i++)
+        if (!strcmp(name, resnet_presets[i].name)) {
+            memset(c, 0, sizeof(*c));
+            c->img_size = 32;
+            c->in_chans = 3;
+            c->num_classes = 10;
+            c->stages = 3;
+            c->blocks = resnet_presets[i].blocks;
+            for (int s = 0; s < 3; s++) c->widths[s] = resnet_presets[i].widths[s];
+            return 0;
+        }
+    return -1;
+}
+
+static int teacher_config_check(const TeacherConfig *c, const char *what) {
+    if (c->img_size < 1 || c->img_size > 4096) return report("%s: img_size %d out of range [1, 4096]", what, c->img_size);
+    if (c->in_chans < 1 || c->in_chans > 64) return report("%s: in_chans %d out of range [1, 64]", what, c->in_chans);
+    if (c->num_classes < 2 || c->num_classes > 100000) return report("%s: num_classes %d out of range [2, 100000]", what, c->num_classes);
+    if (c->stages < 1 || c->stages > TEACHER_MAX_STAGES) return report("%s: stages %d out of range [1, %d]", what, c->stages, TEACHER_MAX_STAGES);
+    if (c->blocks < 1 || c->blocks > 200) return report("%s: blocks per stage %d out of range [1, 200]", what, c->blocks);
+    for (int s = 0; s < c->stages; s++)
+        if (c->widths[s] < 1 || c->widths[s] > 4096) return report("%s: width of stage %d is %d, out of range [1, 4096]", what, s + 1, c->widths[s]);
+    return 0;
+}
+
+/* ---- 7.1 Convolution via im2col: out = W (cout, cin*k*k) x col (cin*k*k, B*hout*wout) ------ */
+static void im2col(float *col, const float *in, int B, int cin, int hin, int win, int k, int stride, int pad,
+                   int hout, int wout) {
+    size_t NP = (size_t)B * hout * wout;
+    OMP(omp parallel for schedule(static))
+    for (int row = 0; row < cin * k * k; row++) {
+        int c = row / (k * k), ky = (row / k) % k, kx = row % k;
+        float *dst = col + (size_t)row * NP;
+        for (int b = 0; b < B; b++)
+            for (int oy = 0; oy < hout; oy++) {
+                int iy = oy * stride - pad + ky;
+                const float *src = in + (((size_t)c * B + b) * hin + iy) * win;
+                for (int ox = 0; ox < wout; ox++) {
+                    int ix = ox * stride - pad + kx;
+                    *dst++ = (iy >= 0 && iy < hin && ix >= 0 && ix < win) ? src[ix] : 0.0f;
+                }
+            }
+    }
+}
+
+/* The adjoint of im2col: every col entry flows back to the input pixel it was copied from.
+   Each thread owns one input channel, so the += never races. */
+static void col2im(float *din, const float *dcol, int B, int cin, int hin, int win, int k, int stride, int pad,
+                   int hout, int wout) {
+    size_t NP = (size_t)B * hout * wout;
+    OMP(omp parallel for schedule(static))
+    for (int c = 0; c < cin; c++)
+        for (int ky = 0; ky < k; ky++)
+            for (int kx = 0; kx < k; kx++) {
+                const float *src = dcol + ((size_t)(c * k + ky) * k + kx) * NP;
+                for (int b = 0; b < B; b++)
+                    for (int oy = 0; oy < hout; oy++) {
+                        int iy = oy * stride - pad + ky;
+                        if (iy < 0 || iy >= hin) { src += wout; continue; }
+                        float *dst = din + (((size_t)c * B + b) * hin + iy) * win;
+                        for (int ox = 0; ox < wout; ox++, src++) {
+                            int ix = ox * stride - pad + kx;
+                            if (ix >= 0 && ix < win) dst[ix] += *src;
+                        }
+                    }
+            }
+}
+
+static void conv_forward(float *out, float *col, const float *in, const float *w, const ConvBN *l, int B) {
+    size_t NP = (size_t)B * l->hout * l->wout;
+    int K = l->cin * l->ksize * l->ksize;
+    im2col(col, in, B, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
+    memset(out, 0, sizeof(float) * l->cout * NP);
+    matmul(out, (int)NP, w, K, 1, col, (int)NP, 1, l->cout, (int)NP, K);
+}
+
+/* out = W col  =>  dW = dout col^T,  dcol = W^T dout,  din = col2im(dcol) */
+static void conv_backward(float *din, float *dw, float *col, float *dcol, const float *dout, const float *in,
+                          const float *w, const ConvBN *l, int B) {
+    size_t NP = (size_t)B * l->hout * l->wout;
+    int K = l->cin * l->ksize * l->ksize;
+    im2col(col, in, B, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
+    matmul(dw, K, dout, (int)NP, 1, col, 1, (int)NP, l->cout, K, (int)NP);
+    if (din) {
+        memset(dcol, 0, sizeof(float) * K * NP);
+        matmul(dcol, (int)NP, w, 1, K, dout, (int)NP, 1, K, (int)NP, l->cout);
+        col2im(din, dcol, B, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
+    }
+}
+
+/* ---- 7.2 BatchNorm (Ioffe & Szegedy 2015), per channel over its n = B*h*w numbers -----------
+   training: y = (x - mean) * rstd * gamma + beta with the batch's mean and biased variance;
+             running = 0.9 running + 0.1 batch (the unbiased variance for running_var)
+   eval:     the running statistics instead of the batch's                                     */
+#define BN_EPS 1e-5f
+#define BN_MOMENTUM 0.1f
+static void batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean, float *running_var,
+                              const float *inp, const float *gamma, const float *beta, int C, size_t n, int train) {
+    OMP(omp parallel for schedule(static))
+    for (int c = 0; c < C; c++) {
+        const float *x = inp + (size_t)c * n;
+        float m, s;
+        if (train) {
+            double sum = 0.0, sq = 0.0;
+            for (size_t i = 0; i < n; i++) sum += x[i];
+            double mu = sum / n;
+            for (size_t i = 0; i < n; i++) sq += (x[i] - mu) * (x[i] - mu);
+            double var = sq / n;
+            m = (float)mu;
+            s = (float)(1.0 / sqrt(var + BN_EPS));
+            mean[c] = m;
+            rstd[c] = s;
+            running_mean[c] = (1 - BN_MOMENTUM) * running_mean[c] + BN_MOMENTUM * m;
+            running_var[c] = (1 - BN_MOMENTUM) * running_var[c] + BN_MOMENTUM * (float)(n > 1 ? sq / (n - 1) : var);
+        } else {
+            m = running_mean[c];
+            s = 1.0f / sqrtf(running_var[c] + BN_EPS);
+        }
+        float *y = out + (size_t)c * n;
+        float g = gamma[c] * s, b = beta[c] - m * gamma[c] * s;
+        for (size_t i = 0; i < n; i++) y[i] = x[i] * g + b;
+    }
+}
+
+/* Training-mode backward, the same algebra as LayerNorm's but per channel:
+     dx = rstd * (g - mean(g) - xhat * mean(g xhat)),  g = dy * gamma
+     dgamma = sum dy * xhat,  dbeta = sum dy                                                    */
+static void batchnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
+                               const float *gamma, const float *mean, const float *rstd, int C, size_t n) {
+    OMP(omp parallel for schedule(static))
+    for (int c = 0; c < C; c++) {
+        const float *x = inp + (size_t)c * n, *dy = dout + (size_t)c * n;
+        float m = mean[c], s = rstd[c];
+        double sum_dy = 0.0, sum_dy_xhat = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            sum_dy += dy[i];
+            sum_dy_xhat += dy[i] * (x[i] - m) * s;
+        }
+        dgamma[c] += (float)sum_dy_xhat;
+        dbeta[c] += (float)sum_dy;
+        float g_mean = (float)(sum_dy / n) * gamma[c], gx_mean = (float)(sum_dy_xhat / n) * gamma[c];
+        float *dx = dinp + (size_t)c * n;
+        for (size_t i = 0; i < n; i++) dx[i] += s * (dy[i] * gamma[c] - g_mean - (x[i] - m) * s * gx_mean);
+    }
+}
+
+/* ---- 7.3 ReLU (in place) and global average pooling ------------------------------------- */
+static void relu_forward(float *x, size_t n) {
+    OMP(omp parallel for schedule(static))
+    for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+/* y = max(x, 0) => dx = dy where y > 0 (done in place on dy, given the output y) */
+static void relu_backward(float *dx, const float *y, size_t n) {
+    OMP(omp parallel for schedule(static))
+    for (size_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dx[i] : 0.0f;
+}
+
+/* pooled[b][c] = mean over the hw pixels of channel c of image b  (input channel-major) */
+static void avgpool_forward(float *pooled, const float *in, int B, int C, int hw) {
+    for (int c = 0; c < C; c++)
+        for (int b = 0; b < B; b++) {
+            const float *x = in + ((size_t)c * B + b) * hw;
+            float s = 0.0f;
+            for (int i = 0; i < hw; i++) s += x[i];
+            pooled[(size_t)b * C + c] = s / hw;
+        }
+}
+
+static void avgpool_backward(float *din, const float *dpooled, int B, int C, int hw) {
+    for (int c = 0; c < C; c++)
+        for (int b = 0; b < B; b++) {
+            float g = dpooled[(size_t)b * C + c] / hw;
+            float *dx = din + ((size_t)c * B + b) * hw;
+            for (int i = 0; i < hw; i++) dx[i] += g;
+        }
+}
+
+/* ---- 7.4 Conv + BN as one unit, and the basic block ------------------------------------- */
+static void convbn_forward(Teacher *t, ConvBN *l, const float *in, int B, int train) {
+    size_t n = (size_t)B * l->hout * l->wout;
+    conv_forward(l->conv, t->col, in, l->w, l, B);
+    batchnorm_forward(l->out, l->bn_mean, l->bn_rstd, l->running_mean, l->running_var, l->conv, l->gamma, l->beta,
+                      l->cout, n, train);
+}
+
+/* From l->dout back to the parameters' gradients and to din (+=). Uses t->dconv as scratch. */
+static void convbn_backward(Teacher *t, ConvBN *l, float *din, const float *in, int B) {
+    size_t n = (size_t)B * l->hout * l->wout;
+    memset(t->dconv, 0, sizeof(float) * l->cout * n);
+    batchnorm_backward(t->dconv, l->dgamma, l->dbeta, l->dout, l->conv, l->gamma, l->bn_mean, l->bn_rstd, l->cout, n);
+    conv_backward(din, l->dw, t->col, t->dcol, t->dconv, in, l->w, l, B);
+}
+
+static void block_forward(Teacher *t, BasicBlock *k, const float *in, int B, int train) {
+    size_t n_out = (size_t)k->conv2.cout * B * k->conv2.hout * k->conv2.wout;
+    convbn_forward(t, &k->conv1, in, B, train);
+    relu_forward(k->conv1.out, (size_t)k->conv1.cout * B * k->conv1.hout * k->conv1.wout);
+    convbn_forward(t, &k->conv2, k->conv1.out, B, train);
+    const float *sc = in;
+    if (k->has_shortcut) {
+        convbn_forward(t, &k->shortcut, in, B, train);
+        sc = k->shortcut.out;
+    }
+    for (size_t i = 0; i < n_out; i++) k->conv2.out[i] += sc[i];
+    relu_forward(k->conv2.out, n_out);
+}
+
+/* Given conv2.dout (gradient of the block output), adds the gradient of the input to din. */
+static void block_backward(Teacher *t, BasicBlock *k, float *din, const float *in, int B) {
+    size_t n_out = (size_t)k->conv2.cout * B * k->conv2.hout * k->conv2.wout;
+    relu_backward(k->conv2.dout, k->conv2.out, n_out);
+    if (k->has_shortcut) {
+        memcpy(k->shortcut.dout, k->conv2.dout, sizeof(float) * n_out);
+        convbn_backward(t, &k->shortcut, din, in, B);
+    } else {
+        for (size_t i = 0; i < n_out; i++) din[i] += k->conv2.dout[i];
+    }
+    convbn_backward(t, &k->conv2, k->conv1.dout, k->conv1.out, B);
+    relu_backward(k->conv1.dout, k->conv1.out, (size_t)k->conv1.cout * B * k->conv1.hout * k->conv1.wout);
+    convbn_backward(t, &k->conv1, din, in, B);
+}
+
+/* ---- 7.5 The teacher model: layout, init, forward, backward, checkpoint ------------------ */
+
+/* Walk the architecture once, in checkpoint order, either counting (t == NULL fields) or
+   pointing: add_convbn() appends w, gamma, beta, running_mean, running_var to the table. */
+static void add_tensor(Teacher *t, const char *name, size_t size, int decay, int trainable) {
+    TensorInfo *ti = &t->tensors[t->num_tensors++];
+    ti->name = name;
+    ti->offset = t->num_params;
+    ti->size = size;
+    ti->decay = decay;
+    ti->trainable = trainable;
+    t->num_params += size;
+}
+
+static void add_convbn(Teacher *t, ConvBN *l, int cin, int cout, int k, int stride, int hin, int win) {
+    l->cin = cin, l->cout = cout, l->ksize = k, l->stride = stride, l->pad = k / 2;
+    l->hin = hin, l->win = win;
+    l->hout = (hin + 2 * l->pad - k) / stride + 1;
+    l->wout = (win + 2 * l->pad - k) / stride + 1;
+    add_tensor(t, "conv_w", (size_t)cout * cin * k * k, 1, 1);
+    add_tensor(t, "bn_gamma", cout, 0, 1);
+    add_tensor(t, "bn_beta", cout, 0, 1);
+    add_tensor(t, "bn_running_mean", cout, 0, 0);
+    add_tensor(t, "bn_running_var", cout, 0, 0);
+}
+
+static void point_convbn(Teacher *t, ConvBN *l, int *ti) {
+    float **p[5] = {&l->w, &l->gamma, &l->beta, &l->running_mean, &l->running_var};
+    float **g[5] = {&l->dw, &l->dgamma, &l->dbeta, NULL, NULL};
+    for (int i = 0; i < 5; i++, (*ti)++) {
+        *p[i] = t->params_memory + t->tensors[*ti].offset;
+        if (g[i]) *g[i] = t->grads_memory + t->tensors[*ti].offset;
+    }
+}
+
+static void teacher_build(Teacher *t, const TeacherConfig *cfg) {
+    memset(t, 0, sizeof(*t));
+    t->config = *cfg;
+    int S = cfg->stages, NB = cfg->blocks;
+    t->num_blocks = S * NB;
+    t->blocks = xcalloc(t->num_blocks, sizeof(BasicBlock));
+    t->tensors = xcalloc((size_t)5 * (1 + 3 * t->num_blocks) + 2, sizeof(TensorInfo));
+    int h = cfg->img_size, w = cfg->img_size, cin = cfg->widths[0];
+    add_convbn(t, &t->stem, cfg->in_chans, cfg->widths[0], 3, 1, h, w);
+    for (int s = 0; s < S; s++)
+        for (int b = 0; b < NB; b++) {
+            BasicBlock *k = &t->blocks[s * NB + b];
+            int stride = (s > 0 && b == 0) ? 2 : 1, cout = cfg->widths[s];
+            add_convbn(t, &k->conv1, cin, cout, 3, stride, h, w);
+            add_convbn(t, &k->conv2, cout, cout, 3, 1, k->conv1.hout, k->conv1.wout);
+            k->has_shortcut = (stride != 1 || cin != cout);
+            if (k->has_shortcut) add_convbn(t, &k->shortcut, cin, cout, 1, stride, h, w);
+            h = k->conv1.hout, w = k->conv1.wout, cin = cout;
+        }
+    add_tensor(t, "fc_w", (size_t)cfg->num_classes * cin, 1, 1);
+    add_tensor(t, "fc_b", cfg->num_classes, 0, 1);
+    t->params_memory = xcalloc(t->num_params, sizeof(float));
+    t->grads_memory = xcalloc(t->num_params, sizeof(float));
+    int ti = 0;
+    point_convbn(t, &t->stem, &ti);
+    for (int i = 0; i < t->num_blocks; i++) {
+        point_convbn(t, &t->blocks[i].conv1, &ti);
+        point_convbn(t, &t->blocks[i].conv2, &ti);
+        if (t->blocks[i].has_shortcut) point_convbn(t, &t->blocks[i].shortcut, &ti);
+    }
+    t->fc_w = t->params_memory + t->tensors[ti].offset, t->dfc_w = t->grads_memory + t->tensors[ti].offset, ti++;
+    t->fc_b = t->params_memory + t->tensors[ti].offset, t->dfc_b = t->grads_memory + t->tensors[ti].offset, ti++;
+}
+
+static void teacher_free(Teacher *t) {
+    free(t->blocks);
+    free(t->tensors);
+    free(t->params_memory);
+    free(t->grads_memory);
+    free(t->acts_memory);
+    memset(t, 0, sizeof(*t));
+}
+
+static int teacher_last_width(const Teacher *t) { return t->config.widths[t->config.stages - 1]; }
+
+/* All conv+BN units in forward order (stem, then each block's conv1, conv2, shortcut);
+   list must hold 1 + 3 * num_blocks pointers. Returns how many. */
+static int teacher_convs(Teacher *t, ConvBN **list) {
+    int n = 0;
+    list[n++] = &t->stem;
+    for (int i = 0; i < t->num_blocks; i++) {
+        list[n++] = &t->blocks[i].conv1;
+        list[n++] = &t->blocks[i].conv2;
+        if (t->blocks[i].has_shortcut) list[n++] = &t->blocks[i].shortcut;
+    }
+    return n;
+}
+
+/* Init as torchvision's ResNet: convs Kaiming normal (fan_out, ReLU gain), BN weight 1 bias 0,
+   running mean 0 / var 1; the classifier PyTorch's default uniform(+-1/sqrt(fan_in)). */
+static void teacher_init(Teacher *t, uint64_t seed) {
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (int i = 0; i < t->num_tensors; i++) {
+        const TensorInfo *ti = &t->tensors[i];
+        float *p = t->params_memory + ti->offset;
+        for (size_t j = 0; j < ti->size; j++) p[j] = 0.0f;
+        if (!strcmp(ti->name, "bn_gamma") || !strcmp(ti->name, "bn_running_var"))
+            for (size_t j = 0; j < ti->size; j++) p[j] = 1.0f;
+    }
+    /* convs: std = sqrt(2 / (cout * k * k)) */
+    ConvBN **all = xmalloc(sizeof(ConvBN *) * (1 + 3 * (size_t)t->num_blocks));
+    int n = teacher_convs(t, all);
+    for (int i = 0; i < n; i++) {
+        ConvBN *l = all[i];
+        float std = sqrtf(2.0f / (float)(l->cout * l->ksize * l->ksize));
+        size_t size = (size_t)l->cout * l->cin * l->ksize * l->ksize;
+        for (size_t j = 0; j < size; j++) l->w[j] = std * rng_normal(&rng);
+    }
+    free(all);
+    int C = t->config.num_classes, W = teacher_last_width(t);
+    float bound = 1.0f / sqrtf((float)W);
+    for (int j = 0; j < C * W; j++) t->fc_w[j] = bound * (2.0f * rng_uniform(&rng) - 1.0f);
+    for (int j = 0; j < C; j++) t->fc_b[j] = bound * (2.0f * rng_uniform(&rng) - 1.0f);
+}
+
+static void teacher_alloc_activations(Teacher *t, int B) {
+    if (t->acts_memory && B <= t->batch_size) return;
+    free(t->acts_memory);
+    const TeacherConfig *c = &t->config;
+    size_t total = 0, max_col = 0, max_out = 0;
+    ConvBN **all = xmalloc(sizeof(ConvBN *) * (1 + 3 * (size_t)t->num_blocks));
+    int n = teacher_convs(t, all);
+    for (int pass = 0; pass < 2; pass++) { /* pass 0 counts, pass 1 points */
+        size_t off = 0;
+        float *base = pass ? t->acts_memory : NULL;
+#define TAKE(ptr, count) do { if (pass) (ptr) = base + off; off += (count); } while (0)
+        TAKE(t->input, (size_t)c->in_chans * B * c->img_size * c->img_size);
+        for (int i = 0; i < n; i++) {
+            ConvBN *l = all[i];
+            size_t np = (size_t)B * l->hout * l->wout;
+            TAKE(l->conv, l->cout * np);
+            TAKE(l->out, l->cout * np);
+            TAKE(l->dout, l->cout * np);
+            TAKE(l->bn_mean, l->cout);
+            TAKE(l->bn_rstd, l->cout);
+            size_t col = (size_t)l->cin * l->ksize * l->ksize * np;
+            if (col > max_col) max_col = col;
+            if (l->cout * np > max_out) max_out = l->cout * np;
+        }
+        TAKE(t->pooled, (size_t)B * teacher_last_width(t));
+        TAKE(t->dpooled, (size_t)B * teacher_last_width(t));
+        TAKE(t->logits, (size_t)B * c->num_classes);
+        TAKE(t->dlogits, (size_t)B * c->num_classes);
+        TAKE(t->col, max_col);
+        TAKE(t->dcol, max_col);
+        TAKE(t->dconv, max_out);
+#undef TAKE
+        if (!pass) {
+            total = off;
+            t->acts_memory = xcalloc(total, sizeof(float));
+            t->num_acts = total;
+        }
+    }
+    free(all);
+    t->batch_size = B;
+}
+
+/* images (B, in_chans, S, S) -> logits (B, C). train = 1: BatchNorm uses batch statistics. */
+static void teacher_forward(Teacher *t, const float *images, int B, int train) {
+    teacher_alloc_activations(t, B);
+    const TeacherConfig *c = &t->config;
+    int S = c->img_size, hw = S * S;
+    for (int b = 0; b < B; b++) /* (B, C, H, W) -> (C, B, H, W) */
+        for (int ch = 0; ch < c->in_chans; ch++)
+            memcpy(t->input + ((size_t)ch * B + b) * hw, images + ((size_t)b * c->in_chans + ch) * hw, sizeof(float) * hw);
+    convbn_forward(t, &t->stem, t->input, B, train);
+    relu_forward(t->stem.out, (size_t)t->stem.cout * B * hw);
+    const float *x = t->stem.out;
+    for (int i = 0; i < t->num_blocks; i++) {
+        block_forward(t, &t->blocks[i], x, B, train);
+        x = t->blocks[i].conv2.out;
+    }
+    ConvBN *last = &t->blocks[t->num_blocks - 1].conv2;
+    avgpool_forward(t->pooled, x, B, last->cout, last->hout * last->wout);
+    linear_forward(t->logits, t->pooled, t->fc_w, t->fc_b, B, last->cout, c->num_classes);
+}
+
+static void teacher_zero_grad(Teacher *t) {
+    memset(t->grads_memory, 0, sizeof(float) * t->num_params);
+    for (int i = 0; i < t->num_blocks; i++) { /* only the gradients that accumulate need zeroing */
+        BasicBlock *k = &t->blocks[i];
+        memset(k->conv1.dout, 0, sizeof(float) * k->conv1.cout * t->batch_size * k->conv1.hout * k->conv1.wout);
+        memset(k->conv2.dout, 0, sizeof(float) * k->conv2.cout * t->batch_size * k->conv2.hout * k->conv2.wout);
+    }
+    memset(t->stem.dout, 0, sizeof(float) * t->stem.cout * t->batch_size * t->stem.hout * t->stem.wout);
+    memset(t->dpooled, 0, sizeof(float) * t->batch_size * teacher_last_width(t));
+    memset(t->dlogits, 0, sizeof(float) * t->batch_size * t->config.num_classes);
+}
+
+/* From t->dlogits (set by the loss) back to all parameter gradients (training mode). */
+static void teacher_backward(Teacher *t, int B) {
+    const TeacherConfig *c = &t->config;
+    ConvBN *last = &t->blocks[t->num_blocks - 1].conv2;
+    linear_backward(t->dpooled, t->dfc_w, t->dfc_b, t->dlogits, t->pooled, t->fc_w, B, last->cout, c->num_classes);
+    avgpool_backward(last->dout, t->dpooled, B, last->cout, last->hout * last->wout);
+    for (int i = t->num_blocks - 1; i >= 0; i--) {
+        const float *in = i == 0 ? t->stem.out : t->blocks[i - 1].conv2.out;
+        float *din = i == 0 ? t->stem.dout : t->blocks[i - 1].conv2.dout;
+        block_backward(t, &t->blocks[i], din, in, B);
+    }
+    relu_backward(t->stem.dout, t->stem.out, (size_t)t->stem.cout * B * t->stem.hout * t->stem.wout);
+    convbn_backward(t, &t->stem, NULL, t->input, B);
+}
+
+/* Teacher checkpoint: header [0] magic 20151210, [1] version 1, [2] img_size, [3] in_chans,
+   [4] num_classes, [5] stages S, [6] blocks per stage, [7 .. 7+S-1] widths; then the tensors
+   in the order of teacher_build (stem conv, stem bn, blocks..., fc w, fc b). */
+static int teacher_save(const Teacher *t, const char *path) {
+    int32_t header[HEADER_INTS] = {0};
+    const TeacherConfig *c = &t->config;
+    header[0] = TEACHER_MAGIC;
+    header[1] = TEACHER_VERSION;
+    header[2] = c->img_size;
+    header[3] = c->in_chans;
+    header[4] = c->num_classes;
+    header[5] = c->stages;
+    header[6] = c->blocks;
+    for (int s = 0; s < c->stages; s++) header[7 + s] = c->widths[s];
+    return write_file_atomic(path, header, t->params_memory, t->num_params);
+}
+
+static int teacher_config_from_header(TeacherConfig *c, const int32_t *h, const char *path) {
+    if (h[0] != TEACHER_MAGIC) return report("%s: not a deit.c teacher checkpoint (magic %d, expected %d)", path, h[0], TEACHER_MAGIC);
+    if (h[1] != TEACHER_VERSION) return report("%s: teacher checkpoint version %d, this program reads version %d", path, h[1], TEACHER_VERSION);
+    memset(c, 0, sizeof(*c));
+    c->img_size = h[2];
+    c->in_chans = h[3];
+    c->num_classes = h[4];
+    c->stages = h[5];
+    c->blocks = h[6];
+    if (c->stages < 1 || c->stages > TEACHER_MAX_STAGES) return report("%s: stages %d out of range [1, %d]", path, c->stages, TEACHER_MAX_STAGES);
+    for (int s = 0; s < c->stages; s++) c->widths[s] = h[7 + s];
+    return teacher_config_check(c, path);
+}
+
+static int teacher_load(Teacher *t, const char *path) {
+    int32_t header[HEADER_INTS];
+    long bytes = 0;
+    TeacherConfig cfg;
+    if (read_header(path, header, &bytes) || teacher_config_from_header(&cfg, header, path)) return -1;
+    teacher_build(t, &cfg);
+    if (read_floats_after_header(path, t->params_memory, t->num_params, bytes)) {
+        teacher_free(t);
+        return -1;
+    }
+    return 0;
+}
+
+/* ============================================================================================
+ * 8. Data: CIFAR-10 / CIFAR-100 binary files, and DeiT's augmentations (paper Sec. 6, Table 9)
+ * ========================================================================================== */
+
+/* The binary version: records of 1 label byte (CIFAR-100: coarse and fine label bytes; we use
+   the fine one) + 3072 pixel bytes: the 1024 R values of the 32x32 image row by row, then G,
+   then B. */
+#define CIFAR_SIDE 32
+#define CIFAR_PIXELS (3 * CIFAR_SIDE * CIFAR_SIDE)
+
+typedef struct {
+    int n;                /* images */
+    int num_classes;      /* 10 or 100 */
+    uint8_t *images;      /* (n, 3, 32, 32) */
+    uint8_t *labels;      /* (n) */
+    float mean[3], std[3];/* per-channel normalisation of pixel / 255 */
+    const char *name;     /* "CIFAR-10" or "CIFAR-100" */
+} Dataset;
+
+static int file_exists(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (f) fclose(f);
+    return f != NULL;
+}
+
+/* Appends the records of one file; label_bytes is 1 (CIFAR-10) or 2 (CIFAR-100). */
+static int cifar_read_file(Dataset *d, const char *path, int label_bytes) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return report("%s: cannot open: %s (get the data with ./cifar_download.sh)", path, strerror(errno));
+    fseek(f, 0, SEEK_END);
+    long bytes = ftell(f);
+    rewind(f);
+    long rec = label_bytes + CIFAR_PIXELS;
+    if (bytes <= 0 || bytes % rec != 0) {
+        fclose(f);
+        return report("%s: size %ld bytes is not a whole number of %ld-byte records: truncated or not CIFAR binary", path, bytes, rec);
+    }
+    int count = (int)(bytes / rec);
+    d->images = realloc(d->images, (size_t)(d->n + count) * CIFAR_PIXELS);
+    d->labels = realloc(d->labels, (size_t)(d->n + count));
+    if (!d->images || !d->labels) die("out of memory reading %s", path);
+    uint8_t *record = xmalloc((size_t)rec);
+    for (int i = 0; i < count; i++) {
+        if (fread(record, 1, (size_t)rec, f) != (size_t)rec) {
+            free(record);
+            fclose(f);
+            return report("%s: short read at record %d", path, i);
+        }
+        int label = record[label_bytes - 1];
+        if (label >= d->num_classes) {
+            free(record);
+            fclose(f);
+            return report("%s: record %d has label %d, out of range for %d classes", path, i, label, d->num_classes);
+        }
+        d->labels[d->n + i] = (uint8_t)label;
+        memcpy(d->images + (size_t)(d->n + i) * CIFAR_PIXELS, record + label_bytes, CIFAR_PIXELS);
+    }
+    free(record);
+    fclose(f);
+    d->n += count;
+    return 0;
+}
+
+static void dataset_free(Dataset *d) {
+    free(d->images);
+    free(d->labels);
+    memset(d, 0, sizeof(*d));
+}
+
+/* Loads the training (train = 1) or test split from dir: CIFAR-10 when dir holds
+   data_batch_1.bin (then all five batches must be there), CIFAR-100 when it holds train.bin. */
+static int dataset_load(Dataset *d, const char *dir, int train) {
+    memset(d, 0, sizeof(*d));
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/data_batch_1.bin", dir);
+    int cifar10 = file_exists(path);
+    snprintf(path, sizeof(path), "%s/train.bin", dir);
+    int cifar100 = file_exists(path);
+    if (!cifar10 && !cifar100)
+        return report("%s: no CIFAR-10 (data_batch_1.bin) or CIFAR-100 (train.bin) binary files here; "
+                      "run ./cifar_download.sh or pass --data DIR", dir);
+    if (cifar10) {
+        static const float mean[3] = {0.4914f, 0.4822f, 0.4465f}, std[3] = {0.2470f, 0.2435f, 0.2616f};
+        d->num_classes = 10, d->name = "CIFAR-10";
+        memcpy(d->mean, mean, sizeof(mean)), memcpy(d->std, std, sizeof(std));
+        if (train) {
+            for (int i = 1; i <= 5; i++) {
+                snprintf(path, sizeof(path), "%s/data_batch_%d.bin", dir, i);
+                if (cifar_read_file(d, path, 1)) { dataset_free(d); return -1; }
+            }
+        } else {
+            snprintf(path, sizeof(path), "%s/test_batch.bin", dir);
+            if (cifar_read_file(d, path, 1)) { dataset_free(d); return -1; }
+        }
+    } else {
+        static const float mean[3] = {0.5071f, 0.4865f, 0.4409f}, std[3] = {0.2673f, 0.2564f, 0.2762f};
+        d->num_classes = 100, d->name = "CIFAR-100";
+        memcpy(d->mean, mean, sizeof(mean)), memcpy(d->std, std, sizeof(std));
+        snprintf(path, sizeof(path), "%s/%s", dir, train ? "train.bin" : "test.bin");
+        if (cifar_read_file(d, path, 2)) { dataset_free(d); return -1; }
+    }
+    return 0;
+}
+
+/* A class-balanced subset of `limit` images: the first limit/C of each class in file order
+   (the remainder goes to the lowest classes). Writes the chosen indices, returns how many. */
+static int balanced_subset(int *indices, const Dataset *d, int limit) {
+    int C = d->num_classes, count = 0;
+    int *taken = xcalloc(C, sizeof(int));
+    for (int i = 0; i < d->n && count < limit; i++) {
+        int y = d->labels[i], quota = limit / C + (y < limit % C ? 1 : 0);
+        if (taken[y] < quota) {
+            taken[y]++;
+            indices[count++] = i;
+        }
+    }
+    free(taken);
+    return count;
+}
+
+static void shuffle(int *x, int n, Rng *rng) { /* Fisher-Yates */
+    for (int i = n - 1; i > 0; i--) {
+        int j = rng_int(rng, i + 1), t = x[i];
+        x[i] = x[j], x[j] = t;
+    }
+}
+
+/* ---- 8.1 Augmentation settings ------------------------------------------------------------- */
+typedef struct {
+    int crop_flip;          /* random 32x32 crop of the image padded by 4, horizontal flip */
+    int randaug_ops;        /* RandAugment: ops per image (0 = off) */
+    float randaug_mag;      /* RandAugment magnitude (0..10), with noise of std 0.5 */
+    float erase_prob;       /* random erasing probability */
+    float mixup_alpha;      /* mixup Beta(alpha, alpha) (0 = off) */
+    float cutmix_alpha;     /* cutmix Beta(alpha, alpha) (0 = off); both on: 50/50 per batch */
+    float label_smoothing;  /* epsilon */
+} AugConfig;
+
+/* ---- 8.2 RandAugment (Cubuk et al. 2020) on one uint8 image (3, 32, 32) ---------------------
+   The "increasing" op set of timm's rand-m9-mstd0.5-inc1, which DeiT uses. Each op is applied
+   with probability 0.5 at magnitude m ~ N(9, 0.5) clipped to [0, 10], level = m / 10.           */
+#define SIDE CIFAR_SIDE
+#define PLANE (SIDE * SIDE)
+static uint8_t clamp_u8(float v) { return (uint8_t)(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v + 0.5f)); }
+
+/* out = degenerate + factor * (img - degenerate), as PIL's ImageEnhance blends */
+static void blend(uint8_t *img, const uint8_t *degenerate, float factor) {
+    for (int i = 0; i < CIFAR_PIXELS; i++) img[i] = clamp_u8(degenerate[i] + factor * (img[i] - degenerate[i]));
+}
+
+static void grayscale(uint8_t *gray3, const uint8_t *img) { /* L = (299 R + 587 G + 114 B) / 1000, in 3 planes */
+    for (int i = 0; i < PLANE; i++) {
+        uint8_t l = (uint8_t)((299 * img[i] + 587 * img[PLANE + i] + 114 * img[2 * PLANE + i]) / 1000);
+        gray3[i] = gray3[PLANE + i] = gray3[2 * PLANE + i] = l;
+    }
+}
+
+/* Resample with the inverse affine map (x, y) -> (a x + b y + c, d x + e y + f) around the
+   image centre, bilinear, pixels from outside filled with grey 128 (timm fills with the mean). */
+static void affine(uint8_t *img, float a, float b, float c, float d, float e, float f) {
+    uint8_t src[CIFAR_PIXELS];
+    memcpy(src, img, sizeof(src));
+    float cx = 0.5f * (SIDE - 1);
+    for (int y = 0; y < SIDE; y++)
+        for (int x = 0; x < SIDE; x++) {
+            float u = a * (x - cx) + b * (y - cx) + c + cx, v = d * (x - cx) + e * (y - cx) + f + cx;
+            int x0 = (int)floorf(u), y0 = (int)floorf(v);
+            float fx = u - x0, fy = v - y0;
+            for (int ch = 0; ch < 3; ch++) {
+                float acc = 0.0f;
+                for (int k = 0; k < 4; k++) {
+                    int xx = x0 + (k & 1), yy = y0 + (k >> 1);
+                    float wgt = ((k & 1) ? fx : 1 - fx) * ((k >> 1) ? fy : 1 - fy);
+                    float p = (xx >= 0 && xx < SIDE && yy >= 0 && yy < SIDE) ? src[ch * PLANE + yy * SIDE + xx] : 128.0f;
+                    acc += wgt * p;
+                }
+                img[ch * PLANE + y * SIDE + x] = clamp_u8(acc);
+            }
+        }
+}
+
+static void randaug_op(uint8_t *img, int op, float level, Rng *rng) {
+    uint8_t deg[CIFAR_PIXELS];
+    float sign = rng_uniform(rng) < 0.5f ? -1.0f : 1.0f;
+    switch (op) {
+    case 0: /* AutoContrast: stretch each channel to 0..255 */
+        for (int ch = 0; ch < 3; ch++) {
+            uint8_t *p = img + ch * PLANE, lo = 255, hi = 0;
+            for (int i = 0; i < PLANE; i++) lo = p[i] < lo ? p[i] : lo, hi = p[i] > hi ? p[i] : hi;
+            if (hi > lo)
+                for (int i = 0; i < PLANE; i++) p[i] = clamp_u8((p[i] - lo) * 255.0f / (hi - lo));
+        }
+        break;
+    case 1: /* Equalize: each channel's histogram made flat (PIL's algorithm) */
+        for (int ch = 0; ch < 3; ch++) {
+            uint8_t *p = img + ch * PLANE;
+            int hist[256] = {0}, last = 0;
+            for (int i = 0; i < PLANE; i++) hist[p[i]]++;
+            for (int i = 0; i < 256; i++) if (hist[i]) last = i;
+            int step = (PLANE - hist[last]) / 255;
+            if (step == 0) continue;
+            int lut[256], acc = step / 2;
+            for (int i = 0; i < 256; i++) {
+                int v = acc / step;
+                lut[i] = v > 255 ? 255 : v;
+                acc += hist[i];
+            }
+            for (int i = 0; i < PLANE; i++) p[i] = (uint8_t)lut[p[i]];
+        }
+        break;
+    case 2: /* Invert */
+        for (int i = 0; i < CIFAR_PIXELS; i++) img[i] = (uint8_t)(255 - img[i]);
+        break;
+    case 3: { /* Rotate by up to +-30 degrees */
+        float th = sign * level * 30.0f * 3.14159265f / 180.0f;
+        affine(img, cosf(th), sinf(th), 0, -sinf(th), cosf(th), 0);
+        break;
+    }
+    case 4: { /* Posterize: keep 4 - int(4 level) bits (at least 1) */
+        int bits = 4 - (int)(level * 4.0f);
+        if (bits < 1) bits = 1;
+        uint8_t mask = (uint8_t)(0xFF << (8 - bits));
+        for (int i = 0; i < CIFAR_PIXELS; i++) img[i] &= mask;
+        break;
+    }
+    case 5: { /* Solarize: invert pixels above a threshold that falls with the level */
+        float thresh = 256.0f - level * 256.0f;
+        for (int i = 0; i < CIFAR_PIXELS; i++) if (img[i] >= thresh) img[i] = (uint8_t)(255 - img[i]);
+        break;
+    }
+    case 6: { /* SolarizeAdd: add up to 110 to the dark pixels */
+        int add = (int)(level * 110.0f);
+        for (int i = 0; i < CIFAR_PIXELS; i++) if (img[i] < 128) img[i] = (uint8_t)(img[i] + add > 255 ? 255 : img[i] + add);
+        break;
+    }
+    case 7: /* Color (saturation) */
+        grayscale(deg, img);
+        blend(img, deg, 1.0f + sign * level * 0.9f);
+        break;
+    case 8: { /* Contrast: blend with the mean grey */
+        grayscale(deg, img);
+        double mean = 0.0;
+        for (int i = 0; i < PLANE; i++) mean += deg[i];
+        memset(deg, (int)(mean / PLANE + 0.5), sizeof(deg));
+        blend(img, deg, 1.0f + sign * level * 0.9f);
+        break;
+    }
+    case 9: /* Brightness: blend with black */
+        memset(deg, 0, sizeof(deg));
+        blend(img, deg, 1.0f + sign * level * 0.9f);
+        break;
+    case 10: /* Sharpness: blend with a 3x3 smoothed copy (PIL's SMOOTH kernel), borders kept */
+        memcpy(deg, img, sizeof(deg));
+        for (int ch = 0; ch < 3; ch++)
+            for (int y = 1; y < SIDE - 1; y++)
+                for (int x = 1; x < SIDE - 1; x++) {
+                    int s = 0;
+                    for (int dy = -1; dy <= 1; dy++)
+                        for (int dx = -1; dx <= 1; dx++) s += img[ch * PLANE + (y + dy) * SIDE + x + dx] * (dx || dy ? 1 : 5);
+                    deg[ch * PLANE + y * SIDE + x] = clamp_u8(s / 13.0f);
+                }
+        blend(img, deg, 1.0f + sign * level * 0.9f);
+        break;
+    case 11: affine(img, 1, sign * level * 0.3f, 0, 0, 1, 0); break;              /* ShearX */
+    case 12: affine(img, 1, 0, 0, sign * level * 0.3f, 1, 0); break;              /* ShearY */
+    case 13: affine(img, 1, 0, sign * level * 0.45f * SIDE, 0, 1, 0); break;      /* TranslateX */
+    case 14: affine(img, 1, 0, 0, 0, 1, sign * level * 0.45f * SIDE); break;      /* TranslateY */
+    }
+}
+#define RANDAUG_NUM_OPS 15
+
+static void randaugment(uint8_t *img, int ops, float magnitude, Rng *rng) {
+    for (int i = 0; i < ops; i++) {
+        int op = rng_int(rng, RANDAUG_NUM_OPS);
+        float m = magnitude + 0.5f * rng_normal(rng);
+        m = m < 0.0f ? 0.0f : (m > 10.0f ? 10.0f : m);
+        if (rng_uniform(rng) < 0.5f) randaug_op(img, op, m / 10.0f, rng);
+    }
+}
+
+/* ---- 8.3 Random erasing (Zhong et al. 2020): a random rectangle of 2%..1/3 of the image with
+   aspect ratio in [0.3, 3.3] is replaced by per-pixel normal noise (after normalisation). ---- */
+static void random_erase(float *img, int C, int S, Rng *rng) {
+    for (int attempt = 0; attempt < 10; attempt++) {
+        float area = (0.02f + rng_uniform(rng) * (1.0f / 3.0f - 0.02f)) * S * S;
+        float aspect = expf(logf(0.3f) + rng_uniform(rng) * (logf(1.0f / 0.3f) - logf(0.3f)));
+        int h = (int)(sqrtf(area * aspect) + 0.5f), w = (int)(sqrtf(area / aspect) + 0.5f);
+        if (w < S && h < S && w > 0 && h > 0) {
+            int top = rng_int(rng, S - h + 1), left = rng_int(rng, S - w + 1);
+            for (int c = 0; c < C; c++)
+                for (int y = top; y < top + h; y++)
+                    for (int x = left; x < left + w; x++) img[((size_t)c * S + y) * S + x] = rng_normal(rng);
+            return;
+        }
+    }
+}
+
+/* ---- 8.4 Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) on a batch ------------------
+   One lambda ~ Beta(alpha, alpha) per batch; image b is mixed with image B-1-b (the batch
+   reversed, as timm does). Mixup blends whole images; CutMix pastes a box of area 1 - lambda
+   and corrects lambda to the box actually pasted. Targets mix the same way. With both on,
+   each batch picks one of the two with probability 1/2. Returns the lambda used.             */
+static float mixup_cutmix(float *images, float *targets, int B, int C, int S, int num_classes, float mixup_alpha,
+                          float cutmix_alpha, Rng *rng) {
+    if (mixup_alpha <= 0.0f && cutmix_alpha <= 0.0f) return 1.0f;
+    int use_cutmix = cutmix_alpha > 0.0f && (mixup_alpha <= 0.0f || rng_uniform(rng) < 0.5f);
+    float lam = rng_beta(rng, use_cutmix ? cutmix_alpha : mixup_alpha);
+    size_t img = (size_t)C * S * S;
+    float *orig = xmalloc(sizeof(float) * img * B), *orig_t = xmalloc(sizeof(float) * (size_t)B * num_classes);
+    memcpy(orig, images, sizeof(float) * img * B);
+    memcpy(orig_t, targets, sizeof(float) * (size_t)B * num_classes);
+    if (use_cutmix) {
+        float cut = sqrtf(1.0f - lam);
+        int ch = (int)(S * cut), cw = (int)(S * cut);
+        int cy = rng_int(rng, S), cx = rng_int(rng, S);
+        int y0 = cy - ch / 2 < 0 ? 0 : cy - ch / 2, y1 = cy + ch / 2 > S ? S : cy + ch / 2;
+        int x0 = cx - cw / 2 < 0 ? 0 : cx - cw / 2, x1 = cx + cw / 2 > S ? S : cx + cw / 2;
+        for (int b = 0; b < B; b++)
+            for (int c = 0; c < C; c++)
+                for (int y = y0; y < y1; y++)
+                    for (int x = x0; x < x1; x++)
+                        images[(size_t)b * img + ((size_t)c * S + y) * S + x] = orig[(size_t)(B - 1 - b) * img + ((size_t)c * S + y) * S + x];
+        lam = 1.0f - (float)((y1 - y0) * (x1 - x0)) / (float)(S * S);
+    } else {
+        for (int b = 0; b < B; b++)
+            for (size_t i = 0; i < img; i++)
+                images[(size_t)b * img + i] = lam * orig[(size_t)b * img + i] + (1.0f - lam) * orig[(size_t)(B - 1 - b) * img + i];
+    }
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < num_classes; k++)
+            targets[(size_t)b * num_classes + k] = lam * orig_t[(size_t)b * num_classes + k] +
+                                                   (1.0f - lam) * orig_t[(size_t)(B - 1 - b) * num_classes + k];
+    free(orig);
+    free(orig_t);
+    return lam;
+}
+
+/* ---- 8.5 A batch: pick, augment, normalise ----------------------------------------------------
+   images (B, 3, S, S) normalised floats, targets (B, num_classes) distributions, labels (B).
+   Every random choice comes from seed, so a batch is the same whatever the thread count.  */
+static void make_batch(float *images, float *targets, int *labels, const Dataset *d, const int *indices, int B,
+                       const AugConfig *aug, int train, uint64_t seed) {
+    const int S = SIDE, C = 3;
+    OMP(omp parallel for schedule(static))
+    for (int b = 0; b < B; b++) {
+        Rng rng;
+        rng_seed(&rng, seed ^ splitmix64((uint64_t)b + 1));
+        const uint8_t *src = d->images + (size_t)indices[b] * CIFAR_PIXELS;
+        uint8_t img[CIFAR_PIXELS];
+        if (train && aug->crop_flip) { /* crop 32x32 out of the image zero-padded by 4, then flip */
+            int dy = rng_int(&rng, 9) - 4, dx = rng_int(&rng, 9) - 4, flip = rng_uniform(&rng) < 0.5f;
+            for (int c = 0; c < C; c++)
+                for (int y = 0; y < S; y++)
+                    for (int x = 0; x < S; x++) {
+                        int sy = y + dy, sx = flip ? S - 1 - (x + dx) : x + dx;
+                        img[(c * S + y) * S + x] = (sy >= 0 && sy < S && sx >= 0 && sx < S) ? src[(c * S + sy) * S + sx] : 0;
+                    }
+        } else {
+            memcpy(img, src, CIFAR_PIXELS);
+        }
+        if (train && aug->randaug_ops > 0) randaugment(img, aug->randaug_ops, aug->randaug_mag, &rng);
+        float *dst = images + (size_t)b * CIFAR_PIXELS;
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < S * S; i++) dst[c * S * S + i] = (img[c * S * S + i] / 255.0f - d->mean[c]) / d->std[c];
+        if (train && aug->erase_prob > 0.0f && rng_uniform(&rng) < aug->erase_prob) random_erase(dst, C, S, &rng);
+        labels[b] = d->labels[indices[b]];
+    }
+    smooth_targets(targets, labels, train ? aug->label_smoothing : 0.0f, B, d->num_classes);
+    if (train) {
+        Rng rng;
+        rng_seed(&rng, seed ^ 0x3A1Cull);
+        mixup_cutmix(images, targets, B, C, S, d->num_classes, aug->mixup_alpha, aug->cutmix_alpha, &rng);
+    }
+}
+
+/* ============================================================================================
+ * 9. Training and evaluation
+ * ========================================================================================== */
+
+/* A network is a DeiT student or a ResNet teacher; either can be trained, evaluated or serve
+   as the teacher of a distillation run (the paper also tries a transformer as the teacher). */
+typedef enum { NET_DEIT = 1, NET_RESNET = 2 } NetKind;
+typedef struct {
+    NetKind kind;
+    DeiT deit;
+    Teacher resnet;
+} Net;
+
+enum { HEAD_MEAN = 0, HEAD_CLS = 1, HEAD_DIST = 2 }; /* which output of a student to read */
+
+static int net_load(Net *n, const char *path) {
+    int32_t header[HEADER_INTS];
+    long bytes = 0;
+    memset(n, 0, sizeof(*n));
+    if (read_header(path, header, &bytes)) return -1;
+    if (header[0] == DEIT_MAGIC) {
+        n->kind = NET_DEIT;
+        return deit_load(&n->deit, path);
+    }
+    if (header[0] == TEACHER_MAGIC) {
+        n->kind = NET_RESNET;
+        return teacher_load(&n->resnet, path);
+    }
+    return report("%s: not a deit.c checkpoint (magic %d; student %d, teacher %d)", path, header[0], DEIT_MAGIC, TEACHER_MAGIC);
+}
+
+static int net_save(const Net *n, const char *path) {
+    return n->kind == NET_DEIT ? deit_save(&n->deit, path) : teacher_save(&n->resnet, path);
+}
+
+static void net_free(Net *n) {
+    if (n->kind == NET_DEIT) deit_free(&n->deit);
+    if (n->kind == NET_RESNET) teacher_free(&n->resnet);
+    n->kind = 0;
+}
+
+static int net_num_classes(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.num_classes : n->resnet.config.num_classes; }
+static int net_img_size(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.img_size : n->resnet.config.img_size; }
+static int net_has_dist(const Net *n) { return n->kind == NET_DEIT && n->deit.config.dist_token; }
+static float *net_params(Net *n) { return n->kind == NET_DEIT ? n->deit.params_memory : n->resnet.params_memory; }
+static float *net_grads(Net *n) { return n->kind == NET_DEIT ? n->deit.grads_memory : n->resnet.grads_memory; }
+static size_t net_num_params(const Net *n) { return n->kind == NET_DEIT ? n->deit.num_params : n->resnet.num_params; }
+static const TensorInfo *net_tensors(const Net *n) { return n->kind == NET_DEIT ? n->deit.tensors : n->resnet.tensors; }
+static int net_num_tensors(const Net *n) { return n->kind == NET_DEIT ? NUM_PARAM_TENSORS : n->resnet.num_tensors; }
+
+static void net_forward(Net *n, const float *images, int B, int train) {
+    if (n->kind == NET_DEIT) deit_forward(&n->deit, images, B, train);
+    else teacher_forward(&n->resnet, images, B, train);
+}
+
+static const float *net_logits(const Net *n, int head) {
+    if (n->kind == NET_RESNET) return n->resnet.logits;
+    if (head == HEAD_CLS || !n->deit.config.dist_token) return head == HEAD_MEAN ? n->deit.acts.logits_mean : n->deit.acts.logits;
+    return head == HEAD_DIST ? n->deit.acts.logits_dist : n->deit.acts.logits_mean;
+}
+
+/* After a training forward: zero the gradients, compute the loss and backpropagate it. */
+static LossParts net_loss_backward(Net *n, const float *images, const float *targets, const float *teacher_logits,
+                                   DistillType type, float alpha, float tau, int B) {
+    if (n->kind == NET_DEIT) {
+        deit_zero_grad(&n->deit);
+        LossParts p = deit_loss_backward_start(&n->deit, targets, teacher_logits, type, alpha, tau, B);
+        deit_backward(&n->deit, images, B);
+        return p;
+    }
+    Teacher *t = &n->resnet;
+    teacher_zero_grad(t);
+    LossParts p = deit_loss(t->dlogits, NULL, t->dconv, t->logits, NULL, targets, teacher_logits, type, alpha, tau, B,
+                            t->config.num_classes);
+    teacher_backward(t, B);
+    return p;
+}
+
+/* ---- 9.1 Evaluation: accuracy of each head, and the confusion matrix of the inference output */
+typedef struct {
+    int n;
+    int correct[3];  /* HEAD_MEAN, HEAD_CLS, HEAD_DIST */
+    int *confusion;  /* (C, C): row = true class, column = predicted (inference output) */
+} EvalResult;
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* logits_out (optional): the inference logits, (n, C) in test-set order. */
+static void evaluate(Net *net, const Dataset *d, int batch, EvalResult *r, float *logits_out) {
+    int C = d->num_classes;
+    memset(r, 0, sizeof(*r));
+    r->confusion = xcalloc((size_t)C * C, sizeof(int));
+    float *images = xmalloc(sizeof(float) * (size_t)batch * CIFAR_PIXELS);
+    float *targets = xmalloc(sizeof(float) * (size_t)batch * C);
+    int *labels = xmalloc(sizeof(int) * batch), *idx = xmalloc(sizeof(int) * batch);
+    AugConfig none = {0};
+    for (int start = 0; start < d->n; start += batch) {
+        int B = d->n - start < batch ? d->n - start : batch;
+        for (int b = 0; b < B; b++) idx[b] = start + b;
+        make_batch(images, targets, labels, d, idx, B, &none, 0, 0);
+        net_forward(net, images, B, 0);
+        for (int h = 0; h < 3; h++) {
+            const float *lg = net_logits(net, h);
+            for (int b = 0; b < B; b++) r->correct[h] += argmax(lg + (size_t)b * C, C) == labels[b];
+        }
+        const float *lg = net_logits(net, HEAD_MEAN);
+        for (int b = 0; b < B; b++) r->confusion[labels[b] * C + argmax(lg + (size_t)b * C, C)]++;
+        if (logits_out) memcpy(logits_out + (size_t)start * C, lg, sizeof(float) * B * C);
+    }
+    r->n = d->n;
+    free(images), free(targets), free(labels), free(idx);
+}
+
+/* ---- 9.2 Training state: what --resume needs besides the model file ------------------------
+   FILE.state: 256 int32 header ([0] magic, [1] version, [2] net kind, [3] epochs done,
+   [4,5] optimizer step (lo, hi), [6,7] drop-path rng (lo, hi), [8,9] parameter count,
+   [10] optimizer, [11,12] seed, [13] total epochs, [14] batch, [15] train limit,
+   [16] elapsed seconds), then the optimizer moments m and v (float32, 2 x parameter count). */
+typedef struct {
+    int epochs_done;
+    long step;
+    uint64_t rng;
+    double elapsed;
+} RunState;
+
+static int state_save(const char *path, const Net *net, const Optimizer *o, const RunState *s, uint64_t seed,
+                      int epochs, int batch, int train_limit) {
+    int32_t h[HEADER_INTS] = {0};
+    uint64_t n = net_num_params(net);
+    h[0] = STATE_MAGIC, h[1] = STATE_VERSION, h[2] = net->kind, h[3] = s->epochs_done;
+    h[4] = (int32_t)(s->step & 0xFFFFFFFF), h[5] = (int32_t)((uint64_t)s->step >> 32);
+    h[6] = (int32_t)(s->rng & 0xFFFFFFFF), h[7] = (int32_t)(s->rng >> 32);
+    h[8] = (int32_t)(n & 0xFFFFFFFF), h[9] = (int32_t)(n >> 32);
+    h[10] = o->type, h[11] = (int32_t)(seed & 0xFFFFFFFF), h[12] = (int32_t)(seed >> 32);
+    h[13] = epochs, h[14] = batch, h[15] = train_limit, h[16] = (int32_t)s->elapsed;
+    return write_file_atomic(path, h, o->m, 2 * o->n); /* m and v are one block */
+}
+
+static uint64_t u64_from(const int32_t *h, int i) { return (uint64_t)(uint32_t)h[i] | ((uint64_t)(uint32_t)h[i + 1] << 32); }
+
+static int state_load(const char *path, const Net *net, Optimizer *o, RunState *s, uint64_t seed, int epochs,
+                      int batch, int train_limit) {
+    int32_t h[HEADER_INTS];
+    long bytes = 0;
+    if (read_header(path, h, &bytes)) return -1;
+    if (h[0] != STATE_MAGIC) return report("%s: not a deit.c training-state file (magic %d)", path, h[0]);
+    if (h[1] != STATE_VERSION) return report("%s: training-state version %d, expected %d", path, h[1], STATE_VERSION);
+    if (h[2] != (int)net->kind || u64_from(h, 8) != net_num_params(net))
+        return report("%s: training state belongs to a different model than the checkpoint", path);
+    if (h[10] != (int)o->type) return report("%s: saved with --opt %s", path, h[10] == OPT_SGD ? "sgd" : "adamw");
+    if (u64_from(h, 11) != seed || h[13] != epochs || h[14] != batch || h[15] != train_limit)
+        return report("%s: saved by a run with --seed %llu --epochs %d --batch %d --train-limit %d; resume with the same flags",
+                      path, (unsigned long long)u64_from(h, 11), h[13], h[14], h[15]);
+    if (h[3] < 0 || h[3] > epochs) return report("%s: epochs done %d out of range", path, h[3]);
+    s->epochs_done = h[3];
+    s->step = (long)u64_from(h, 4);
+    s->rng = u64_from(h, 6);
+    s->elapsed = h[16];
+    return read_floats_after_header(path, o->m, 2 * o->n, bytes);
+}
+
+/* ---- 9.3 Progress on one line ------------------------------------------------------------- */
+/* Without POSIX isatty(): stderr is taken to be a terminal when it cannot be positioned
+   (ftell fails) and TERM names one; redirected to a file it gets plain lines. */
+static int stderr_is_terminal(void) {
+    const char *term = getenv("TERM");
+    const char *mode = getenv("DEIT_PROGRESS");
+    if (mode) return !strcmp(mode, "inline");
+    return ftell(stderr) < 0 && term && *term && strcmp(term, "dumb");
+}
+
+/* ---- 9.4 The training loop ------------------------------------------------------------------ */
+typedef struct {
+    int epochs, batch, train_limit, shuffle, threads;
+    long max_steps;           /* stop after this many optimizer steps (0: no limit) */
+    float lr, min_lr, warmup_lr, warmup_epochs, weight_decay, momentum;
+    int nesterov;
+    OptType opt;
+    SchedType sched;
+    AugConfig aug;
+    DistillType distill;
+    float alpha, tau;
+    uint64_t seed;
+    const char *data_dir, *out, *log, *resume;
+} TrainConfig;
+
+static uint64_t batch_seed(uint64_t seed, int epoch, int step_in_epoch) {
+    return splitmix64(seed * 0x100000001B3ull ^ splitmix64(((uint64_t)epoch << 32) | (uint32_t)step_in_epoch));
+}
+
+/* Trains net (initialised or loaded by the caller) on the training split; teacher may be NULL.
+   Saves net to cfg->out and the training state to cfg->out + ".state" after every epoch. */
+static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
+    Dataset train_set, test_set;
+    if (dataset_load(&train_set, cfg->data_dir, 1)) return -1;
+    if (dataset_load(&test_set, cfg->data_dir, 0)) { dataset_free(&train_set); return -1; }
+    int C = train_set.num_classes, B = cfg->batch;
+    if (net_num_classes(net) != C) {
+        report("%s has %d classes, the model %d", cfg->data_dir, C, net_num_classes(net));
+        dataset_free(&train_set), dataset_free(&test_set);
+        return -1;
+    }
+    if (teacher && net_num_classes(teacher) != C) {
+        report("the teacher has %d classes, the data %d", net_num_classes(teacher), C);
+        dataset_free(&train_set), dataset_free(&test_set);
+        return -1;
+    }
+    int *pool = xmalloc(sizeof(int) * train_set.n), n_train = train_set.n;
+    if (cfg->train_limit > 0) {
+        if (cfg->train_limit > train_set.n) die("--train-limit %d is more than the %d training images", cfg->train_limit, train_set.n);
+        n_train = balanced_subset(pool, &train_set, cfg->train_limit);
+    } else {
+        for (int i = 0; i < n_train; i++) pool[i] = i;
+    }
+    int steps_per_epoch = n_train / B;
+    if (steps_per_epoch < 1) die("batch %d is larger than the %d training images", B, n_train);
+    long total_steps = (long)cfg->epochs * steps_per_epoch;
+    long warmup_steps = (long)(cfg->warmup_epochs * steps_per_epoch);
+
+    Optimizer opt;
+    optimizer_init(&opt, cfg->opt, net_num_params(net), cfg->weight_decay, cfg->momentum, cfg->nesterov);
+    RunState rs = {0, 0, 0, 0.0};
+    char state_path[4096];
+    snprintf(state_path, sizeof(state_path), "%s.state", cfg->out);
+    if (cfg->resume) {
+        char resume_state[4096];
+        snprintf(resume_state, sizeof(resume_state), "%s.state", cfg->resume);
+        if (state_load(resume_state, net, &opt, &rs, cfg->seed, cfg->epochs, B, cfg->train_limit)) die("cannot resume from %s", cfg->resume);
+        opt.step = rs.step;
+        if (net->kind == NET_DEIT) net->deit.rng.state = rs.rng;
+        fprintf(stderr, "deit: resuming %s after epoch %d (step %ld)\n", cfg->resume, rs.epochs_done, rs.step);
+    }
+    FILE *log = NULL;
+    if (cfg->log) {
+        log = fopen(cfg->log, cfg->resume ? "a" : "w");
+        if (!log) die("%s: cannot open log for writing: %s", cfg->log, strerror(errno));
+        if (!cfg->resume) fprintf(log, "epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s\n");
+        fflush(log);
+    }
+    fprintf(stderr, "deit: training on %d %s images (%d steps of %d per epoch, %d epochs), testing on %d, %d thread(s)\n",
+            n_train, train_set.name, steps_per_epoch, B, cfg->epochs, test_set.n, num_threads());
+
+    float *images = xmalloc(sizeof(float) * (size_t)B * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * (size_t)B * C);
+    int *labels = xmalloc(sizeof(int) * B), *order = xmalloc(sizeof(int) * n_train);
+    int inline_progress = stderr_is_terminal(), status = 0;
+    for (int epoch = rs.epochs_done; epoch < cfg->epochs && status == 0; epoch++) {
+        memcpy(order, pool, sizeof(int) * n_train);
+        if (cfg->shuffle) {
+            Rng rng;
+            rng_seed(&rng, cfg->seed ^ splitmix64(0xE90C0000ull + (uint64_t)epoch));
+            shuffle(order, n_train, &rng);
+        }
+        double t0 = now_seconds(), loss_sum = 0.0, last_print = 0.0;
+        int steps_done = 0;
+        float lr = 0.0f;
+        for (int s = 0; s < steps_per_epoch; s++) {
+            if (cfg->max_steps > 0 && rs.step >= cfg->max_steps) break;
+            make_batch(images, targets, labels, &train_set, order + (size_t)s * B, B, &cfg->aug, 1, batch_seed(cfg->seed, epoch, s));
+            const float *teacher_logits = NULL;
+            if (teacher && cfg->distill != DISTILL_NONE) {
+                net_forward(teacher, images, B, 0); /* eval mode, no gradient */
+                teacher_logits = net_logits(teacher, HEAD_MEAN);
+            }
+            lr = lr_at(rs.step, total_steps, warmup_steps, cfg->lr, cfg->min_lr, cfg->warmup_lr, cfg->sched);
+            net_forward(net, images, B, 1);
+            LossParts lp = net_loss_backward(net, images, targets, teacher_logits, cfg->distill, cfg->alpha, cfg->tau, B);
+            if (!isfinite(lp.total)) {
+                report("loss is %f at epoch %d step %ld: stopping; %s keeps the last good epoch", lp.total, epoch + 1, rs.step, cfg->out);
+                status = -1;
+                break;
+            }
+            optimizer_step(&opt, net_params(net), net_grads(net), net_tensors(net), net_num_tensors(net), lr);
+            rs.step++;
+            steps_done++;
+            loss_sum += lp.total;
+            double dt = now_seconds() - t0;
+            if (inline_progress || dt - last_print > 30.0 || s + 1 == steps_per_epoch) {
+                double ips = (double)steps_done * B / dt, eta = (steps_per_epoch - s - 1) * B / ips;
+                fprintf(stderr, "%sepoch %d/%d step %d/%d loss %.4f lr %.2e %.1f img/s eta %.0fs%s",
+                        inline_progress ? "\r" : "", epoch + 1, cfg->epochs, s + 1, steps_per_epoch, loss_sum / steps_done,
+                        lr, ips, eta, inline_progress ? "   " : "\n");
+                last_print = dt;
+            }
+        }
+        if (inline_progress) fprintf(stderr, "\n");
+        if (status) break;
+        double train_time = now_seconds() - t0;
+        rs.elapsed += train_time;
+        int stopped_early = cfg->max_steps > 0 && rs.step >= cfg->max_steps && steps_done < steps_per_epoch;
+        EvalResult er;
+        evaluate(net, &test_set, B, &er, NULL);
+        double acc = 100.0 * er.correct[HEAD_MEAN] / er.n;
+        double acc_cls = 100.0 * er.correct[HEAD_CLS] / er.n, acc_dist = 100.0 * er.correct[HEAD_DIST] / er.n;
+        double ips = steps_done ? steps_done * (double)B / train_time : 0.0;
+        if (net_has_dist(net))
+            fprintf(stderr, "epoch %d: train loss %.4f, test acc %.2f%% (class head %.2f%%, distillation head %.2f%%), %.1f img/s\n",
+                    epoch + 1, steps_done ? loss_sum / steps_done : 0.0, acc, acc_cls, acc_dist, ips);
+        else
+            fprintf(stderr, "epoch %d: train loss %.4f, test acc %.2f%%, %.1f img/s\n", epoch + 1,
+                    steps_done ? loss_sum / steps_done : 0.0, acc, ips);
+        free(er.confusion);
+        if (log) {
+            fprintf(log, "%d,%ld,%.6g,%.6f,%.2f,%.2f,", epoch + 1, rs.step, lr, steps_done ? loss_sum / steps_done : 0.0, acc, acc_cls);
+            if (net_has_dist(net)) fprintf(log, "%.2f", acc_dist);
+            fprintf(log, ",%.2f,%.1f\n", ips, rs.elapsed);
+            fflush(log);
+        }
+        if (net_save(net, cfg->out)) { status = -1; break; }
+        if (stopped_early) { /* --steps ended mid-epoch: the model is saved, the state is not */
+            fprintf(stderr, "deit: stopped after %ld steps (--steps); wrote %s\n", rs.step, cfg->out);
+            break;
+        }
+        rs.epochs_done = epoch + 1;
+        rs.rng = net->kind == NET_DEIT ? net->deit.rng.state : 0;
+        if (state_save(state_path, net, &opt, &rs, cfg->seed, cfg->epochs, B, cfg->train_limit)) { status = -1; break; }
+        if (cfg->max_steps > 0 && rs.step >= cfg->max_steps) break;
+    }
+    if (status == 0) fprintf(stderr, "deit: wrote %s (%.0f s of training)\n", cfg->out, rs.elapsed);
+    if (log) fclose(log);
+    free(images), free(targets), free(labels), free(order), free(pool);
+    optimizer_free(&opt);
+    dataset_free(&train_set), dataset_free(&test_set);
+    return status;
+}
+
+/* ============================================================================================
+ * 10. The command line
  * ========================================================================================== */
 #ifndef TESTING
+
+enum { CMD_TEACHER = 1, CMD_TRAIN = 2, CMD_EVAL = 4, CMD_BENCH = 8 };
+typedef enum { F_INT, F_LONG, F_FLOAT, F_STR } FlagType;
+typedef struct {
+    const char *name;
+    FlagType type;
+    void *value;
+    unsigned commands;
+    double lo, hi;  /* allowed range for numbers */
+    const char *help;
+} Flag;
+
+typedef struct {
+    const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
+        *logits, *head;
+    int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats;
+    long steps, seed;
+    float lr, min_lr, warmup_lr, warmup, wd, momentum, mixup, cutmix, erase, smoothing, drop_path, randaug_mag, alpha, tau;
+} Options;
+
+#define ALL_TRAIN (CMD_TEACHER | CMD_TRAIN)
+static Options opt_values;
+static const Flag flags[] = {
+    {"--model", F_STR, &opt_values.model, CMD_TRAIN | CMD_BENCH, 0, 0, "student size: tiny (192/12/3), small (384/12/6), base (768/12/12)"},
+    {"--dim", F_INT, &opt_values.dim, CMD_TRAIN | CMD_BENCH, 1, 16384, "override the token width D"},
+    {"--depth", F_INT, &opt_values.depth, CMD_TRAIN | CMD_BENCH, 1, 1000, "override the number of blocks"},
+    {"--heads", F_INT, &opt_values.heads, CMD_TRAIN | CMD_BENCH, 1, 16384, "override the number of heads"},
+    {"--patch", F_INT, &opt_values.patch, CMD_TRAIN | CMD_BENCH, 1, 32, "patch size (default 4: 64 patches of 32x32 images)"},
+    {"--dist-token", F_INT, &opt_values.dist_token, CMD_TRAIN | CMD_BENCH, 0, 1, "1: class + distillation token (default), 0: class token only"},
+    {"--arch", F_STR, &opt_values.arch, CMD_TEACHER | CMD_BENCH, 0, 0, "teacher: resnet20 (default), resnet56, resnet20w4, resnet8"},
+    {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
+    {"--train-limit", F_INT, &opt_values.train_limit, ALL_TRAIN, 0, 1e9, "train on a class-balanced subset of N images"},
+    {"--no-shuffle", F_INT, &opt_values.no_shuffle, ALL_TRAIN, 0, 1, "1: keep the file order (no shuffling)"},
+    {"--aug", F_STR, &opt_values.aug, ALL_TRAIN, 0, 0, "deit (student default) | basic (crop+flip, teacher default) | none"},
+    {"--mixup", F_FLOAT, &opt_values.mixup, ALL_TRAIN, 0, 100, "mixup alpha (deit: 0.8; 0 off)"},
+    {"--cutmix", F_FLOAT, &opt_values.cutmix, ALL_TRAIN, 0, 100, "cutmix alpha (deit: 1.0; 0 off)"},
+    {"--erase", F_FLOAT, &opt_values.erase, ALL_TRAIN, 0, 1, "random erasing probability (deit: 0.25)"},
+    {"--randaug", F_INT, &opt_values.randaug, ALL_TRAIN, 0, 10, "RandAugment ops per image (deit: 2; 0 off)"},
+    {"--randaug-mag", F_FLOAT, &opt_values.randaug_mag, ALL_TRAIN, 0, 10, "RandAugment magnitude (deit: 9)"},
+    {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN, 0, 1, "label smoothing epsilon (deit: 0.1)"},
+    {"--drop-path", F_FLOAT, &opt_values.drop_path, CMD_TRAIN, 0, 0.99, "stochastic depth rate (deit: 0.1)"},
+    {"--epochs", F_INT, &opt_values.epochs, ALL_TRAIN, 1, 100000, "epochs (student 300, teacher 30)"},
+    {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH, 1, 65536, "batch size (student 64, teacher 128)"},
+    {"--lr", F_FLOAT, &opt_values.lr, ALL_TRAIN, 0, 100, "learning rate (AdamW: 5e-4 * batch / 512; SGD: 0.1 * batch / 128)"},
+    {"--min-lr", F_FLOAT, &opt_values.min_lr, ALL_TRAIN, 0, 100, "final learning rate of the cosine (AdamW 1e-5, SGD 0)"},
+    {"--warmup-lr", F_FLOAT, &opt_values.warmup_lr, ALL_TRAIN, 0, 100, "learning rate at the start of warmup (1e-6)"},
+    {"--warmup", F_FLOAT, &opt_values.warmup, ALL_TRAIN, 0, 100000, "warmup epochs (student 5, teacher 1; 0 allowed)"},
+    {"--sched", F_STR, &opt_values.sched, ALL_TRAIN, 0, 0, "cosine (default) | constant"},
+    {"--opt", F_STR, &opt_values.opt, ALL_TRAIN, 0, 0, "adamw (student default) | sgd (teacher default)"},
+    {"--wd", F_FLOAT, &opt_values.wd, ALL_TRAIN, 0, 100, "weight decay (AdamW 0.05, SGD 5e-4), never on biases/norms/tokens"},
+    {"--momentum", F_FLOAT, &opt_values.momentum, ALL_TRAIN, 0, 1, "SGD momentum (0.9)"},
+    {"--nesterov", F_INT, &opt_values.nesterov, ALL_TRAIN, 0, 1, "1: Nesterov momentum (teacher default 1)"},
+    {"--distill", F_STR, &opt_values.distill, CMD_TRAIN, 0, 0, "none | soft | hard (default hard with --teacher, else none)"},
+    {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN, 0, 0, "teacher checkpoint (a ResNet, or a student)"},
+    {"--alpha", F_FLOAT, &opt_values.alpha, CMD_TRAIN, 0, 1, "weight of the distillation loss (0.5)"},
+    {"--tau", F_FLOAT, &opt_values.tau, CMD_TRAIN, 1e-3, 1000, "soft distillation temperature (1.0)"},
+    {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH, 0, 9e18, "random seed (1337)"},
+    {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH, 1, 1024, "OpenMP threads (default: all cores)"},
+    {"--init", F_STR, &opt_values.init, ALL_TRAIN, 0, 0, "start from this checkpoint's weights"},
+    {"--steps", F_LONG, &opt_values.steps, ALL_TRAIN, 1, 1e15, "stop after N optimizer steps"},
+    {"--out", F_STR, &opt_values.out, ALL_TRAIN, 0, 0, "checkpoint to write (student.bin / teacher.bin); also OUT.state"},
+    {"--resume", F_STR, &opt_values.resume, ALL_TRAIN, 0, 0, "continue the run that wrote this checkpoint (and FILE.state)"},
+    {"--log", F_STR, &opt_values.log, ALL_TRAIN, 0, 0, "CSV log: epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s"},
+    {"--ckpt", F_STR, &opt_values.ckpt, CMD_EVAL, 0, 0, "checkpoint to evaluate (student or teacher)"},
+    {"--logits", F_STR, &opt_values.logits, CMD_EVAL, 0, 0, "write the inference logits as float32 (N, C), test-set order"},
+    {"--repeats", F_INT, &opt_values.repeats, CMD_BENCH, 1, 1000, "timed repeats (median reported, default 5)"},
+};
+#define NUM_FLAGS ((int)(sizeof(flags) / sizeof(flags[0])))
+
+static const char *command_help[] = {"", "teacher", "train", "", "eval", "", "", "", "bench"};
+
+static void command_usage(unsigned cmd) {
+    fprintf(stderr, "usage: ./deit %s [options]\noptions:\n", command_help[cmd]);
+    for (int i = 0; i < NUM_FLAGS; i++)
+        if (flags[i].commands & cmd) fprintf(stderr, "  %-18s %s\n", flags[i].name, flags[i].help);
+}
+
+/* Every flag takes a value; numbers must parse completely and be in range. */
+static void parse_flags(int argc, char **argv, unsigned cmd) {
+    for (int a = 2; a < argc; a++) {
+        if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) {
+            command_usage(cmd);
+            exit(0);
+        }
+        const Flag *f = NULL;
+        for (int i = 0; i < NUM_FLAGS; i++)
+            if (!strcmp(argv[a], flags[i].name) && (flags[i].commands & cmd)) f = &flags[i];
+        if (!f) die("unknown option '%s' for ./deit %s (see ./deit %s --help)", argv[a], command_help[cmd], command_help[cmd]);
+        if (a + 1 >= argc) die("option %s needs a value", argv[a]);
+        const char *v = argv[++a];
+        if (f->type == F_STR) {
+            *(const char **)f->value = v;
+            continue;
+        }
+        char *end;
+        errno = 0;
+        double x = strtod(v, &end);
+        if (end == v || *end || errno || !isfinite(x)) die("option %s: '%s' is not a number", f->name, v);
+        if (x < f->lo || x > f->hi) die("option %s: %s is out of range [%g, %g]", f->name, v, f->lo, f->hi);
+        if ((f->type == F_INT || f->type == F_LONG) && x != floor(x)) die("option %s: '%s' is not a whole number", f->name, v);
+        if (f->type == F_INT) *(int *)f->value = (int)x;
+        else if (f->type == F_LONG) *(long *)f->value = (long)x;
+        else *(float *)f->value = (float)x;
+    }
+}
+
+#define UNSET (-1)
+static void options_defaults(Options *o) {
+    memset(o, 0, sizeof(*o));
+    o->model = "tiny", o->arch = "resnet20";
+    o->data = getenv("DEIT_DATA") ? getenv("DEIT_DATA") : "data/cifar-10-batches-bin";
+    o->dim = o->depth = o->heads = UNSET, o->patch = 4, o->dist_token = 1;
+    o->epochs = o->batch = o->randaug = o->nesterov = o->no_shuffle = UNSET;
+    o->lr = o->min_lr = o->warmup = o->wd = o->mixup = o->cutmix = o->erase = o->smoothing = o->drop_path = UNSET;
+    o->randaug_mag = 9.0f, o->warmup_lr = 1e-6f, o->momentum = 0.9f, o->alpha = 0.5f, o->tau = 1.0f;
+    o->seed = 1337, o->repeats = 5;
+}
+
+static float pick(float v, float fallback) { return v == UNSET ? fallback : v; }
+static int pick_int(int v, int fallback) { return v == UNSET ? fallback : v; }
+
+/* Fills the training settings from the flags; the student's defaults follow DeiT's recipe
+   (paper Table 9), the teacher's a standard CIFAR ResNet recipe. */
+static TrainConfig train_config(const Options *o, int is_teacher) {
+    TrainConfig c;
+    memset(&c, 0, sizeof(c));
+    c.epochs = pick_int(o->epochs, is_teacher ? 30 : 300);
+    c.batch = pick_int(o->batch, is_teacher ? 128 : 64);
+    if (!strcmp(o->opt ? o->opt : (is_teacher ? "sgd" : "adamw"), "sgd")) c.opt = OPT_SGD;
+    else if (!strcmp(o->opt, "adamw")) c.opt = OPT_ADAMW;
+    else die("--opt must be adamw or sgd, not '%s'", o->opt);
+    c.lr = pick(o->lr, c.opt == OPT_ADAMW ? 5e-4f * c.batch / 512.0f : 0.1f * c.batch / 128.0f);
+    c.min_lr = pick(o->min_lr, c.opt == OPT_ADAMW ? 1e-5f : 0.0f);
+    c.warmup_lr = o->warmup_lr;
+    c.warmup_epochs = pick(o->warmup, is_teacher ? 1.0f : 5.0f);
+    c.weight_decay = pick(o->wd, c.opt == OPT_ADAMW ? 0.05f : 5e-4f);
+    c.momentum = o->momentum;
+    c.nesterov = pick_int(o->nesterov, is_teacher ? 1 : 0);
+    if (!o->sched || !strcmp(o->sched, "cosine")) c.sched = SCHED_COSINE;
+    else if (!strcmp(o->sched, "constant")) c.sched = SCHED_CONSTANT;
+    else die("--sched must be cosine or constant, not '%s'", o->sched);
+    const char *aug = o->aug ? o->aug : (is_teacher ? "basic" : "deit");
+    AugConfig a = {0};
+    if (!strcmp(aug, "deit")) a = (AugConfig){1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
+    else if (!strcmp(aug, "basic")) a = (AugConfig){1, 0, 9.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    else if (strcmp(aug, "none")) die("--aug must be deit, basic or none, not '%s'", aug);
+    a.randaug_ops = pick_int(o->randaug, a.randaug_ops);
+    a.randaug_mag = o->randaug_mag;
+    a.erase_prob = pick(o->erase, a.erase_prob);
+    a.mixup_alpha = pick(o->mixup, a.mixup_alpha);
+    a.cutmix_alpha = pick(o->cutmix, a.cutmix_alpha);
+    a.label_smoothing = pick(o->smoothing, a.label_smoothing);
+    c.aug = a;
+    c.train_limit = o->train_limit;
+    c.shuffle = pick_int(o->no_shuffle, 0) == 0;
+    c.max_steps = o->steps;
+    c.alpha = o->alpha;
+    c.tau = o->tau;
+    c.seed = (uint64_t)o->seed;
+    c.data_dir = o->data;
+    c.out = o->out ? o->out : (o->resume ? o->resume : (is_teacher ? "teacher.bin" : "student.bin"));
+    c.log = o->log;
+    c.resume = o->resume;
+    c.distill = o->teacher ? DISTILL_HARD : DISTILL_NONE;
+    if (o->distill) {
+        int found = 0;
+        for (int i = 0; i < 3; i++) if (!strcmp(o->distill, distill_names[i])) c.distill = (DistillType)i, found = 1;
+        if (!found) die("--distill must be none, soft or hard, not '%s'", o->distill);
+    }
+    return c;
+}
+
+static DeiTConfig student_config(const Options *o, int num_classes) {
+    DeiTConfig c;
+    if (deit_preset(&c, o->model)) die("--model must be tiny, small or base, not '%s'", o->model);
+    if (o->dim != UNSET) c.dim = o->dim, c.mlp_hidden = 4 * o->dim;
+    if (o->depth != UNSET) c.depth = o->depth;
+    if (o->heads != UNSET) c.heads = o->heads;
+    c.patch_size = o->patch;
+    c.dist_token = o->dist_token;
+    c.num_classes = num_classes;
+    if (deit_config_check(&c, "model flags")) exit(1);
+    return c;
+}
+
+static int data_num_classes(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/train.bin", dir);
+    return file_exists(path) ? 100 : 10;
+}
+
+static void print_config(const TrainConfig *c) {
+    fprintf(stderr, "deit: epochs %d, batch %d, %s lr %.3g (min %.3g, warmup %.3g epochs, %s), wd %.3g\n", c->epochs, c->batch,
+            c->opt == OPT_ADAMW ? "adamw" : "sgd", c->lr, c->min_lr, c->warmup_epochs,
+            c->sched == SCHED_COSINE ? "cosine" : "constant", c->weight_decay);
+    fprintf(stderr, "deit: aug crop+flip %d, randaug %d ops m%.0f, erase %.2f, mixup %.2f, cutmix %.2f, label smoothing %.2f\n",
+            c->aug.crop_flip, c->aug.randaug_ops, c->aug.randaug_mag, c->aug.erase_prob, c->aug.mixup_alpha,
+            c->aug.cutmix_alpha, c->aug.label_smoothing);
+}
+
+static int cmd_train(const Options *o, int is_teacher) {
+    TrainConfig cfg = train_config(o, is_teacher);
+    Net net, teacher;
+    memset(&teacher, 0, sizeof(teacher));
+    int classes = data_num_classes(o->data);
+    const char *from = o->resume ? o->resume : o->init;
+    if (from) {
+        if (net_load(&net, from)) return 1;
+        if ((net.kind == NET_RESNET) != is_teacher) die("%s is a %s checkpoint; use ./deit %s", from,
+                                                        net.kind == NET_RESNET ? "teacher" : "student", is_teacher ? "train" : "teacher");
+    } else if (is_teacher) {
+        TeacherConfig tc;
+        if (teacher_preset(&tc, o->arch)) die("--arch must be resnet8, resnet20, resnet56 or resnet20w4, not '%s'", o->arch);
+        tc.num_classes = classes;
+        net.kind = NET_RESNET;
+        teacher_build(&net.resnet, &tc);
+        teacher_init(&net.resnet, cfg.seed);
+    } else {
+        DeiTConfig dc = student_config(o, classes);
+        net.kind = NET_DEIT;
+        deit_build(&net.deit, &dc);
+        deit_init(&net.deit, cfg.seed);
+    }
+    if (net.kind == NET_DEIT) net.deit.drop_path = pick(o->drop_path, o->aug && strcmp(o->aug, "deit") ? 0.0f : 0.1f);
+    if (cfg.distill != DISTILL_NONE) {
+        if (!o->teacher) die("--distill %s needs --teacher FILE", distill_names[cfg.distill]);
+        if (net_load(&teacher, o->teacher)) return 1;
+        if (net_img_size(&teacher) != net_img_size(&net)) die("%s: teacher image size %d differs from the student's %d", o->teacher,
+                                                               net_img_size(&teacher), net_img_size(&net));
+    }
+    if (net.kind == NET_DEIT) {
+        const DeiTConfig *c = &net.deit.config;
+        fprintf(stderr, "deit: student dim %d depth %d heads %d patch %d %s token(s), %zu parameters, drop path %.2f, distill %s%s%s\n",
+                c->dim, c->depth, c->heads, c->patch_size, c->dist_token ? "class + distillation" : "class", net.deit.num_params,
+                net.deit.drop_path, distill_names[cfg.distill], o->teacher && cfg.distill ? " from " : "",
+                o->teacher && cfg.distill ? o->teacher : "");
+    } else {
+        const TeacherConfig *c = &net.resnet.config;
+        fprintf(stderr, "deit: teacher ResNet %d stages x %d blocks, widths", c->stages, c->blocks);
+        for (int s = 0; s < c->stages; s++) fprintf(stderr, " %d", c->widths[s]);
+        fprintf(stderr, ", %zu parameters\n", net.resnet.num_params);
+    }
+    print_config(&cfg);
+    int rc = train(&net, teacher.kind ? &teacher : NULL, &cfg);
+    net_free(&net);
+    net_free(&teacher);
+    return rc ? 1 : 0;
+}
+
+static int cmd_eval(const Options *o) {
+    if (!o->ckpt) die("eval needs --ckpt FILE");
+    Net net;
+    if (net_load(&net, o->ckpt)) return 1;
+    Dataset test;
+    if (dataset_load(&test, o->data, 0)) return 1;
+    int C = test.num_classes;
+    if (net_num_classes(&net) != C) die("%s has %d classes, %s has %d", o->ckpt, net_num_classes(&net), o->data, C);
+    float *logits = o->logits ? xmalloc(sizeof(float) * (size_t)test.n * C) : NULL;
+    EvalResult r;
+    double t0 = now_seconds();
+    evaluate(&net, &test, pick_int(o->batch, 100), &r, logits);
+    double dt = now_seconds() - t0;
+    printf("%s on %d %s test images (%.1f img/s)\n", o->ckpt, r.n, test.name, r.n / dt);
+    if (net_has_dist(&net))
+        printf("accuracy: %.2f%% (heads averaged), class head %.2f%%, distillation head %.2f%%\n", 100.0 * r.correct[HEAD_MEAN] / r.n,
+               100.0 * r.correct[HEAD_CLS] / r.n, 100.0 * r.correct[HEAD_DIST] / r.n);
+    else
+        printf("accuracy: %.2f%%\n", 100.0 * r.correct[HEAD_MEAN] / r.n);
+    if (C <= 20) {
+        printf("per-class accuracy and confusion matrix (rows: true class, columns: predicted):\n");
+        for (int i = 0; i < C; i++) {
+            int row = 0;
+            for (int j = 0; j < C; j++) row += r.confusion[i * C + j];
+            printf("  class %2d %6.2f%% |", i, row ? 100.0 * r.confusion[i * C + i] / row : 0.0);
+            for (int j = 0; j < C; j++) printf(" %5d", r.confusion[i * C + j]);
+            printf("\n");
+        }
+    } else {
+        printf("per-class accuracy:");
+        for (int i = 0; i < C; i++) {
+            int row = 0;
+            for (int j = 0; j < C; j++) row += r.confusion[i * C + j];
+            printf("%s%.0f", i ? " " : " ", row ? 100.0 * r.confusion[i * C + i] / row : 0.0);
+        }
+        printf("\n");
+    }
+    if (logits) {
+        int32_t dummy[HEADER_INTS];
+        (void)dummy;
+        FILE *f = fopen(o->logits, "wb");
+        if (!f || fwrite(logits, sizeof(float), (size_t)test.n * C, f) != (size_t)test.n * C || fclose(f))
+            die("%s: cannot write logits", o->logits);
+        printf("wrote %s: float32 logits (%d, %d)\n", o->logits, test.n, C);
+        free(logits);
+    }
+    free(r.confusion);
+    dataset_free(&test);
+    net_free(&net);
+    return 0;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "deit.c: DeiT (data-efficient image transformers) in one C file\n"
-            "usage: ./deit <command> [options]     (./deit <command> --help for its options)\n"
+            "usage: ./deit <command> [options]     (./deit <command> --help lists its options)\n"
             "commands:\n"
             "  teacher   train the CNN teacher (a CIFAR ResNet)\n"
             "  train     train the DeiT student, with or without distillation\n"
             "  eval      evaluate a student or teacher checkpoint on the test set\n"
-            "  bench     time training and inference steps and the matmul\n");
+            "  bench     time training and inference steps and the matmul\n"
+            "example:\n"
+            "  ./deit teacher --epochs 30 --out teacher.bin\n"
+            "  ./deit train --teacher teacher.bin --distill hard --epochs 100 --out student.bin\n"
+            "  ./deit eval --ckpt student.bin\n");
 }
+
+static int cmd_bench(const Options *o);
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage();
         return argc < 2 ? 1 : 0;
     }
-    fprintf(stderr, "deit: error: unknown command '%s'\n", argv[1]);
-    usage();
-    return 1;
+    unsigned cmd = !strcmp(argv[1], "teacher") ? CMD_TEACHER : !strcmp(argv[1], "train") ? CMD_TRAIN
+                 : !strcmp(argv[1], "eval") ? CMD_EVAL : !strcmp(argv[1], "bench") ? CMD_BENCH : 0;
+    if (!cmd) {
+        fprintf(stderr, "deit: error: unknown command '%s'\n", argv[1]);
+        usage();
+        return 1;
+    }
+    options_defaults(&opt_values);
+    parse_flags(argc, argv, cmd);
+    set_threads(opt_values.threads);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    switch (cmd) {
+    case CMD_TEACHER: return cmd_train(&opt_values, 1);
+    case CMD_TRAIN: return cmd_train(&opt_values, 0);
+    case CMD_EVAL: return cmd_eval(&opt_values);
+    default: return cmd_bench(&opt_values);
+    }
 }
+
+/* ---- ./deit bench: where the time goes ----------------------------------------------------- */
+static double median(double *x, int n) {
+    for (int i = 1; i < n; i++) /* insertion sort: n is small */
+        for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+            double t = x[j];
+            x[j] = x[j - 1], x[j - 1] = t;
+        }
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+/* Peak resident memory from /proc/self/status (Linux); -1 where there is no such file. */
+static long peak_memory_kb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kb;
+}
+
+/* Forward FLOPs of one image (a multiply-add counts 2). */
+static double deit_flops_per_image(const DeiTConfig *c) {
+    double D = c->dim, H = c->mlp_hidden, C = c->num_classes, G = c->img_size / c->patch_size;
+    double N = G * G, T = 1 + c->dist_token + N, K = (double)c->in_chans * c->patch_size * c->patch_size;
+    double per_block = 2 * T * D * 3 * D + 2 * 2 * T * T * D + 2 * T * D * D + 2 * 2 * T * D * H;
+    return 2 * N * K * D + c->depth * per_block + 2 * D * C * (1 + c->dist_token);
+}
+
+static double teacher_flops_per_image(Teacher *t) {
+    ConvBN **all = xmalloc(sizeof(ConvBN *) * (1 + 3 * (size_t)t->num_blocks));
+    int n = teacher_convs(t, all);
+    double f = 2.0 * teacher_last_width(t) * t->config.num_classes;
+    for (int i = 0; i < n; i++) f += 2.0 * all[i]->cout * all[i]->cin * all[i]->ksize * all[i]->ksize * all[i]->hout * all[i]->wout;
+    free(all);
+    return f;
+}
+
+/* Times a training step (forward, backward, optimizer) and inference of a net, median of R. */
+static void bench_net(Net *net, int B, int R, double flops_per_image, const char *name) {
+    int C = net_num_classes(net), S = net_img_size(net);
+    Rng rng;
+    rng_seed(&rng, 7);
+    float *images = xmalloc(sizeof(float) * (size_t)B * 3 * S * S), *targets = xcalloc((size_t)B * C, sizeof(float));
+    for (size_t i = 0; i < (size_t)B * 3 * S * S; i++) images[i] = rng_normal(&rng);
+    for (int b = 0; b < B; b++) targets[(size_t)b * C + rng_int(&rng, C)] = 1.0f;
+    Optimizer opt;
+    optimizer_init(&opt, OPT_ADAMW, net_num_params(net), 0.05f, 0, 0);
+    double *t_train = xmalloc(sizeof(double) * (R + 1)), *t_inf = xmalloc(sizeof(double) * (R + 1));
+    for (int r = 0; r <= R; r++) { /* r = 0 is the warm-up */
+        double t0 = now_seconds();
+        net_forward(net, images, B, 1);
+        net_loss_backward(net, images, targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
+        optimizer_step(&opt, net_params(net), net_grads(net), net_tensors(net), net_num_tensors(net), 1e-4f);
+        double t1 = now_seconds();
+        net_forward(net, images, B, 0);
+        double t2 = now_seconds();
+        if (r > 0) t_train[r - 1] = t1 - t0, t_inf[r - 1] = t2 - t1;
+    }
+    double tt = median(t_train, R), ti = median(t_inf, R);
+    printf("%-10s train step   %8.1f img/s  (%.3f s per batch of %d, %.1f GFLOP/s achieved, counting 3x forward)\n", name,
+           B / tt, tt, B, 3.0 * flops_per_image * B / tt * 1e-9);
+    printf("%-10s inference    %8.1f img/s  (%.3f s per batch, %.1f GFLOP/s, %.3f GFLOP per image forward)\n", name, B / ti, ti,
+           flops_per_image * B / ti * 1e-9, flops_per_image * 1e-9);
+    optimizer_free(&opt);
+    free(images), free(targets), free(t_train), free(t_inf);
+}
+
+/* GFLOP/s of matmul() alone on the three products of a linear layer (M x K) -> (M x N). */
+static void bench_matmul_shape(const char *name, int M, int K, int N, int R) {
+    Rng rng;
+    rng_seed(&rng, 3);
+    float *x = xmalloc(sizeof(float) * (size_t)M * K), *w = xmalloc(sizeof(float) * (size_t)N * K);
+    float *y = xcalloc((size_t)M * N, sizeof(float)), *dx = xcalloc((size_t)M * K, sizeof(float));
+    float *dw = xcalloc((size_t)N * K, sizeof(float));
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = rng_normal(&rng);
+    for (size_t i = 0; i < (size_t)N * K; i++) w[i] = rng_normal(&rng);
+    double *t = xmalloc(sizeof(double) * 3 * (R + 1)), flops = 2.0 * M * N * K;
+    for (int r = 0; r <= R; r++) {
+        double t0 = now_seconds();
+        matmul(y, N, x, K, 1, w, 1, K, M, N, K);       /* y = x W^T       */
+        double t1 = now_seconds();
+        matmul(dx, K, y, N, 1, w, K, 1, M, K, N);      /* dx = dy W       */
+        double t2 = now_seconds();
+        matmul(dw, K, y, 1, N, x, K, 1, N, K, M);      /* dW = dy^T x     */
+        double t3 = now_seconds();
+        if (r > 0) t[r - 1] = t1 - t0, t[R + r - 1] = t2 - t1, t[2 * R + r - 1] = t3 - t2;
+    }
+    printf("matmul %-9s (%5d x %4d) x (%4d x %4d): forward %6.1f  dinp %6.1f  dweight %6.1f GFLOP/s\n", name, M, K, K, N,
+           flops / median(t, R) * 1e-9, flops / median(t + R, R) * 1e-9, flops / median(t + 2 * R, R) * 1e-9);
+    if (!strcmp(name, "qkv")) { /* the three-loop reference on 64 rows of the same product, for comparison */
+        double t0 = now_seconds();
+        matmul_reference(y, N, x, K, 1, w, 1, K, 64, N, K);
+        printf("matmul %-9s reference three loops on 64 rows: %.1f GFLOP/s\n", name, 2.0 * 64 * N * K / (now_seconds() - t0) * 1e-9);
+    }
+    free(x), free(w), free(y), free(dx), free(dw), free(t);
+}
+
+static int cmd_bench(const Options *o) {
+    int B = pick_int(o->batch, 64), R = o->repeats;
+    DeiTConfig c = student_config(o, 10);
+    printf("deit bench: %d thread(s), batch %d, median of %d repeats, built %s OpenMP\n", num_threads(), B, R,
+#ifdef _OPENMP
+           "with"
+#else
+           "without"
 #endif
+    );
+    printf("student: dim %d depth %d heads %d patch %d, %d tokens, dist token %d\n", c.dim, c.depth, c.heads, c.patch_size,
+           1 + c.dist_token + (c.img_size / c.patch_size) * (c.img_size / c.patch_size), c.dist_token);
+    int T = 1 + c.dist_token + (c.img_size / c.patch_size) * (c.img_size / c.patch_size), N = T - 1 - c.dist_token;
+    bench_matmul_shape("patch", B * N, c.in_chans * c.patch_size * c.patch_size, c.dim, R);
+    bench_matmul_shape("qkv", B * T, c.dim, 3 * c.dim, R);
+    bench_matmul_shape("proj", B * T, c.dim, c.dim, R);
+    bench_matmul_shape("fc1", B * T, c.dim, c.mlp_hidden, R);
+    bench_matmul_shape("fc2", B * T, c.mlp_hidden, c.dim, R);
+    Net net;
+    net.kind = NET_DEIT;
+    deit_build(&net.deit, &c);
+    deit_init(&net.deit, 1);
+    bench_net(&net, B, R, deit_flops_per_image(&c), "student");
+    net_free(&net);
+    TeacherConfig tc;
+    if (teacher_preset(&tc, o->arch)) die("--arch must be resnet8, resnet20, resnet56 or resnet20w4, not '%s'", o->arch);
+    net.kind = NET_RESNET;
+    teacher_build(&net.resnet, &tc);
+    teacher_init(&net.resnet, 1);
+    printf("teacher: %s, %zu parameters\n", o->arch, net.resnet.num_params);
+    bench_net(&net, B, R, teacher_flops_per_image(&net.resnet), o->arch);
+    net_free(&net);
+    long kb = peak_memory_kb();
+    if (kb >= 0) printf("peak memory: %.1f MiB\n", kb / 1024.0);
+    return 0;
+}
+#endif /* TESTING */

@@ -143,39 +143,40 @@ typedef struct {
     int widths[TEACHER_MAX_STAGES];   /* channels of each stage */
 } TeacherConfig;
 
-/* A convolution without bias followed by BatchNorm. Tensors point into the teacher's block. */
+/* A convolution without bias followed by BatchNorm. Parameters point into the teacher's one
+   parameter block, activations into its one activation block. Activations are channel-major:
+   (channels, B, height, width), so each channel's B*h*w numbers are contiguous, which makes
+   the convolution one matmul and BatchNorm one loop per channel. */
 typedef struct {
     int cin, cout, ksize, stride, pad;
-    int hin, win, hout, wout;         /* spatial sizes, fixed by the architecture */
-    float *w;                         /* (cout, cin, k, k) */
-    float *gamma, *beta;              /* (cout) */
-    float *running_mean, *running_var;/* (cout) */
-    /* activations (channel-major: (cout, B, hout, wout)) and their gradients */
-    float *col;                       /* (cin*k*k, B*hout*wout) im2col of the input */
-    float *conv, *bn;                 /* conv output, BatchNorm output */
-    float *bn_mean, *bn_rstd;         /* (cout) batch statistics */
-    float *dconv, *dbn;
+    int hin, win, hout, wout;           /* spatial sizes, fixed by the architecture */
+    float *w;                           /* (cout, cin, k, k) */
+    float *gamma, *beta;                /* (cout) */
+    float *running_mean, *running_var;  /* (cout) running statistics, used in eval mode */
+    float *dw, *dgamma, *dbeta;         /* their gradients */
+    float *conv;                        /* (cout, B, hout, wout) convolution output */
+    float *out;                         /* (cout, B, hout, wout) BatchNorm output (ReLU in place) */
+    float *bn_mean, *bn_rstd;           /* (cout) batch statistics of the last training forward */
+    float *dout;                        /* gradient of out */
 } ConvBN;
 
+/* relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); shortcut = 1x1 conv + BN or identity */
 typedef struct {
-    ConvBN conv1, conv2, shortcut;    /* shortcut.cout == 0 when it is the identity */
-    float *in;                        /* (cin, B, hin, win) block input (previous output) */
-    float *h1;                        /* relu(bn1(conv1(in))) */
-    float *out;                       /* relu(bn2(conv2(h1)) + shortcut(in)) */
-    float *dh1, *dout;
+    ConvBN conv1, conv2, shortcut;
+    int has_shortcut;
 } BasicBlock;
 
 typedef struct {
     TeacherConfig config;
-    ConvBN stem;
-    BasicBlock *blocks;               /* stages * blocks of them, in order */
+    ConvBN stem;                        /* 3x3 conv + BN + ReLU */
+    BasicBlock *blocks;                 /* stages * blocks of them, in order */
     int num_blocks;
-    float *fc_w, *fc_b;               /* (C, W_last), (C) */
-    float *stem_out;                  /* relu(bn(stem(x))): (W0, B, S, S) */
-    float *input_cm;                  /* (in_chans, B, S, S): the input, channel-major */
-    float *pooled;                    /* (B, W_last) */
-    float *logits;                    /* (B, C) */
-    float *dstem_out, *dpooled, *dlogits;
+    float *fc_w, *fc_b;                 /* (C, W_last), (C) */
+    float *dfc_w, *dfc_b;
+    float *input;                       /* (in_chans, B, S, S): the images, channel-major */
+    float *pooled, *dpooled;            /* (B, W_last) global average pool */
+    float *logits, *dlogits;            /* (B, C) */
+    float *col, *dcol, *dconv;          /* scratch for im2col and the conv backward */
     float *params_memory, *grads_memory;
     size_t num_params;
     TensorInfo *tensors;

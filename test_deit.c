@@ -519,6 +519,440 @@ static void test_checkpoint(void) {
     remove(path);
 }
 
+/* ---- 7. the teacher's layers ------------------------------------------------------------------ */
+typedef struct {
+    ConvBN l;
+    float *in, *out, *col, *R;
+    int B;
+} ConvCtx;
+
+static double probe_conv(void *p) {
+    ConvCtx *c = p;
+    conv_forward(c->out, c->col, c->in, c->l.w, &c->l, c->B);
+    return dot(c->out, c->R, (size_t)c->l.cout * c->B * c->l.hout * c->l.wout);
+}
+
+static void test_conv(int k, int stride) {
+    ConvCtx c = {.B = 2};
+    ConvBN *l = &c.l;
+    l->cin = 3, l->cout = 4, l->ksize = k, l->stride = stride, l->pad = k / 2, l->hin = 7, l->win = 6;
+    l->hout = (7 + 2 * l->pad - k) / stride + 1, l->wout = (6 + 2 * l->pad - k) / stride + 1;
+    size_t nin = (size_t)3 * 2 * 7 * 6, nout = (size_t)4 * 2 * l->hout * l->wout, nw = (size_t)4 * 3 * k * k;
+    c.in = rand_tensor(nin, 1), l->w = rand_tensor(nw, 1), c.out = zeros(nout), c.R = rand_tensor(nout, 1);
+    c.col = zeros((size_t)3 * k * k * 2 * l->hout * l->wout);
+    float *dcol = zeros((size_t)3 * k * k * 2 * l->hout * l->wout), *din = zeros(nin), *dw = zeros(nw);
+    conv_backward(din, dw, c.col, dcol, c.R, c.in, l->w, l, 2);
+    char name[64];
+    snprintf(name, sizeof(name), "conv %dx%d stride %d", k, k, stride);
+    check_grad(name, "dx", c.in, din, nin, probe_conv, &c, 1e-2f, 1e-2);
+    check_grad(name, "dW", l->w, dw, nw, probe_conv, &c, 1e-2f, 1e-2);
+    /* one output by hand: channel 1, image 1, position (1, 2) */
+    probe_conv(&c);
+    double s = 0;
+    for (int ci = 0; ci < 3; ci++)
+        for (int ky = 0; ky < k; ky++)
+            for (int kx = 0; kx < k; kx++) {
+                int iy = 1 * stride - l->pad + ky, ix = 2 * stride - l->pad + kx;
+                if (iy >= 0 && iy < 7 && ix >= 0 && ix < 6) s += (double)l->w[((1 * 3 + ci) * k + ky) * k + kx] * c.in[((ci * 2 + 1) * 7 + iy) * 6 + ix];
+            }
+    check(fabs(s - c.out[((1 * 2 + 1) * l->hout + 1) * l->wout + 2]) < 1e-4, "%s output equals the direct sum", name);
+}
+
+typedef struct {
+    float *x, *gamma, *beta, *out, *mean, *rstd, *rm, *rv, *R;
+    int C;
+    size_t n;
+} BNCtx;
+
+static double probe_bn(void *p) {
+    BNCtx *c = p;
+    batchnorm_forward(c->out, c->mean, c->rstd, c->rm, c->rv, c->x, c->gamma, c->beta, c->C, c->n, 1);
+    return dot(c->out, c->R, (size_t)c->C * c->n);
+}
+
+static void test_batchnorm(void) {
+    BNCtx c = {.C = 3, .n = 10};
+    c.x = rand_tensor(30, 2), c.gamma = rand_tensor(3, 1), c.beta = rand_tensor(3, 1), c.out = zeros(30);
+    c.mean = zeros(3), c.rstd = zeros(3), c.rm = zeros(3), c.rv = zeros(3), c.R = rand_tensor(30, 1);
+    for (int i = 0; i < 3; i++) c.rv[i] = 1.0f;
+    probe_bn(&c);
+    double m = 0, v = 0;
+    for (int i = 0; i < 10; i++) m += c.x[i];
+    m /= 10;
+    for (int i = 0; i < 10; i++) v += (c.x[i] - m) * (c.x[i] - m);
+    check(fabs(c.rm[0] - 0.1 * m) < 1e-5 && fabs(c.rv[0] - (0.9 + 0.1 * v / 9)) < 1e-4,
+          "batchnorm running stats: momentum 0.1, unbiased variance (%.4f, %.4f)", c.rm[0], c.rv[0]);
+    float *dx = zeros(30), *dg = zeros(3), *db = zeros(3);
+    batchnorm_backward(dx, dg, db, c.R, c.x, c.gamma, c.mean, c.rstd, 3, 10);
+    check_grad("batchnorm (train)", "dx", c.x, dx, 30, probe_bn, &c, 1e-2f, 1e-2);
+    check_grad("batchnorm (train)", "dgamma", c.gamma, dg, 3, probe_bn, &c, 1e-2f, 1e-2);
+    check_grad("batchnorm (train)", "dbeta", c.beta, db, 3, probe_bn, &c, 1e-2f, 1e-2);
+    /* eval mode uses the running statistics */
+    float rm[1] = {1.0f}, rv[1] = {4.0f}, g[1] = {2.0f}, b[1] = {0.5f}, x[2] = {3.0f, -1.0f}, y[2], mm[1], rs[1];
+    batchnorm_forward(y, mm, rs, rm, rv, x, g, b, 1, 2, 0);
+    check(fabsf(y[0] - (2.0f * 2.0f / sqrtf(4.0f + 1e-5f) + 0.5f)) < 1e-5f && rm[0] == 1.0f,
+          "batchnorm eval mode normalises with the running statistics and leaves them unchanged");
+}
+
+typedef struct {
+    float *x, *out, *R;
+    int B, C, hw;
+} PoolCtx;
+
+static double probe_pool(void *p) {
+    PoolCtx *c = p;
+    avgpool_forward(c->out, c->x, c->B, c->C, c->hw);
+    return dot(c->out, c->R, (size_t)c->B * c->C);
+}
+
+static void test_relu_pool(void) {
+    PoolCtx c = {.B = 2, .C = 3, .hw = 5};
+    c.x = rand_tensor(30, 1), c.out = zeros(6), c.R = rand_tensor(6, 1);
+    float *dx = zeros(30);
+    avgpool_backward(dx, c.R, 2, 3, 5);
+    check_grad("avgpool", "dx", c.x, dx, 30, probe_pool, &c, 1e-2f, 1e-2);
+    float y[4] = {-1.0f, 2.0f, 0.0f, 3.0f}, d[4] = {1, 1, 1, 1};
+    relu_forward(y, 4);
+    relu_backward(d, y, 4);
+    check(y[0] == 0 && y[1] == 2 && d[0] == 0 && d[1] == 1 && d[2] == 0 && d[3] == 1, "relu forward and backward");
+}
+
+static TeacherConfig tiny_teacher_config(void) {
+    TeacherConfig c = {.img_size = 8, .in_chans = 3, .num_classes = 5, .stages = 2, .blocks = 2, .widths = {4, 6}};
+    return c;
+}
+
+typedef struct {
+    Net *net;
+    float *images, *targets;
+    int B;
+} TeacherCtx;
+
+static double probe_teacher(void *p) {
+    TeacherCtx *c = p;
+    net_forward(c->net, c->images, c->B, 1);
+    return cross_entropy_forward(c->net->resnet.logits, c->targets, c->B, 5);
+}
+
+static void test_teacher_model(void) {
+    TeacherConfig cfg = tiny_teacher_config();
+    Net net = {.kind = NET_RESNET};
+    teacher_build(&net.resnet, &cfg);
+    teacher_init(&net.resnet, 5);
+    Teacher *t = &net.resnet;
+    check(t->blocks[0].has_shortcut == 0 && t->blocks[2].has_shortcut == 1 && t->blocks[2].conv1.stride == 2 &&
+              t->blocks[2].conv1.hout == 4 && t->blocks[3].has_shortcut == 0,
+          "teacher layout: stride 2 and a 1x1 shortcut at the first block of stage 2");
+    int B = 4, labels[4] = {0, 1, 2, 4};
+    TeacherCtx c = {.net = &net, .B = B};
+    c.images = rand_tensor((size_t)B * 3 * 64, 1), c.targets = zeros(B * 5);
+    smooth_targets(c.targets, labels, 0.1f, B, 5);
+    net_forward(&net, c.images, B, 1);
+    net_loss_backward(&net, c.images, c.targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
+    /* Directional derivatives, tensor by tensor: along a random direction v of the tensor,
+       (f(p + h v) - f(p - h v)) / 2h must equal g . v. To keep the finite differences away from
+       ReLU kinks, BatchNorm outputs are shifted well away from 0 (beta = +-1.5, gamma = 0.3):
+       channels of the stem and of each block's first BN alternate between always on and always
+       off, so the ReLU masks are exercised but never flip under the small perturbation. */
+    ConvBN **convs = xmalloc(sizeof(ConvBN *) * (1 + 3 * (size_t)t->num_blocks));
+    int nconv = teacher_convs(t, convs);
+    for (int i = 0; i < nconv; i++) {
+        int first = convs[i] == &t->stem;
+        for (int b = 0; b < t->num_blocks; b++) first |= convs[i] == &t->blocks[b].conv1;
+        for (int ch = 0; ch < convs[i]->cout; ch++) {
+            convs[i]->gamma[ch] = 0.3f;
+            convs[i]->beta[ch] = (first && ch % 2) ? -1.5f : 1.5f;
+        }
+    }
+    free(convs);
+    net_forward(&net, c.images, B, 1);
+    net_loss_backward(&net, c.images, c.targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
+    float *p0 = xmalloc(sizeof(float) * t->num_params);
+    memcpy(p0, t->params_memory, sizeof(float) * t->num_params);
+    double worst = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < t->num_tensors; i++) {
+        const TensorInfo *ti = &t->tensors[i];
+        if (!ti->trainable) continue;
+        float *v = xmalloc(sizeof(float) * ti->size);
+        double gv = 0, fs[2];
+        for (size_t j = 0; j < ti->size; j++) v[j] = rng_normal(&test_rng), gv += (double)v[j] * t->grads_memory[ti->offset + j];
+        for (int s = 0; s < 2; s++) {
+            float h = s ? -1e-3f : 1e-3f;
+            for (size_t j = 0; j < ti->size; j++) t->params_memory[ti->offset + j] = p0[ti->offset + j] + h * v[j];
+            fs[s] = probe_teacher(&c);
+        }
+        memcpy(t->params_memory, p0, sizeof(float) * t->num_params);
+        /* float rounding of the loss limits the difference quotient to ~1e-4 absolute */
+        double num = (fs[0] - fs[1]) / 2e-3, e = fabs(num - gv) / (1e-3 + 1e-2 * fabs(gv));
+        if (getenv("DEIT_TEST_VERBOSE")) printf("     teacher tensor %2d %-10s g.v %+.6f numeric %+.6f\n", i, ti->name, gv, num);
+        if (e > worst) worst = e, worst_name = ti->name;
+        free(v);
+    }
+    check(worst < 1.0, "gradcheck teacher ResNet (train-mode BN), directional, all %d tensors: |err| / (1e-3 + 1%% |g.v|) worst %s %.2f",
+          t->num_tensors, worst_name, worst);
+    free(p0);
+    /* checkpoint round trip and header */
+    const char *path = "test_teacher.bin";
+    check(teacher_save(t, path) == 0, "teacher checkpoint written");
+    size_t n;
+    unsigned char *bytes = read_bytes(path, &n);
+    int32_t h[HEADER_INTS];
+    memcpy(h, bytes, sizeof(h));
+    check(n == 1024 + 4 * t->num_params && h[0] == 20151210 && h[1] == 1 && h[2] == 8 && h[3] == 3 && h[4] == 5 && h[5] == 2 &&
+              h[6] == 2 && h[7] == 4 && h[8] == 6 && h[9] == 0,
+          "teacher checkpoint header: magic, version, img, chans, classes, stages, blocks, widths");
+    Net back;
+    check(net_load(&back, path) == 0 && back.kind == NET_RESNET && back.resnet.num_params == t->num_params &&
+              !memcmp(back.resnet.params_memory, t->params_memory, 4 * t->num_params),
+          "teacher checkpoint round trip is bit-exact (and detected by its magic)");
+    net_free(&back);
+    write_bytes(path, bytes, n - 8);
+    check(net_load(&back, path) != 0, "truncated teacher checkpoint rejected");
+    int32_t zero = 0;
+    memcpy(bytes + 4 * 6, &zero, 4);
+    write_bytes(path, bytes, n);
+    check(net_load(&back, path) != 0, "teacher checkpoint with 0 blocks per stage rejected");
+    free(bytes);
+    remove(path);
+    net_free(&net);
+}
+
+/* ---- 8. data: loaders on tiny synthetic files, augmentation invariants ------------------------ */
+static const char *test_dir = "test_data_tmp";
+
+static void write_cifar_file(const char *name, int records, int label_bytes, int bad_label) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", test_dir, name);
+    size_t rec = (size_t)label_bytes + CIFAR_PIXELS;
+    unsigned char *buf = xcalloc(records * rec, 1);
+    for (int r = 0; r < records; r++) {
+        buf[r * rec] = (unsigned char)(r % 10);
+        buf[r * rec + label_bytes - 1] = (unsigned char)((r * 7) % (label_bytes == 1 ? 10 : 100));
+        if (bad_label && r == records - 1) buf[r * rec + label_bytes - 1] = 200;
+        for (int i = 0; i < CIFAR_PIXELS; i++) buf[r * rec + label_bytes + i] = (unsigned char)((r * 31 + i * 7) & 255);
+    }
+    write_bytes(path, buf, records * rec);
+    free(buf);
+}
+
+static void make_test_dir(void) {
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s", test_dir);
+    if (system(cmd) != 0) die("cannot create %s", test_dir);
+}
+
+static void remove_test_files(void) {
+    const char *names[] = {"data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin",
+                           "test_batch.bin", "train.bin", "test.bin"};
+    char path[512];
+    for (int i = 0; i < 8; i++) {
+        snprintf(path, sizeof(path), "%s/%s", test_dir, names[i]);
+        remove(path);
+    }
+}
+
+static void write_tiny_cifar10(int per_file) {
+    char name[64];
+    for (int i = 1; i <= 5; i++) {
+        snprintf(name, sizeof(name), "data_batch_%d.bin", i);
+        write_cifar_file(name, per_file, 1, 0);
+    }
+    write_cifar_file("test_batch.bin", 20, 1, 0);
+}
+
+static void test_loaders(void) {
+    make_test_dir();
+    remove_test_files();
+    write_tiny_cifar10(12);
+    Dataset d;
+    check(dataset_load(&d, test_dir, 1) == 0 && d.n == 60 && d.num_classes == 10 && d.labels[3] == 1 &&
+              d.images[(size_t)3 * CIFAR_PIXELS + 5] == (unsigned char)((3 * 31 + 5 * 7) & 255),
+          "CIFAR-10 loader reads 5 tiny training files (60 records), labels and pixels");
+    dataset_free(&d);
+    check(dataset_load(&d, test_dir, 0) == 0 && d.n == 20, "CIFAR-10 test split read (20 records)");
+    dataset_free(&d);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/data_batch_3.bin", test_dir);
+    unsigned char junk[100] = {0};
+    write_bytes(path, junk, 100);
+    check(dataset_load(&d, test_dir, 1) != 0, "a data file that is not a whole number of records is rejected");
+    remove(path);
+    check(dataset_load(&d, test_dir, 1) != 0, "a missing training batch file is rejected");
+    write_cifar_file("data_batch_3.bin", 12, 1, 1);
+    check(dataset_load(&d, test_dir, 1) != 0, "a label out of range is rejected");
+    write_cifar_file("data_batch_3.bin", 12, 1, 0);
+    snprintf(path, sizeof(path), "%s/test_batch.bin", test_dir);
+    write_bytes(path, junk, 0);
+    check(dataset_load(&d, test_dir, 0) != 0, "an empty test file is rejected");
+    check(dataset_load(&d, "no_such_dir", 1) != 0, "a directory without CIFAR files is rejected");
+    remove_test_files();
+    write_cifar_file("train.bin", 30, 2, 0);
+    write_cifar_file("test.bin", 10, 2, 0);
+    check(dataset_load(&d, test_dir, 1) == 0 && d.n == 30 && d.num_classes == 100 && d.labels[2] == 14 &&
+              fabsf(d.mean[0] - 0.5071f) < 1e-6f,
+          "CIFAR-100 loader uses the fine label (second byte) and CIFAR-100 normalisation");
+    dataset_free(&d);
+    remove_test_files();
+    /* class balance on CIFAR-10-like labels */
+    write_tiny_cifar10(12);
+    dataset_load(&d, test_dir, 1);
+    int counts[10] = {0}, idx2[60];
+    int n2 = balanced_subset(idx2, &d, 20);
+    for (int i = 0; i < n2; i++) counts[d.labels[idx2[i]]]++;
+    int balanced = n2 == 20;
+    for (int c = 0; c < 10; c++) balanced &= counts[c] == 2;
+    check(balanced, "--train-limit 20 takes 2 images of each of the 10 classes");
+    dataset_free(&d);
+}
+
+static void test_augmentation(void) {
+    Dataset d;
+    dataset_load(&d, test_dir, 1);
+    int B = 8, idx[8], labels[8];
+    for (int b = 0; b < B; b++) idx[b] = b * 3;
+    float *images = xmalloc(sizeof(float) * B * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * B * 10);
+    AugConfig none = {0};
+    make_batch(images, targets, labels, &d, idx, B, &none, 0, 1);
+    float expect = (d.images[(size_t)idx[2] * CIFAR_PIXELS + 1024 + 33] / 255.0f - 0.4822f) / 0.2435f;
+    check(fabsf(images[2 * CIFAR_PIXELS + 1024 + 33] - expect) < 1e-6f && labels[2] == d.labels[idx[2]],
+          "eval batch: pixel / 255 normalised with the CIFAR-10 mean and std, label kept");
+    AugConfig deit = {1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
+    int ok_sum = 1, ok_finite = 1, changed = 0;
+    for (int trial = 0; trial < 20; trial++) {
+        float *img2 = xmalloc(sizeof(float) * B * CIFAR_PIXELS);
+        make_batch(img2, targets, labels, &d, idx, B, &deit, 1, 100 + trial);
+        for (int b = 0; b < B; b++) {
+            double s = 0;
+            for (int c = 0; c < 10; c++) s += targets[b * 10 + c], ok_sum &= targets[b * 10 + c] >= 0;
+            ok_sum &= fabs(s - 1.0) < 1e-5;
+        }
+        for (int i = 0; i < B * CIFAR_PIXELS; i++) ok_finite &= isfinite(img2[i]) != 0, changed |= img2[i] != images[i];
+        free(img2);
+    }
+    check(ok_sum, "mixup/cutmix + label smoothing: every target row is a distribution (sums to 1)");
+    check(ok_finite && changed, "DeiT augmentation gives finite images that differ from the originals");
+    float *a1 = xmalloc(sizeof(float) * B * CIFAR_PIXELS), *a2 = xmalloc(sizeof(float) * B * CIFAR_PIXELS);
+    make_batch(a1, targets, labels, &d, idx, B, &deit, 1, 77);
+    make_batch(a2, targets, labels, &d, idx, B, &deit, 1, 77);
+    check(!memcmp(a1, a2, sizeof(float) * B * CIFAR_PIXELS), "augmentation is reproducible from its seed");
+    /* mixup with a known lambda: the mixed image is the convex combination of the pair */
+    Rng r;
+    rng_seed(&r, 9);
+    float im[2 * 3 * 4], tg[2 * 2] = {1, 0, 0, 1};
+    for (int i = 0; i < 24; i++) im[i] = (float)i;
+    float lam = mixup_cutmix(im, tg, 2, 3, 2, 2, 0.8f, 0.0f, &r);
+    check(fabsf(im[0] - (lam * 0 + (1 - lam) * 12)) < 1e-4f && fabsf(tg[0] - lam) < 1e-6f && fabsf(tg[1] - (1 - lam)) < 1e-6f,
+          "mixup blends image b with image B-1-b and the targets by the same lambda (%.3f)", lam);
+    /* RandAugment ops keep a uniform image's shape; level-0 geometric ops are the identity */
+    uint8_t img[CIFAR_PIXELS], orig[CIFAR_PIXELS];
+    for (int i = 0; i < CIFAR_PIXELS; i++) orig[i] = (uint8_t)((i * 13) & 255);
+    int identity = 1;
+    int ops0[] = {3, 11, 12, 13, 14, 7, 8, 9};
+    for (int k = 0; k < 8; k++) {
+        memcpy(img, orig, sizeof(img));
+        randaug_op(img, ops0[k], 0.0f, &r);
+        identity &= !memcmp(img, orig, sizeof(img));
+    }
+    check(identity, "rotate/shear/translate/color/contrast/brightness at magnitude 0 leave the image unchanged");
+    memcpy(img, orig, sizeof(img));
+    randaug_op(img, 2, 0.5f, &r);
+    check(img[5] == 255 - orig[5], "invert");
+    free(a1), free(a2), free(images), free(targets);
+    dataset_free(&d);
+}
+
+/* ---- 6. optimizers and schedule against hand-computed steps ----------------------------------- */
+static void test_optimizers(void) {
+    TensorInfo t[2] = {{"w", 0, 2, 1, 1}, {"b", 2, 1, 0, 1}};
+    float p[3] = {1.0f, -2.0f, 0.5f}, g[3] = {0.5f, -0.25f, 2.0f};
+    Optimizer o;
+    optimizer_init(&o, OPT_ADAMW, 3, 0.1f, 0, 0);
+    optimizer_step(&o, p, g, t, 2, 0.01f);
+    /* first AdamW step: p (1 - lr wd) - lr * g / (|g| + eps) */
+    check(fabsf(p[0] - (1.0f * (1 - 0.001f) - 0.01f)) < 1e-6f && fabsf(p[1] - (-2.0f * (1 - 0.001f) + 0.01f)) < 1e-6f &&
+              fabsf(p[2] - (0.5f - 0.01f)) < 1e-6f,
+          "AdamW first step: decoupled decay on weights only, then lr * sign(g)");
+    optimizer_step(&o, p, g, t, 2, 0.01f); /* same gradient again: still exactly lr * sign(g) per step */
+    check(fabsf(p[2] - (0.5f - 0.02f)) < 1e-6f, "AdamW second step with the same gradient moves lr again (bias correction)");
+    optimizer_free(&o);
+    float q[3] = {1.0f, -2.0f, 0.5f};
+    optimizer_init(&o, OPT_SGD, 3, 0.1f, 0.9f, 0);
+    optimizer_step(&o, q, g, t, 2, 0.1f);
+    float b1 = 0.5f + 0.1f * 1.0f; /* g + wd p */
+    check(fabsf(q[0] - (1.0f - 0.1f * b1)) < 1e-6f && fabsf(q[2] - (0.5f - 0.1f * 2.0f)) < 1e-6f, "SGD first step: p -= lr (g + wd p)");
+    float p0 = q[0], b2 = 0.9f * b1 + (0.5f + 0.1f * p0);
+    optimizer_step(&o, q, g, t, 2, 0.1f);
+    check(fabsf(q[0] - (p0 - 0.1f * b2)) < 1e-6f, "SGD second step uses the momentum buffer");
+    optimizer_free(&o);
+    float r[3] = {1.0f, -2.0f, 0.5f};
+    optimizer_init(&o, OPT_SGD, 3, 0.0f, 0.9f, 1);
+    optimizer_step(&o, r, g, t, 2, 0.1f);
+    check(fabsf(r[0] - (1.0f - 0.1f * (0.5f + 0.9f * 0.5f))) < 1e-6f, "SGD Nesterov step: p -= lr (g + momentum buf)");
+    optimizer_free(&o);
+    check(fabsf(lr_at(0, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_COSINE)) < 1e-7f &&
+              fabsf(lr_at(5, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_COSINE) - 0.5f) < 1e-6f &&
+              fabsf(lr_at(10, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_COSINE) - 1.0f) < 1e-6f &&
+              fabsf(lr_at(55, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_COSINE) - 0.55f) < 1e-6f &&
+              fabsf(lr_at(100, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_COSINE) - 0.1f) < 1e-6f &&
+              lr_at(70, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_CONSTANT) == 1.0f,
+          "schedule: linear warmup, cosine from lr to min_lr, constant");
+}
+
+/* ---- 9. training end to end on tiny data: it learns, and resume equals an uninterrupted run --- */
+static void test_train_and_resume(void) {
+    remove_test_files();
+    make_test_dir();
+    write_tiny_cifar10(12);
+    DeiTConfig cfg = tiny_config(1);
+    cfg.img_size = 32, cfg.patch_size = 8, cfg.num_classes = 10;
+    TrainConfig tc = {.epochs = 3, .batch = 10, .shuffle = 1, .lr = 1e-3f, .min_lr = 1e-5f, .warmup_lr = 1e-6f, .warmup_epochs = 1,
+                      .weight_decay = 0.05f, .opt = OPT_ADAMW, .sched = SCHED_COSINE, .distill = DISTILL_NONE, .alpha = 0.5f,
+                      .tau = 1.0f, .seed = 5, .data_dir = test_dir, .out = "test_run_a.bin"};
+    tc.aug = (AugConfig){1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
+    Net a = {.kind = NET_DEIT};
+    deit_build(&a.deit, &cfg);
+    deit_init(&a.deit, 5);
+    a.deit.drop_path = 0.1f;
+    check(train(&a, NULL, &tc) == 0, "train: 3 epochs on tiny synthetic data");
+    /* the same run, stopped after epoch 1 and resumed */
+    Net b = {.kind = NET_DEIT};
+    deit_build(&b.deit, &cfg);
+    deit_init(&b.deit, 5);
+    b.deit.drop_path = 0.1f;
+    TrainConfig tb = tc;
+    tb.out = "test_run_b.bin";
+    tb.max_steps = 6; /* one epoch is 60 / 10 = 6 steps */
+    train(&b, NULL, &tb);
+    net_free(&b);
+    Net c;
+    net_load(&c, "test_run_b.bin");
+    c.deit.drop_path = 0.1f; /* a run setting, not part of the checkpoint */
+    tb.max_steps = 0;
+    tb.resume = "test_run_b.bin";
+    check(train(&c, NULL, &tb) == 0, "train: resumed after epoch 1");
+    check(!memcmp(a.deit.params_memory, c.deit.params_memory, sizeof(float) * a.deit.num_params),
+          "resumed run is bit-identical to the uninterrupted one");
+    /* distillation from a teacher checkpoint runs and the teacher is untouched */
+    TeacherConfig tcfg = tiny_teacher_config();
+    tcfg.img_size = 32, tcfg.num_classes = 10;
+    Net t = {.kind = NET_RESNET};
+    teacher_build(&t.resnet, &tcfg);
+    teacher_init(&t.resnet, 1);
+    float *before = xmalloc(sizeof(float) * t.resnet.num_params);
+    memcpy(before, t.resnet.params_memory, sizeof(float) * t.resnet.num_params);
+    TrainConfig td = tc;
+    td.epochs = 1, td.distill = DISTILL_HARD, td.out = "test_run_d.bin";
+    check(train(&a, &t, &td) == 0 && !memcmp(before, t.resnet.params_memory, sizeof(float) * t.resnet.num_params),
+          "hard distillation run; the teacher (eval mode) is not modified");
+    remove("test_run_a.bin"), remove("test_run_a.bin.state"), remove("test_run_b.bin"), remove("test_run_b.bin.state");
+    remove("test_run_d.bin"), remove("test_run_d.bin.state");
+    free(before);
+    net_free(&a), net_free(&c), net_free(&t);
+    remove_test_files();
+    remove(test_dir);
+}
+
 /* ============================================================================================ */
 int main(void) {
     rng_seed(&test_rng, 1234);
@@ -540,6 +974,20 @@ int main(void) {
         for (int type = 0; type <= 2; type++) test_model_gradients(dist, (DistillType)type);
     test_model_behaviour();
     test_checkpoint();
+    printf("== optimizers ==\n");
+    test_optimizers();
+    printf("== the teacher ==\n");
+    test_conv(3, 1);
+    test_conv(3, 2);
+    test_conv(1, 2);
+    test_batchnorm();
+    test_relu_pool();
+    test_teacher_model();
+    printf("== data ==\n");
+    test_loaders();
+    test_augmentation();
+    printf("== training ==\n");
+    test_train_and_resume();
     printf("%d passed, %d failed\n", tests_passed, tests_failed);
     return tests_failed ? 1 : 0;
 }
