@@ -178,13 +178,13 @@ static void matmul_reference(float *C, int ldc, const float *A, int a_rs, int a_
 #define MC 72  /* a multiple of MR */
 #define NC 4096 /* a multiple of NR */
 
-static void micro_kernel(int kc, const float *restrict a, const float *restrict b,
+static void micro_kernel(int kc, const float *restrict a, const float *restrict b, int ldb,
                          float *restrict c, int ldc, int m, int n) {
     float acc[MR][NR] = {{0}};
     for (int k = 0; k < kc; k++) {
         for (int i = 0; i < MR; i++) {
             float aik = a[k * MR + i];
-            for (int j = 0; j < NR; j++) acc[i][j] += aik * b[k * NR + j];
+            for (int j = 0; j < NR; j++) acc[i][j] += aik * b[(size_t)k * ldb + j];
         }
     }
     if (m == MR && n == NR) {
@@ -196,20 +196,25 @@ static void micro_kernel(int kc, const float *restrict a, const float *restrict 
     }
 }
 
-/* A[i0 .. i0+m) x [k0 .. k0+kc) into panels of MR rows, zero padded. */
+/* A[i0 .. i0+m) x [k0 .. k0+kc) into panels of MR rows (MR numbers per k), zero padded. */
 static void pack_a(float *restrict dst, const float *A, int a_rs, int a_cs, int i0, int m, int k0, int kc) {
-    for (int p = 0; p < m; p += MR) {
-        for (int k = 0; k < kc; k++)
-            for (int i = 0; i < MR; i++)
-                *dst++ = (p + i < m) ? A[(size_t)(i0 + p + i) * a_rs + (size_t)(k0 + k) * a_cs] : 0.0f;
+    for (int p = 0; p < m; p += MR, dst += (size_t)MR * kc) {
+        int rows = m - p < MR ? m - p : MR;
+        if (rows < MR) memset(dst, 0, sizeof(float) * MR * kc);
+        for (int i = 0; i < rows; i++) { /* one row of A at a time: contiguous when a_cs == 1 */
+            const float *src = A + (size_t)(i0 + p + i) * a_rs + (size_t)k0 * a_cs;
+            for (int k = 0; k < kc; k++) dst[k * MR + i] = src[(size_t)k * a_cs];
+        }
     }
 }
 
-/* One panel: B[k0 .. k0+kc) x [j0 .. j0+n) as kc rows of NR, zero padded. */
+/* One panel: B[k0 .. k0+kc) x [j0 .. j0+n) as kc rows of NR numbers, zero padded. */
 static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs, int k0, int kc, int j0, int n) {
-    for (int k = 0; k < kc; k++)
-        for (int j = 0; j < NR; j++)
-            *dst++ = (j < n) ? B[(size_t)(k0 + k) * b_rs + (size_t)(j0 + j) * b_cs] : 0.0f;
+    if (n < NR) memset(dst, 0, sizeof(float) * NR * kc);
+    for (int j = 0; j < n; j++) { /* one column of B at a time: contiguous when b_rs == 1 */
+        const float *src = B + (size_t)k0 * b_rs + (size_t)(j0 + j) * b_cs;
+        for (int k = 0; k < kc; k++) dst[k * NR + j] = src[(size_t)k * b_rs];
+    }
 }
 
 static float *matmul_packed_b; /* KC x NC, allocated once */
@@ -219,6 +224,10 @@ static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
     if (M <= 0 || N <= 0 || K <= 0) return;
     if (!matmul_packed_b) matmul_packed_b = xmalloc(sizeof(float) * KC * NC);
     float *bp = matmul_packed_b;
+    /* 4. No copy where none is needed: when B's rows are contiguous (b_cs == 1), the kernel reads
+          a full B panel where it lies, row stride b_rs; only panels that are transposed or cut
+          short by the edge are packed. */
+    int b_direct = (b_cs == 1);
     for (int j0 = 0; j0 < N; j0 += NC) {
         int nc = N - j0 < NC ? N - j0 : NC;
         int n_panels = (nc + NR - 1) / NR;
@@ -227,7 +236,7 @@ static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
             OMP(omp parallel for schedule(static))
             for (int q = 0; q < n_panels; q++) {
                 int n = nc - q * NR < NR ? nc - q * NR : NR;
-                pack_b_panel(bp + (size_t)q * NR * kc, B, b_rs, b_cs, k0, kc, j0 + q * NR, n);
+                if (!b_direct || n < NR) pack_b_panel(bp + (size_t)q * NR * kc, B, b_rs, b_cs, k0, kc, j0 + q * NR, n);
             }
             /* Work items: (block of MC rows) x (group of 4 B panels). Each packs its A block. */
             int n_blocks = (M + MC - 1) / MC;
@@ -247,9 +256,11 @@ static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
                     int q_end = (grp + 1) * 4 < n_panels ? (grp + 1) * 4 : n_panels;
                     for (int q = grp * 4; q < q_end; q++) {
                         int jn = nc - q * NR < NR ? nc - q * NR : NR;
+                        int direct = b_direct && jn == NR;
+                        const float *b = direct ? B + (size_t)k0 * b_rs + j0 + q * NR : bp + (size_t)q * NR * kc;
                         for (int p = 0; p < m; p += MR) {
                             int im = m - p < MR ? m - p : MR;
-                            micro_kernel(kc, ap + (size_t)p * kc, bp + (size_t)q * NR * kc,
+                            micro_kernel(kc, ap + (size_t)p * kc, b, direct ? b_rs : NR,
                                          C + (size_t)(i0 + p) * ldc + j0 + q * NR, ldc, im, jn);
                         }
                     }
@@ -430,14 +441,15 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
      score[t2] = q_t . k_t2 / sqrt(hd)       for all T tokens t2 (no mask: every token sees all)
      att[t]    = softmax(score)
      out_t     = sum over t2 of att[t][t2] v_t2      written to out[b, t, h*hd ...]
-   Loops run over contiguous memory: k and v of one head are first copied transposed
-   (kT[i][t2]) so the dot products become vector updates over t2.                             */
+   Every inner loop runs over contiguous memory so it vectorizes: k of one head is first copied
+   transposed (kT[i][t2]), so q_t . k_t2 for all t2 becomes hd vector updates over t2; sums
+   over tokens accumulate in a small local row (acc) rather than in memory.                  */
 static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int D, int NH) {
     int hd = D / NH;
     float scale = 1.0f / sqrtf((float)hd);
     OMP(omp parallel)
     {
-        float *kT = xmalloc(sizeof(float) * (size_t)hd * T);
+        float *kT = xmalloc(sizeof(float) * (size_t)hd * T), *acc = xmalloc(sizeof(float) * hd);
         OMP(omp for collapse(2) schedule(static))
         for (int b = 0; b < B; b++)
             for (int h = 0; h < NH; h++) {
@@ -461,68 +473,81 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
                     }
                     float inv = 1.0f / sum;
                     for (int t2 = 0; t2 < T; t2++) a[t2] *= inv;
-                    float *o = out + ((size_t)b * T + t) * D + h * hd;
-                    for (int i = 0; i < hd; i++) o[i] = 0.0f;
+                    for (int i = 0; i < hd; i++) acc[i] = 0.0f;
                     for (int t2 = 0; t2 < T; t2++) {
                         const float *v = base + (size_t)t2 * 3 * D + 2 * D + h * hd;
                         float w = a[t2];
-                        for (int i = 0; i < hd; i++) o[i] += w * v[i];
+                        for (int i = 0; i < hd; i++) acc[i] += w * v[i];
                     }
+                    memcpy(out + ((size_t)b * T + t) * D + h * hd, acc, sizeof(float) * hd);
                 }
             }
         free(kT);
+        free(acc);
     }
 }
 
-/* Backward, for one image b, head h, query t, with dout_t the gradient of out_t:
-     datt[t2]   = dout_t . v_t2
-     dv_t2     += att[t][t2] * dout_t
-     dscore[t2] = att[t][t2] * (datt[t2] - sum_u att[t][u] datt[u])      (softmax backward)
-     dq_t      += scale * sum_t2 dscore[t2] k_t2
-     dk_t2     += scale * dscore[t2] q_t
-   Each (b, h) writes only its own slice of dqkv, so the parallel loop is race-free.          */
+/* Backward, for one image b and head h, with dout_t the gradient of out_t:
+     datt[t][t2] = dout_t . v_t2
+     dscore[t]   = att[t] * (datt[t] - sum_u att[t][u] datt[t][u])     (softmax backward)
+     dq_t       += scale * sum_t2 dscore[t][t2] k_t2
+     dk_t2      += scale * sum_t  dscore[t][t2] q_t
+     dv_t2      +=         sum_t  att[t][t2] dout_t
+   dscore of the head is kept (T x T) so that dq, dk and dv are each one pass that sums into a
+   local row. Each (b, h) writes only its own slice of dqkv, so the parallel loop is race-free. */
 static void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
                                int B, int T, int D, int NH) {
     int hd = D / NH;
     float scale = 1.0f / sqrtf((float)hd);
     OMP(omp parallel)
     {
-        float *vT = xmalloc(sizeof(float) * (size_t)hd * T);
-        float *datt = xmalloc(sizeof(float) * (size_t)T);
+        float *vT = xmalloc(sizeof(float) * (size_t)hd * T), *dscore = xmalloc(sizeof(float) * (size_t)T * T);
+        float *acc = xmalloc(sizeof(float) * hd), *acc2 = xmalloc(sizeof(float) * hd);
         OMP(omp for collapse(2) schedule(static))
         for (int b = 0; b < B; b++)
             for (int h = 0; h < NH; h++) {
                 const float *base = qkv + (size_t)b * T * 3 * D;
                 float *dbase = dqkv + (size_t)b * T * 3 * D;
+                const float *a_bh = att + ((size_t)b * NH + h) * T * T;
                 for (int t2 = 0; t2 < T; t2++)
                     for (int i = 0; i < hd; i++) vT[(size_t)i * T + t2] = base[(size_t)t2 * 3 * D + 2 * D + h * hd + i];
-                for (int t = 0; t < T; t++) {
-                    const float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                    const float *dy = dout + ((size_t)b * T + t) * D + h * hd;
-                    const float *q = base + (size_t)t * 3 * D + h * hd;
-                    float *dq = dbase + (size_t)t * 3 * D + h * hd;
-                    for (int t2 = 0; t2 < T; t2++) datt[t2] = 0.0f;
+                for (int t = 0; t < T; t++) { /* dscore row t */
+                    const float *a = a_bh + (size_t)t * T, *dy = dout + ((size_t)b * T + t) * D + h * hd;
+                    float *ds = dscore + (size_t)t * T;
+                    for (int t2 = 0; t2 < T; t2++) ds[t2] = 0.0f;
                     for (int i = 0; i < hd; i++) {
                         const float *v = vT + (size_t)i * T;
-                        for (int t2 = 0; t2 < T; t2++) datt[t2] += dy[i] * v[t2];
+                        for (int t2 = 0; t2 < T; t2++) ds[t2] += dy[i] * v[t2];
                     }
                     float dot = 0.0f;
-                    for (int t2 = 0; t2 < T; t2++) dot += a[t2] * datt[t2];
+                    for (int t2 = 0; t2 < T; t2++) dot += a[t2] * ds[t2];
+                    for (int t2 = 0; t2 < T; t2++) ds[t2] = a[t2] * (ds[t2] - dot) * scale;
+                }
+                for (int t = 0; t < T; t++) { /* dq_t = sum_t2 dscore[t][t2] k_t2 */
+                    for (int i = 0; i < hd; i++) acc[i] = 0.0f;
                     for (int t2 = 0; t2 < T; t2++) {
                         const float *k = base + (size_t)t2 * 3 * D + D + h * hd;
-                        float *dk = dbase + (size_t)t2 * 3 * D + D + h * hd;
-                        float *dv = dbase + (size_t)t2 * 3 * D + 2 * D + h * hd;
-                        float ds = a[t2] * (datt[t2] - dot) * scale;
+                        float w = dscore[(size_t)t * T + t2];
+                        for (int i = 0; i < hd; i++) acc[i] += w * k[i];
+                    }
+                    float *dq = dbase + (size_t)t * 3 * D + h * hd;
+                    for (int i = 0; i < hd; i++) dq[i] += acc[i];
+                }
+                for (int t2 = 0; t2 < T; t2++) { /* dk_t2 and dv_t2: sums over the queries t */
+                    for (int i = 0; i < hd; i++) acc[i] = 0.0f, acc2[i] = 0.0f;
+                    for (int t = 0; t < T; t++) {
+                        const float *q = base + (size_t)t * 3 * D + h * hd, *dy = dout + ((size_t)b * T + t) * D + h * hd;
+                        float ws = dscore[(size_t)t * T + t2], wa = a_bh[(size_t)t * T + t2];
                         for (int i = 0; i < hd; i++) {
-                            dv[i] += a[t2] * dy[i];
-                            dq[i] += ds * k[i];
-                            dk[i] += ds * q[i];
+                            acc[i] += ws * q[i];
+                            acc2[i] += wa * dy[i];
                         }
                     }
+                    float *dk = dbase + (size_t)t2 * 3 * D + D + h * hd, *dv = dk + D;
+                    for (int i = 0; i < hd; i++) dk[i] += acc[i], dv[i] += acc2[i];
                 }
             }
-        free(vT);
-        free(datt);
+        free(vT), free(dscore), free(acc), free(acc2);
     }
 }
 
@@ -950,9 +975,17 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
     }
 }
 
+/* Zero all gradients (the backward functions accumulate). The activation gradients are large,
+   so the threads share the memset. */
 static void deit_zero_grad(DeiT *m) {
     memset(m->grads_memory, 0, sizeof(float) * m->num_params);
-    if (m->grads_acts_memory) memset(m->grads_acts_memory, 0, sizeof(float) * m->num_acts);
+    if (!m->grads_acts_memory) return;
+    long chunks = (long)((m->num_acts + (1 << 20) - 1) >> 20);
+    OMP(omp parallel for schedule(static))
+    for (long c = 0; c < chunks; c++) {
+        size_t start = (size_t)c << 20, n = m->num_acts - start < (1u << 20) ? m->num_acts - start : (1u << 20);
+        memset(m->grads_acts_memory + start, 0, sizeof(float) * n);
+    }
 }
 
 /* Loss of the last forward pass; adds dloss/dlogits into grads_acts (zero_grad first).
@@ -1277,15 +1310,22 @@ static void im2col(float *col, const float *in, int B, int cin, int hin, int win
     OMP(omp parallel for schedule(static))
     for (int row = 0; row < cin * k * k; row++) {
         int c = row / (k * k), ky = (row / k) % k, kx = row % k;
+        /* output columns ox whose input column ix = ox*stride - pad + kx lies inside the image */
+        int lo = 0, hi = wout;
+        while (lo < wout && lo * stride - pad + kx < 0) lo++;
+        while (hi > lo && (hi - 1) * stride - pad + kx >= win) hi--;
         float *dst = col + (size_t)row * NP;
         for (int b = 0; b < B; b++)
-            for (int oy = 0; oy < hout; oy++) {
+            for (int oy = 0; oy < hout; oy++, dst += wout) {
                 int iy = oy * stride - pad + ky;
-                const float *src = in + (((size_t)c * B + b) * hin + iy) * win;
-                for (int ox = 0; ox < wout; ox++) {
-                    int ix = ox * stride - pad + kx;
-                    *dst++ = (iy >= 0 && iy < hin && ix >= 0 && ix < win) ? src[ix] : 0.0f;
+                if (iy < 0 || iy >= hin) {
+                    memset(dst, 0, sizeof(float) * wout);
+                    continue;
                 }
+                const float *src = in + (((size_t)c * B + b) * hin + iy) * win - pad + kx;
+                for (int ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
+                for (int ox = lo; ox < hi; ox++) dst[ox] = src[ox * stride];
+                for (int ox = hi; ox < wout; ox++) dst[ox] = 0.0f;
             }
     }
 }
