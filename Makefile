@@ -29,7 +29,7 @@ deit: deit.c deit.h
 test_deit: test_deit.c deit.c deit.h
 	$(CC) $(FLAGS) test_deit.c $(LDLIBS) -o test_deit
 
-test: test_deit
+test: deit test_deit
 	./test_deit
 
 debug: deit.c deit.h

@@ -2469,7 +2469,6 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
 /* ============================================================================================
  * 10. The command line
  * ========================================================================================== */
-#ifndef TESTING
 
 enum { CMD_TEACHER = 1, CMD_TRAIN = 2, CMD_EVAL = 4, CMD_BENCH = 8 };
 typedef enum { F_INT, F_LONG, F_FLOAT, F_STR } FlagType;
@@ -2598,9 +2597,10 @@ static TrainConfig train_config(const Options *o, int is_teacher) {
     memset(&c, 0, sizeof(c));
     c.epochs = pick_int(o->epochs, is_teacher ? 30 : 300);
     c.batch = pick_int(o->batch, is_teacher ? 128 : 64);
-    if (!strcmp(o->opt ? o->opt : (is_teacher ? "sgd" : "adamw"), "sgd")) c.opt = OPT_SGD;
-    else if (!strcmp(o->opt, "adamw")) c.opt = OPT_ADAMW;
-    else die("--opt must be adamw or sgd, not '%s'", o->opt);
+    const char *opt = o->opt ? o->opt : (is_teacher ? "sgd" : "adamw");
+    if (!strcmp(opt, "sgd")) c.opt = OPT_SGD;
+    else if (!strcmp(opt, "adamw")) c.opt = OPT_ADAMW;
+    else die("--opt must be adamw or sgd, not '%s'", opt);
     c.lr = pick(o->lr, c.opt == OPT_ADAMW ? 5e-4f * c.batch / 512.0f : 0.1f * c.batch / 128.0f);
     c.min_lr = pick(o->min_lr, c.opt == OPT_ADAMW ? 1e-5f : 0.0f);
     c.warmup_lr = o->warmup_lr;
@@ -2788,7 +2788,7 @@ static void usage(void) {
 
 static int cmd_bench(const Options *o);
 
-int main(int argc, char **argv) {
+static int deit_main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage();
         return argc < 2 ? 1 : 0;
@@ -2947,4 +2947,7 @@ static int cmd_bench(const Options *o) {
     if (kb >= 0) printf("peak memory: %.1f MiB\n", kb / 1024.0);
     return 0;
 }
-#endif /* TESTING */
+
+#ifndef TESTING /* test_deit.c includes this file and brings its own main() */
+int main(int argc, char **argv) { return deit_main(argc, argv); }
+#endif

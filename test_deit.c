@@ -953,8 +953,77 @@ static void test_train_and_resume(void) {
     remove(test_dir);
 }
 
+/* ---- 10. the command line, run as a user would (needs ./deit built: make test does it) ------- */
+static int run(const char *cmd) {
+    char full[1024];
+    snprintf(full, sizeof(full), "%s > test_cli.out 2>&1", cmd);
+    return system(full);
+}
+
+static int output_has(const char *text) {
+    size_t n;
+    unsigned char *out = read_bytes("test_cli.out", &n);
+    if (!out) return 0;
+    char *s = xmalloc(n + 1);
+    memcpy(s, out, n);
+    s[n] = 0;
+    int found = strstr(s, text) != NULL;
+    free(s), free(out);
+    return found;
+}
+
+static void test_cli(void) {
+    if (!file_exists("./deit")) {
+        check(0, "./deit exists (build it with make first)");
+        return;
+    }
+    make_test_dir();
+    write_tiny_cifar10(12);
+    check(run("./deit") != 0 && output_has("commands:") && output_has("train"), "./deit alone prints usage with its commands, exit != 0");
+    check(run("./deit train --bogus 1") != 0 && output_has("unknown option '--bogus'"), "unknown flag: clear error");
+    check(run("./deit train --epochs abc") != 0 && output_has("'abc' is not a number"), "malformed number: clear error");
+    check(run("./deit train --lr -1") != 0 && output_has("out of range"), "out-of-range flag: clear error");
+    check(run("./deit train --batch 2.5") != 0 && output_has("not a whole number"), "fractional integer flag: clear error");
+    check(run("./deit train --data no_such_dir --steps 1") != 0 && output_has("no_such_dir"), "missing data directory named in the error");
+    check(run("./deit train --distill soft --data test_data_tmp") != 0 && output_has("needs --teacher"), "--distill without --teacher: clear error");
+    check(run("./deit teacher --arch resnet8 --epochs 1 --batch 10 --data test_data_tmp --out test_cli_t.bin --log test_cli_t.csv") == 0 &&
+              file_exists("test_cli_t.bin") && file_exists("test_cli_t.bin.state"),
+          "./deit teacher trains, writes checkpoint and state");
+    size_t n = 0;
+    unsigned char *csv = read_bytes("test_cli_t.csv", &n);
+    check(csv && n > 20 && !memcmp(csv, "epoch,step,lr,train_loss,test_acc", 33), "teacher CSV log has its header and a row");
+    free(csv);
+    check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 2 --batch 10 --data test_data_tmp --teacher test_cli_t.bin "
+              "--distill hard --out test_cli_s.bin") == 0 && output_has("distill hard"),
+          "./deit train with hard distillation from the teacher");
+    check(run("./deit eval --ckpt test_cli_s.bin --data test_data_tmp --logits test_cli_logits.bin") == 0 &&
+              output_has("class head") && output_has("confusion"),
+          "./deit eval of a student: both heads, confusion matrix");
+    unsigned char *lg = read_bytes("test_cli_logits.bin", &n);
+    check(lg && n == 20 * 10 * 4, "--logits writes float32 (N, C) (%zu bytes)", n);
+    free(lg);
+    check(run("./deit eval --ckpt test_cli_t.bin --data test_data_tmp") == 0 && output_has("accuracy"), "./deit eval of a teacher");
+    check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 3 --batch 10 --data test_data_tmp --resume test_cli_s.bin") != 0 &&
+              output_has("resume with the same flags"),
+          "--resume with different flags is refused");
+    check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 2 --batch 10 --data test_data_tmp --teacher test_cli_t.bin "
+              "--distill hard --resume test_cli_s.bin") == 0 && output_has("after epoch 2"),
+          "--resume of a finished run has nothing left to do");
+    write_bytes("test_cli_bad.bin", "garbage", 7);
+    check(run("./deit eval --ckpt test_cli_bad.bin --data test_data_tmp") != 0 && output_has("test_cli_bad.bin"),
+          "eval of a corrupt checkpoint: clear error naming the file");
+    check(run("./deit bench --dim 16 --depth 1 --heads 2 --batch 4 --repeats 1 --arch resnet8") == 0 && output_has("img/s"),
+          "./deit bench runs");
+    const char *files[] = {"test_cli_t.bin", "test_cli_t.bin.state", "test_cli_t.csv", "test_cli_s.bin", "test_cli_s.bin.state",
+                           "test_cli_logits.bin", "test_cli_bad.bin", "test_cli.out"};
+    for (int i = 0; i < 8; i++) remove(files[i]);
+    remove_test_files();
+    remove(test_dir);
+}
+
 /* ============================================================================================ */
 int main(void) {
+    (void)deit_main; /* the command line is tested by running ./deit itself (test_cli) */
     rng_seed(&test_rng, 1234);
     printf("== matmul ==\n");
     test_matmul();
@@ -988,6 +1057,8 @@ int main(void) {
     test_augmentation();
     printf("== training ==\n");
     test_train_and_resume();
+    printf("== the command line ==\n");
+    test_cli();
     printf("%d passed, %d failed\n", tests_passed, tests_failed);
     return tests_failed ? 1 : 0;
 }
