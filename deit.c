@@ -2470,7 +2470,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  * 10. The command line
  * ========================================================================================== */
 
-enum { CMD_TEACHER = 1, CMD_TRAIN = 2, CMD_EVAL = 4, CMD_BENCH = 8 };
+enum { CMD_TEACHER = 1, CMD_TRAIN = 2, CMD_EVAL = 4, CMD_BENCH = 8, CMD_DEBUG = 16 };
 typedef enum { F_INT, F_LONG, F_FLOAT, F_STR } FlagType;
 typedef struct {
     const char *name;
@@ -2483,7 +2483,7 @@ typedef struct {
 
 typedef struct {
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
-        *logits, *head;
+        *logits, *head, *dump;
     int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats;
     long steps, seed;
     float lr, min_lr, warmup_lr, warmup, wd, momentum, mixup, cutmix, erase, smoothing, drop_path, randaug_mag, alpha, tau;
@@ -2508,10 +2508,10 @@ static const Flag flags[] = {
     {"--erase", F_FLOAT, &opt_values.erase, ALL_TRAIN, 0, 1, "random erasing probability (deit: 0.25)"},
     {"--randaug", F_INT, &opt_values.randaug, ALL_TRAIN, 0, 10, "RandAugment ops per image (deit: 2; 0 off)"},
     {"--randaug-mag", F_FLOAT, &opt_values.randaug_mag, ALL_TRAIN, 0, 10, "RandAugment magnitude (deit: 9)"},
-    {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN, 0, 1, "label smoothing epsilon (deit: 0.1)"},
+    {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN | CMD_DEBUG, 0, 1, "label smoothing epsilon (deit: 0.1)"},
     {"--drop-path", F_FLOAT, &opt_values.drop_path, CMD_TRAIN, 0, 0.99, "stochastic depth rate (deit: 0.1)"},
     {"--epochs", F_INT, &opt_values.epochs, ALL_TRAIN, 1, 100000, "epochs (student 300, teacher 30)"},
-    {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH, 1, 65536, "batch size (student 64, teacher 128)"},
+    {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG, 1, 65536, "batch size (student 64, teacher 128)"},
     {"--lr", F_FLOAT, &opt_values.lr, ALL_TRAIN, 0, 100, "learning rate (AdamW: 5e-4 * batch / 512; SGD: 0.1 * batch / 128)"},
     {"--min-lr", F_FLOAT, &opt_values.min_lr, ALL_TRAIN, 0, 100, "final learning rate of the cosine (AdamW 1e-5, SGD 0)"},
     {"--warmup-lr", F_FLOAT, &opt_values.warmup_lr, ALL_TRAIN, 0, 100, "learning rate at the start of warmup (1e-6)"},
@@ -2521,24 +2521,25 @@ static const Flag flags[] = {
     {"--wd", F_FLOAT, &opt_values.wd, ALL_TRAIN, 0, 100, "weight decay (AdamW 0.05, SGD 5e-4), never on biases/norms/tokens"},
     {"--momentum", F_FLOAT, &opt_values.momentum, ALL_TRAIN, 0, 1, "SGD momentum (0.9)"},
     {"--nesterov", F_INT, &opt_values.nesterov, ALL_TRAIN, 0, 1, "1: Nesterov momentum (teacher default 1)"},
-    {"--distill", F_STR, &opt_values.distill, CMD_TRAIN, 0, 0, "none | soft | hard (default hard with --teacher, else none)"},
-    {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN, 0, 0, "teacher checkpoint (a ResNet, or a student)"},
-    {"--alpha", F_FLOAT, &opt_values.alpha, CMD_TRAIN, 0, 1, "weight of the distillation loss (0.5)"},
-    {"--tau", F_FLOAT, &opt_values.tau, CMD_TRAIN, 1e-3, 1000, "soft distillation temperature (1.0)"},
-    {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH, 0, 9e18, "random seed (1337)"},
+    {"--distill", F_STR, &opt_values.distill, CMD_TRAIN | CMD_DEBUG, 0, 0, "none | soft | hard (default hard with --teacher, else none)"},
+    {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN | CMD_DEBUG, 0, 0, "teacher checkpoint (a ResNet, or a student)"},
+    {"--alpha", F_FLOAT, &opt_values.alpha, CMD_TRAIN | CMD_DEBUG, 0, 1, "weight of the distillation loss (0.5)"},
+    {"--tau", F_FLOAT, &opt_values.tau, CMD_TRAIN | CMD_DEBUG, 1e-3, 1000, "soft distillation temperature (1.0)"},
+    {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH | CMD_DEBUG, 0, 9e18, "random seed (1337)"},
     {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH, 1, 1024, "OpenMP threads (default: all cores)"},
     {"--init", F_STR, &opt_values.init, ALL_TRAIN, 0, 0, "start from this checkpoint's weights"},
     {"--steps", F_LONG, &opt_values.steps, ALL_TRAIN, 1, 1e15, "stop after N optimizer steps"},
     {"--out", F_STR, &opt_values.out, ALL_TRAIN, 0, 0, "checkpoint to write (student.bin / teacher.bin); also OUT.state"},
     {"--resume", F_STR, &opt_values.resume, ALL_TRAIN, 0, 0, "continue the run that wrote this checkpoint (and FILE.state)"},
     {"--log", F_STR, &opt_values.log, ALL_TRAIN, 0, 0, "CSV log: epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s"},
-    {"--ckpt", F_STR, &opt_values.ckpt, CMD_EVAL, 0, 0, "checkpoint to evaluate (student or teacher)"},
+    {"--ckpt", F_STR, &opt_values.ckpt, CMD_EVAL | CMD_DEBUG, 0, 0, "checkpoint to evaluate (student or teacher)"},
+    {"--dump", F_STR, &opt_values.dump, CMD_DEBUG, 0, 0, "directory for the debug-state files (must exist)"},
     {"--logits", F_STR, &opt_values.logits, CMD_EVAL, 0, 0, "write the inference logits as float32 (N, C), test-set order"},
     {"--repeats", F_INT, &opt_values.repeats, CMD_BENCH, 1, 1000, "timed repeats (median reported, default 5)"},
 };
 #define NUM_FLAGS ((int)(sizeof(flags) / sizeof(flags[0])))
 
-static const char *command_help[] = {"", "teacher", "train", "", "eval", "", "", "", "bench"};
+static const char *command_help[] = {"", "teacher", "train", "", "eval", "", "", "", "bench", "", "", "", "", "", "", "", "debug-state"};
 
 static void command_usage(unsigned cmd) {
     fprintf(stderr, "usage: ./deit %s [options]\noptions:\n", command_help[cmd]);
@@ -2780,6 +2781,7 @@ static void usage(void) {
             "  train     train the DeiT student, with or without distillation\n"
             "  eval      evaluate a student or teacher checkpoint on the test set\n"
             "  bench     time training and inference steps and the matmul\n"
+            "  debug-state  dump one batch's inputs, logits, loss and gradients (for dev/reference.py)\n"
             "example:\n"
             "  ./deit teacher --epochs 30 --out teacher.bin\n"
             "  ./deit train --teacher teacher.bin --distill hard --epochs 100 --out student.bin\n"
@@ -2788,13 +2790,91 @@ static void usage(void) {
 
 static int cmd_bench(const Options *o);
 
+/* ---- ./deit debug-state: one batch, everything an outside reference implementation needs ----
+   For checking deit.c against PyTorch (dev/reference.py). With a fixed random batch (images
+   N(0,1), seeded labels) and the model in training mode without drop path or augmentation
+   (BatchNorm of a ResNet uses batch statistics), writes into the --dump directory:
+     images.f32 (B, in_chans, S, S)   labels.i32 (B)   targets.f32 (B, C) (label smoothing applied)
+     teacher_logits.f32 (B, C)        only with --teacher (teacher in eval mode)
+     logits.f32 (B, C)                the class head (a ResNet's only output)
+     logits_dist.f32 (B, C)           only for a student with a distillation token
+     loss.txt                         "total base distill" as decimal numbers
+     grads.bin                        the gradients of the loss, in the checkpoint format of --ckpt
+   All binary files are raw little-endian arrays without header, except grads.bin. */
+static void write_raw(const char *dir, const char *name, const void *data, size_t bytes) {
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, bytes, f) != bytes || fclose(f)) die("%s: cannot write", path);
+}
+
+static int cmd_debug_state(const Options *o) {
+    if (!o->ckpt || !o->dump) die("debug-state needs --ckpt FILE and --dump DIR");
+    Net net, teacher;
+    memset(&teacher, 0, sizeof(teacher));
+    if (net_load(&net, o->ckpt)) return 1;
+    int B = pick_int(o->batch, 4), C = net_num_classes(&net), S = net_img_size(&net);
+    int chans = net.kind == NET_DEIT ? net.deit.config.in_chans : net.resnet.config.in_chans;
+    DistillType type = DISTILL_NONE;
+    if (o->distill) {
+        for (int i = 0; i < 3; i++) if (!strcmp(o->distill, distill_names[i])) type = (DistillType)i;
+        if (strcmp(o->distill, distill_names[type])) die("--distill must be none, soft or hard, not '%s'", o->distill);
+    }
+    if (type != DISTILL_NONE) {
+        if (!o->teacher) die("--distill %s needs --teacher FILE", distill_names[type]);
+        if (net_load(&teacher, o->teacher)) return 1;
+        if (net_num_classes(&teacher) != C || net_img_size(&teacher) != S) die("%s: teacher shape differs from the model's", o->teacher);
+    }
+    Rng rng;
+    rng_seed(&rng, (uint64_t)o->seed);
+    size_t n_img = (size_t)B * chans * S * S;
+    float *images = xmalloc(sizeof(float) * n_img), *targets = xmalloc(sizeof(float) * (size_t)B * C);
+    int32_t *labels = xmalloc(sizeof(int32_t) * B);
+    int *ilabels = xmalloc(sizeof(int) * B);
+    for (size_t i = 0; i < n_img; i++) images[i] = rng_normal(&rng);
+    for (int b = 0; b < B; b++) ilabels[b] = labels[b] = rng_int(&rng, C);
+    smooth_targets(targets, ilabels, pick(o->smoothing, 0.1f), B, C);
+    write_raw(o->dump, "images.f32", images, sizeof(float) * n_img);
+    write_raw(o->dump, "labels.i32", labels, sizeof(int32_t) * B);
+    write_raw(o->dump, "targets.f32", targets, sizeof(float) * (size_t)B * C);
+    const float *teacher_logits = NULL;
+    if (teacher.kind) {
+        net_forward(&teacher, images, B, 0);
+        teacher_logits = net_logits(&teacher, HEAD_MEAN);
+        write_raw(o->dump, "teacher_logits.f32", teacher_logits, sizeof(float) * (size_t)B * C);
+    }
+    if (net.kind == NET_DEIT) net.deit.drop_path = 0.0f;
+    net_forward(&net, images, B, 1);
+    LossParts lp = net_loss_backward(&net, images, targets, teacher_logits, type, o->alpha, o->tau, B);
+    write_raw(o->dump, "logits.f32", net_logits(&net, HEAD_CLS), sizeof(float) * (size_t)B * C);
+    if (net_has_dist(&net)) write_raw(o->dump, "logits_dist.f32", net_logits(&net, HEAD_DIST), sizeof(float) * (size_t)B * C);
+    char text[256], path[4096];
+    int len = snprintf(text, sizeof(text), "%.9g %.9g %.9g\n", lp.total, lp.base, lp.distill);
+    write_raw(o->dump, "loss.txt", text, (size_t)len);
+    /* the gradients in the checkpoint layout: swap them in, save, swap back */
+    float *params = net_params(&net);
+    size_t n = net_num_params(&net);
+    float *saved = xmalloc(sizeof(float) * n);
+    memcpy(saved, params, sizeof(float) * n);
+    memcpy(params, net_grads(&net), sizeof(float) * n);
+    snprintf(path, sizeof(path), "%s/grads.bin", o->dump);
+    int rc = net_save(&net, path);
+    memcpy(params, saved, sizeof(float) * n);
+    printf("debug-state: %s, batch %d, distill %s: loss %.6f (base %.6f, distill %.6f); wrote %s/\n", o->ckpt, B,
+           distill_names[type], lp.total, lp.base, lp.distill, o->dump);
+    free(saved), free(images), free(targets), free(labels), free(ilabels);
+    net_free(&net), net_free(&teacher);
+    return rc ? 1 : 0;
+}
+
 static int deit_main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage();
         return argc < 2 ? 1 : 0;
     }
     unsigned cmd = !strcmp(argv[1], "teacher") ? CMD_TEACHER : !strcmp(argv[1], "train") ? CMD_TRAIN
-                 : !strcmp(argv[1], "eval") ? CMD_EVAL : !strcmp(argv[1], "bench") ? CMD_BENCH : 0;
+                 : !strcmp(argv[1], "eval") ? CMD_EVAL : !strcmp(argv[1], "bench") ? CMD_BENCH
+                 : !strcmp(argv[1], "debug-state") ? CMD_DEBUG : 0;
     if (!cmd) {
         fprintf(stderr, "deit: error: unknown command '%s'\n", argv[1]);
         usage();
@@ -2808,6 +2888,7 @@ static int deit_main(int argc, char **argv) {
     case CMD_TEACHER: return cmd_train(&opt_values, 1);
     case CMD_TRAIN: return cmd_train(&opt_values, 0);
     case CMD_EVAL: return cmd_eval(&opt_values);
+    case CMD_DEBUG: return cmd_debug_state(&opt_values);
     default: return cmd_bench(&opt_values);
     }
 }
