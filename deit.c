@@ -559,11 +559,13 @@ static void gelu_forward(float *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * 0.70710678118654752f));
 }
 
-static void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+/* The backward reads Phi(x) back from the forward's output, Phi(x) = gelu(x) / x (x != 0), so
+   only phi needs an exp: no second erf per element. */
+static void gelu_backward(float *dinp, const float *dout, const float *inp, const float *out, size_t n) {
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+        float cdf = x != 0.0f ? out[i] / x : 0.5f;
         float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
         dinp[i] += dout[i] * (cdf + x * pdf);
     }
@@ -1037,7 +1039,7 @@ static void deit_backward(DeiT *m, const float *images, int B) {
         residual_backward(dresid1, dfc2, dresid2, scale2, B, (size_t)T * D);
         linear_backward(dgelu, g->fc2_w + (size_t)l * D * H, g->fc2_b + l * D, dfc2, gelu,
                         p->fc2_w + (size_t)l * D * H, B * T, H, D);
-        gelu_backward(dfc1, dgelu, fc1, BTH);
+        gelu_backward(dfc1, dgelu, fc1, gelu, BTH);
         linear_backward(dln2, g->fc1_w + (size_t)l * H * D, g->fc1_b + l * H, dfc1, ln2,
                         p->fc1_w + (size_t)l * H * D, B * T, D, H);
         layernorm_backward(dresid1, g->ln2_w + l * D, g->ln2_b + l * D, dln2, resid1, p->ln2_w + l * D,

@@ -234,7 +234,9 @@ static void test_gelu(void) {
     LayerCtx c = {.N = 50};
     c.x = rand_tensor(50, 2), c.out = zeros(50), c.R = rand_tensor(50, 1);
     float *dx = zeros(50);
-    gelu_backward(dx, c.R, c.x, 50);
+    probe_gelu(&c);
+    c.x[7] = 0.0f, probe_gelu(&c); /* x = 0 exactly: Phi(0) = 1/2 */
+    gelu_backward(dx, c.R, c.x, c.out, 50);
     check_grad("gelu", "dx", c.x, dx, 50, probe_gelu, &c, 1e-2f, 1e-2);
     float x = 1.0f, y;
     gelu_forward(&y, &x, 1);
@@ -1024,6 +1026,7 @@ static void test_cli(void) {
 /* ============================================================================================ */
 int main(void) {
     (void)deit_main; /* the command line is tested by running ./deit itself (test_cli) */
+    printf("(lines \"deit: error: ...\" below are the messages of inputs the tests expect to be rejected)\n");
     rng_seed(&test_rng, 1234);
     printf("== matmul ==\n");
     test_matmul();
