@@ -154,7 +154,7 @@ static void matmul_reference(float *C, int ldc, const float *A, int a_rs, int a_
         }
 }
 
-/* The fast one. Three tricks, all plain C that the compiler turns into vector instructions:
+/* The fast one. Four tricks, all plain C that the compiler turns into vector instructions:
  *
  * 1. Register tile. The innermost routine (micro_kernel) computes a small MR x NR block of C
  *    in a local array `acc`. For each k it loads MR numbers of A and NR numbers of B and does
@@ -169,6 +169,8 @@ static void matmul_reference(float *C, int ldc, const float *A, int a_rs, int a_
  * 3. Cache blocking. K is cut in slices of KC so a packed A block (MC x KC) stays in L2 and a
  *    B panel (KC x NR) in L1 while they are reused; N is cut in slices of NC so packed B fits
  *    in L3.
+ * 4. No copy where none is needed: a B panel whose rows are already contiguous is read in
+ *    place (see b_direct below).
  * Threads (OpenMP) split the tiles of C; no two threads ever write the same element of C, so
  * the backward products are race-free and the result does not depend on the thread count.
  */
@@ -224,9 +226,8 @@ static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
     if (M <= 0 || N <= 0 || K <= 0) return;
     if (!matmul_packed_b) matmul_packed_b = xmalloc(sizeof(float) * KC * NC);
     float *bp = matmul_packed_b;
-    /* 4. No copy where none is needed: when B's rows are contiguous (b_cs == 1), the kernel reads
-          a full B panel where it lies, row stride b_rs; only panels that are transposed or cut
-          short by the edge are packed. */
+    /* Trick 4: when B's rows are contiguous (b_cs == 1), the kernel reads a full B panel where
+       it lies, with row stride b_rs; only panels that are transposed or cut short are packed. */
     int b_direct = (b_cs == 1);
     for (int j0 = 0; j0 < N; j0 += NC) {
         int nc = N - j0 < NC ? N - j0 : NC;
@@ -2524,7 +2525,7 @@ static const Flag flags[] = {
     {"--momentum", F_FLOAT, &opt_values.momentum, ALL_TRAIN, 0, 1, "SGD momentum (0.9)"},
     {"--nesterov", F_INT, &opt_values.nesterov, ALL_TRAIN, 0, 1, "1: Nesterov momentum (teacher default 1)"},
     {"--distill", F_STR, &opt_values.distill, CMD_TRAIN | CMD_DEBUG, 0, 0, "none | soft | hard (default hard with --teacher, else none)"},
-    {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN | CMD_DEBUG, 0, 0, "teacher checkpoint (a ResNet, or a student)"},
+    {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN | CMD_DEBUG | CMD_BENCH, 0, 0, "teacher checkpoint (a ResNet, or a student); bench: teacher architecture"},
     {"--alpha", F_FLOAT, &opt_values.alpha, CMD_TRAIN | CMD_DEBUG, 0, 1, "weight of the distillation loss (0.5)"},
     {"--tau", F_FLOAT, &opt_values.tau, CMD_TRAIN | CMD_DEBUG, 1e-3, 1000, "soft distillation temperature (1.0)"},
     {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH | CMD_DEBUG, 0, 9e18, "random seed (1337)"},
@@ -3019,12 +3020,13 @@ static int cmd_bench(const Options *o) {
     bench_net(&net, B, R, deit_flops_per_image(&c), "student");
     net_free(&net);
     TeacherConfig tc;
-    if (teacher_preset(&tc, o->arch)) die("--arch must be resnet8, resnet20, resnet56 or resnet20w4, not '%s'", o->arch);
+    const char *arch = o->teacher ? o->teacher : o->arch;
+    if (teacher_preset(&tc, arch)) die("the teacher must be resnet8, resnet20, resnet56 or resnet20w4, not '%s'", arch);
     net.kind = NET_RESNET;
     teacher_build(&net.resnet, &tc);
     teacher_init(&net.resnet, 1);
-    printf("teacher: %s, %zu parameters\n", o->arch, net.resnet.num_params);
-    bench_net(&net, B, R, teacher_flops_per_image(&net.resnet), o->arch);
+    printf("teacher: %s, %zu parameters\n", arch, net.resnet.num_params);
+    bench_net(&net, B, R, teacher_flops_per_image(&net.resnet), arch);
     net_free(&net);
     long kb = peak_memory_kb();
     if (kb >= 0) printf("peak memory: %.1f MiB\n", kb / 1024.0);
