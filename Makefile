@@ -19,7 +19,7 @@ ifeq ($(NO_OMP),)
 endif
 FLAGS = $(CFLAGS) $(ARCH) $(OMP)
 
-.PHONY: all test debug asan clean check-torch
+.PHONY: all test debug clean check-torch
 all: deit
 
 deit: deit.c deit.h
@@ -29,12 +29,25 @@ deit: deit.c deit.h
 test_deit: test_deit.c deit.c deit.h
 	$(CC) $(FLAGS) test_deit.c $(LDLIBS) -o test_deit
 
-test: deit test_deit
+# The test suite twice: as built, then under AddressSanitizer + UndefinedBehaviorSanitizer
+# (without OpenMP, whose runtime the sanitizers do not know).
+SANITIZE = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+test_deit_asan: test_deit.c deit.c deit.h
+	$(CC) $(SANITIZE) -Wall -Wextra test_deit.c $(LDLIBS) -o test_deit_asan
+
+test: deit test_deit test_deit_asan
 	./test_deit
+	@echo "== again under AddressSanitizer + UndefinedBehaviorSanitizer =="
+	ASAN_OPTIONS=detect_leaks=1 ./test_deit_asan
 
 debug: deit.c deit.h
 	$(CC) -O0 -g -Wall -Wextra deit.c $(LDLIBS) -o deit
 	$(CC) -O0 -g -Wall -Wextra test_deit.c $(LDLIBS) -o test_deit
+
+# Optional: deit.c against PyTorch autograd and the checkpoint converter (skips without torch).
+check-torch: deit
+	bash dev/check_torch.sh
 
 clean:
 	rm -f deit test_deit test_deit_asan

@@ -2316,9 +2316,16 @@ static int stderr_is_terminal(void) {
 }
 
 /* ---- 9.4 The training loop ------------------------------------------------------------------ */
+static int all_finite(const float *x, size_t n) {
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= isfinite(x[i]) != 0;
+    return ok;
+}
+
 typedef struct {
     int epochs, batch, train_limit, shuffle, threads;
     long max_steps;           /* stop after this many optimizer steps (0: no limit) */
+    int skip_nonfinite;       /* 1: skip a step whose loss or gradient is NaN/Inf instead of stopping */
     float lr, min_lr, warmup_lr, warmup_epochs, weight_decay, momentum;
     int nesterov;
     OptType opt;
@@ -2389,6 +2396,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     float *images = xmalloc(sizeof(float) * (size_t)B * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * (size_t)B * C);
     int *labels = xmalloc(sizeof(int) * B), *order = xmalloc(sizeof(int) * n_train);
     int inline_progress = stderr_is_terminal(), status = 0;
+    long skipped = 0;
     for (int epoch = rs.epochs_done; epoch < cfg->epochs && status == 0; epoch++) {
         memcpy(order, pool, sizeof(int) * n_train);
         if (cfg->shuffle) {
@@ -2410,8 +2418,16 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
             lr = lr_at(rs.step, total_steps, warmup_steps, cfg->lr, cfg->min_lr, cfg->warmup_lr, cfg->sched);
             net_forward(net, images, B, 1);
             LossParts lp = net_loss_backward(net, images, targets, teacher_logits, cfg->distill, cfg->alpha, cfg->tau, B);
-            if (!isfinite(lp.total)) {
-                report("loss is %f at epoch %d step %ld: stopping; %s keeps the last good epoch", lp.total, epoch + 1, rs.step, cfg->out);
+            const char *bad = !isfinite(lp.total) ? "loss" : (!all_finite(net_grads(net), net_num_params(net)) ? "gradient" : NULL);
+            if (bad && cfg->skip_nonfinite) { /* leave the weights as they are and go on */
+                fprintf(stderr, "deit: warning: non-finite %s at epoch %d step %ld: step skipped (--skip-nonfinite)\n", bad,
+                        epoch + 1, rs.step);
+                skipped++;
+                continue;
+            }
+            if (bad) {
+                report("non-finite %s (loss %g) at epoch %d, step %ld: stopping; %s keeps the last good epoch "
+                       "(--skip-nonfinite 1 skips such steps)", bad, lp.total, epoch + 1, rs.step, cfg->out);
                 status = -1;
                 break;
             }
@@ -2462,6 +2478,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
         if (cfg->max_steps > 0 && rs.step >= cfg->max_steps) break;
     }
     if (status == 0) fprintf(stderr, "deit: wrote %s (%.0f s of training)\n", cfg->out, rs.elapsed);
+    if (skipped) fprintf(stderr, "deit: %ld step(s) skipped for non-finite values\n", skipped);
     if (log) fclose(log);
     free(images), free(targets), free(labels), free(order), free(pool);
     optimizer_free(&opt);
@@ -2487,7 +2504,8 @@ typedef struct {
 typedef struct {
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
         *logits, *head, *dump;
-    int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats;
+    int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats,
+        skip_nonfinite;
     long steps, seed;
     float lr, min_lr, warmup_lr, warmup, wd, momentum, mixup, cutmix, erase, smoothing, drop_path, randaug_mag, alpha, tau;
 } Options;
@@ -2529,9 +2547,10 @@ static const Flag flags[] = {
     {"--alpha", F_FLOAT, &opt_values.alpha, CMD_TRAIN | CMD_DEBUG, 0, 1, "weight of the distillation loss (0.5)"},
     {"--tau", F_FLOAT, &opt_values.tau, CMD_TRAIN | CMD_DEBUG, 1e-3, 1000, "soft distillation temperature (1.0)"},
     {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH | CMD_DEBUG, 0, 9e18, "random seed (1337)"},
-    {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH, 1, 1024, "OpenMP threads (default: all cores)"},
+    {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG, 1, 1024, "OpenMP threads (default: all cores)"},
     {"--init", F_STR, &opt_values.init, ALL_TRAIN, 0, 0, "start from this checkpoint's weights"},
     {"--steps", F_LONG, &opt_values.steps, ALL_TRAIN, 1, 1e15, "stop after N optimizer steps"},
+    {"--skip-nonfinite", F_INT, &opt_values.skip_nonfinite, ALL_TRAIN, 0, 1, "1: skip steps with a NaN/Inf loss or gradient (default: stop)"},
     {"--out", F_STR, &opt_values.out, ALL_TRAIN, 0, 0, "checkpoint to write (student.bin / teacher.bin); also OUT.state"},
     {"--resume", F_STR, &opt_values.resume, ALL_TRAIN, 0, 0, "continue the run that wrote this checkpoint (and FILE.state)"},
     {"--log", F_STR, &opt_values.log, ALL_TRAIN, 0, 0, "CSV log: epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s"},
@@ -2630,6 +2649,7 @@ static TrainConfig train_config(const Options *o, int is_teacher) {
     c.train_limit = o->train_limit;
     c.shuffle = pick_int(o->no_shuffle, 0) == 0;
     c.max_steps = o->steps;
+    c.skip_nonfinite = o->skip_nonfinite;
     c.alpha = o->alpha;
     c.tau = o->tau;
     c.seed = (uint64_t)o->seed;
@@ -2818,8 +2838,9 @@ static int cmd_debug_state(const Options *o) {
     if (net_load(&net, o->ckpt)) return 1;
     int B = pick_int(o->batch, 4), C = net_num_classes(&net), S = net_img_size(&net);
     int chans = net.kind == NET_DEIT ? net.deit.config.in_chans : net.resnet.config.in_chans;
-    DistillType type = DISTILL_NONE;
+    DistillType type = o->teacher ? DISTILL_HARD : DISTILL_NONE; /* as for train */
     if (o->distill) {
+        type = DISTILL_NONE;
         for (int i = 0; i < 3; i++) if (!strcmp(o->distill, distill_names[i])) type = (DistillType)i;
         if (strcmp(o->distill, distill_names[type])) die("--distill must be none, soft or hard, not '%s'", o->distill);
     }

@@ -28,13 +28,22 @@ static void check(int ok, const char *fmt, ...) {
 
 static Rng test_rng;
 
+/* Test tensors are remembered and freed together at the end, so that LeakSanitizer (make test
+   runs the suite under it) reports only leaks of deit.c itself. */
+static void *test_allocs[4096];
+static int num_test_allocs = 0;
+static void *remember(void *p) {
+    if (num_test_allocs < 4096) test_allocs[num_test_allocs++] = p;
+    return p;
+}
+
 static float *rand_tensor(size_t n, float scale) {
-    float *x = xmalloc(sizeof(float) * n);
+    float *x = remember(xmalloc(sizeof(float) * n));
     for (size_t i = 0; i < n; i++) x[i] = scale * rng_normal(&test_rng);
     return x;
 }
 
-static float *zeros(size_t n) { return xcalloc(n, sizeof(float)); }
+static float *zeros(size_t n) { return remember(xcalloc(n, sizeof(float))); }
 
 static double dot(const float *a, const float *b, size_t n) {
     double s = 0.0;
@@ -94,7 +103,7 @@ static void test_matmul(void) {
                 }
                 check(worst < 1e-4 * sqrt((double)K), "matmul %4dx%4dx%4d transA=%d transB=%d vs reference: max err %.1e",
                       M, N, K, ta, tb, worst);
-                free(A), free(B), free(C1), free(C2);
+                free(C2); /* A, B, C1 are test tensors, freed at the end */
             }
     }
 }
@@ -955,6 +964,225 @@ static void test_train_and_resume(void) {
     remove(test_dir);
 }
 
+/* ---- 11. robustness: faults lose no work, corrupted inputs give clean errors, determinism ---- */
+static TrainConfig tiny_train_config(const char *out) {
+    TrainConfig tc = {.epochs = 2, .batch = 10, .shuffle = 1, .lr = 1e-3f, .min_lr = 1e-5f, .warmup_lr = 1e-6f, .warmup_epochs = 1,
+                      .weight_decay = 0.05f, .opt = OPT_ADAMW, .sched = SCHED_COSINE, .distill = DISTILL_NONE, .alpha = 0.5f,
+                      .tau = 1.0f, .seed = 11, .data_dir = test_dir, .out = out};
+    tc.aug = (AugConfig){1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
+    return tc;
+}
+
+static Net tiny_student(void) {
+    DeiTConfig cfg = tiny_config(1);
+    cfg.img_size = 32, cfg.patch_size = 8, cfg.num_classes = 10;
+    Net n = {.kind = NET_DEIT};
+    deit_build(&n.deit, &cfg);
+    deit_init(&n.deit, 5);
+    n.deit.drop_path = 0.1f;
+    return n;
+}
+
+static int file_equals(const char *path, const char *text) {
+    size_t n;
+    unsigned char *d = read_bytes(path, &n);
+    int eq = d && n == strlen(text) && !memcmp(d, text, n);
+    free(d);
+    return eq;
+}
+
+static void test_faults(void) {
+    make_test_dir();
+    remove_test_files();
+    write_tiny_cifar10(12);
+    /* a NaN loss stops the run; the previous checkpoint is left as it was */
+    write_bytes("test_fault.bin", "previous good checkpoint", 24);
+    Net n = tiny_student();
+    n.deit.params.head_w[0] = 1e38f, n.deit.params.head_w[1] = -1e38f; /* logits overflow to +-inf */
+    TrainConfig tc = tiny_train_config("test_fault.bin");
+    check(train(&n, NULL, &tc) != 0 && file_equals("test_fault.bin", "previous good checkpoint"),
+          "fault: non-finite loss stops the run and keeps the previous checkpoint");
+    tc.skip_nonfinite = 1;
+    tc.out = "test_fault_skip.bin";
+    check(train(&n, NULL, &tc) == 0, "fault: --skip-nonfinite skips such steps and the run completes");
+    net_free(&n);
+    /* the checkpoint cannot be written (its temporary path is a directory): reported, run stops,
+       previous file untouched */
+    n = tiny_student();
+    tc = tiny_train_config("test_fault.bin");
+    if (system("mkdir -p test_fault.bin.tmp") != 0) die("mkdir failed");
+    check(train(&n, NULL, &tc) != 0 && file_equals("test_fault.bin", "previous good checkpoint"),
+          "fault: a failed checkpoint write is reported, stops the run, and leaves the previous file");
+    if (system("rmdir test_fault.bin.tmp") != 0) die("rmdir failed");
+    net_free(&n);
+    tc.out = "no_such_dir/x.bin";
+    n = tiny_student();
+    check(train(&n, NULL, &tc) != 0, "fault: checkpoint into a missing directory is reported");
+    net_free(&n);
+    remove("test_fault.bin"), remove("test_fault_skip.bin"), remove("test_fault_skip.bin.state");
+}
+
+static void test_determinism(void) {
+    /* same seed and thread count: bit-identical; 1 vs 2 threads: equal to float tolerance */
+    Net a = tiny_student(), b = tiny_student(), c = tiny_student();
+    TrainConfig tc = tiny_train_config("test_det.bin");
+    int threads = num_threads();
+    set_threads(2);
+    train(&a, NULL, &tc);
+    train(&b, NULL, &tc);
+    set_threads(1);
+    train(&c, NULL, &tc);
+    set_threads(threads);
+    check(!memcmp(a.deit.params_memory, b.deit.params_memory, sizeof(float) * a.deit.num_params),
+          "determinism: the same seed and thread count give bit-identical weights");
+    double worst = 0;
+    for (size_t i = 0; i < a.deit.num_params; i++) {
+        double e = fabs(a.deit.params_memory[i] - c.deit.params_memory[i]);
+        if (e > worst) worst = e;
+    }
+    check(worst < 1e-5, "determinism: 1 vs 2 threads agree (max |diff| %.1e)", worst);
+    net_free(&a), net_free(&b), net_free(&c);
+    remove("test_det.bin"), remove("test_det.bin.state");
+}
+
+/* Corrupt a valid file many ways; every load must either succeed with a consistent result or
+   fail cleanly. Under AddressSanitizer (make test runs it) an out-of-bounds read is a crash. */
+typedef enum { CORRUPT_TRUNCATE, CORRUPT_BITFLIP, CORRUPT_HEADER_EXTREME, CORRUPT_APPEND, NUM_CORRUPTIONS } Corruption;
+static const char *corruption_names[] = {"truncated", "bit-flipped", "header field extreme", "bytes appended"};
+
+static size_t corrupt(unsigned char *dst, const unsigned char *src, size_t n, Corruption kind, int header_ints, Rng *r) {
+    static const int32_t extremes[] = {0, -1, 1, 2, 3, 7, 64, 255, 4096, 65536, 1 << 20, 1 << 30, INT32_MAX, INT32_MIN};
+    memcpy(dst, src, n);
+    switch (kind) {
+    case CORRUPT_TRUNCATE: return (size_t)rng_int(r, (int)n);
+    case CORRUPT_BITFLIP: {
+        int flips = 1 + rng_int(r, 8);
+        for (int f = 0; f < flips; f++) {
+            size_t pos = rng_uniform(r) < 0.5f && header_ints ? (size_t)rng_int(r, 4 * header_ints) : (size_t)rng_int(r, (int)n);
+            dst[pos] ^= (unsigned char)(1u << rng_int(r, 8));
+        }
+        return n;
+    }
+    case CORRUPT_HEADER_EXTREME: {
+        int field = header_ints ? rng_int(r, header_ints) : 0;
+        int32_t v = extremes[rng_int(r, (int)(sizeof(extremes) / sizeof(extremes[0])))];
+        memcpy(dst + 4 * field, &v, 4);
+        return n;
+    }
+    default: {
+        size_t extra = 1 + (size_t)rng_int(r, 64);
+        memset(dst + n, 0x5A, extra);
+        return n + extra;
+    }
+    }
+}
+
+static void test_fuzz(void) {
+    Rng r;
+    rng_seed(&r, 2024);
+    /* student and teacher checkpoints */
+    DeiTConfig cfg = tiny_config(1);
+    DeiT m;
+    deit_build(&m, &cfg);
+    deit_init(&m, 1);
+    deit_save(&m, "test_fuzz_s.bin");
+    deit_free(&m);
+    TeacherConfig tcfg = tiny_teacher_config();
+    Teacher tt;
+    teacher_build(&tt, &tcfg);
+    teacher_init(&tt, 1);
+    teacher_save(&tt, "test_fuzz_t.bin");
+    teacher_free(&tt);
+    const char *sources[] = {"test_fuzz_s.bin", "test_fuzz_t.bin"};
+    int rejected[NUM_CORRUPTIONS] = {0}, accepted[NUM_CORRUPTIONS] = {0}, inconsistent = 0, total = 0;
+    for (int s = 0; s < 2; s++) {
+        size_t n;
+        unsigned char *orig = read_bytes(sources[s], &n), *buf = xmalloc(n + 64);
+        for (int iter = 0; iter < 200; iter++) {
+            Corruption kind = (Corruption)(iter % NUM_CORRUPTIONS);
+            size_t len = corrupt(buf, orig, n, kind, 16, &r);
+            write_bytes("test_fuzz.bin", buf, len);
+            Net net;
+            FILE *saved = stderr;
+            stderr = fopen("test_fuzz.err", "w"); /* the expected error messages, kept out of the output */
+            int rc = net_load(&net, "test_fuzz.bin");
+            fclose(stderr);
+            stderr = saved;
+            total++;
+            if (rc) {
+                rejected[kind]++;
+                continue;
+            }
+            accepted[kind]++; /* e.g. a flipped bit in a weight that is still a finite number */
+            inconsistent += 1024 + 4 * net_num_params(&net) != len || !all_finite(net_params(&net), net_num_params(&net));
+            net_free(&net);
+        }
+        free(orig), free(buf);
+    }
+    check(inconsistent == 0, "fuzz: %d corrupted checkpoints (student and teacher): no crash, every accepted file consistent", total);
+    for (int k = 0; k < NUM_CORRUPTIONS; k++)
+        printf("       %-22s rejected %3d, accepted (payload-only damage) %3d\n", corruption_names[k], rejected[k], accepted[k]);
+    check(rejected[CORRUPT_TRUNCATE] == 100 && rejected[CORRUPT_APPEND] == 100, "fuzz: every truncated or extended checkpoint is rejected");
+    /* training-state files */
+    Net sn = tiny_student();
+    Optimizer o;
+    optimizer_init(&o, OPT_ADAMW, sn.deit.num_params, 0.05f, 0, 0);
+    RunState rs = {1, 6, 99, 1.0};
+    state_save("test_fuzz.state", &sn, &o, &rs, 3, 5, 10, 0);
+    size_t n;
+    unsigned char *orig = read_bytes("test_fuzz.state", &n), *buf = xmalloc(n + 64);
+    int state_bad = 0, state_total = 0;
+    for (int iter = 0; iter < 200; iter++) {
+        size_t len = corrupt(buf, orig, n, (Corruption)(iter % NUM_CORRUPTIONS), 17, &r);
+        write_bytes("test_fuzz.state", buf, len);
+        RunState back;
+        FILE *saved = stderr;
+        stderr = fopen("test_fuzz.err", "w");
+        int rc = state_load("test_fuzz.state", &sn, &o, &back, 3, 5, 10, 0);
+        fclose(stderr);
+        stderr = saved;
+        state_total++;
+        if (rc == 0) state_bad += back.epochs_done < 0 || back.epochs_done > 5 || len != n;
+    }
+    check(state_bad == 0, "fuzz: %d corrupted training-state files: no crash, nothing inconsistent accepted", state_total);
+    free(orig), free(buf);
+    optimizer_free(&o);
+    net_free(&sn);
+    /* data files */
+    make_test_dir();
+    remove_test_files();
+    write_tiny_cifar10(12);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/test_batch.bin", test_dir);
+    orig = read_bytes(path, &n);
+    buf = xmalloc(n + 64);
+    int data_bad = 0, data_rejected = 0;
+    for (int iter = 0; iter < 200; iter++) {
+        size_t len = corrupt(buf, orig, n, (Corruption)(iter % NUM_CORRUPTIONS), 0, &r);
+        if (iter % NUM_CORRUPTIONS == CORRUPT_HEADER_EXTREME) /* for data: a label byte set to a random value */
+            buf[(size_t)rng_int(&r, 20) * 3073] = (unsigned char)rng_int(&r, 256);
+        write_bytes(path, buf, len);
+        Dataset d;
+        FILE *saved = stderr;
+        stderr = fopen("test_fuzz.err", "w");
+        int rc = dataset_load(&d, test_dir, 0);
+        fclose(stderr);
+        stderr = saved;
+        if (rc) {
+            data_rejected++;
+            continue;
+        }
+        data_bad += (size_t)d.n * 3073 != len;
+        for (int i = 0; i < d.n; i++) data_bad += d.labels[i] >= 10;
+        dataset_free(&d);
+    }
+    check(data_bad == 0 && data_rejected >= 100, "fuzz: 200 corrupted data files: %d rejected, every accepted one whole records with valid labels",
+          data_rejected);
+    free(orig), free(buf);
+    remove_test_files();
+    remove("test_fuzz_s.bin"), remove("test_fuzz_t.bin"), remove("test_fuzz.bin"), remove("test_fuzz.state"), remove("test_fuzz.err");
+}
+
 /* ---- 10. the command line, run as a user would (needs ./deit built: make test does it) ------- */
 static int run(const char *cmd) {
     char full[1024];
@@ -1011,6 +1239,28 @@ static void test_cli(void) {
     check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 2 --batch 10 --data test_data_tmp --teacher test_cli_t.bin "
               "--distill hard --resume test_cli_s.bin") == 0 && output_has("after epoch 2"),
           "--resume of a finished run has nothing left to do");
+    /* kill -9 in the middle of a run, resume, and compare with an uninterrupted run (1 thread) */
+    const char *args = "./deit train --dim 32 --depth 2 --heads 2 --patch 4 --epochs 4 --batch 10 --threads 1 --seed 3 "
+                       "--data test_data_tmp";
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "%s --out test_cli_full.bin", args);
+    int full_rc = run(cmd);
+    snprintf(cmd, sizeof(cmd),
+             "%s --out test_cli_kill.bin & pid=$!; while [ ! -f test_cli_kill.bin.state ]; do sleep 0.01; done; "
+             "sleep 0.05; kill -9 $pid; wait $pid; echo killed",
+             args);
+    run(cmd);
+    unsigned char *st = read_bytes("test_cli_kill.bin.state", &n);
+    int epochs_done = st ? (int)st[12] : -1; /* header [3] */
+    free(st);
+    snprintf(cmd, sizeof(cmd), "%s --resume test_cli_kill.bin", args);
+    int resume_rc = run(cmd);
+    size_t n1, n2;
+    unsigned char *f1 = read_bytes("test_cli_full.bin", &n1), *f2 = read_bytes("test_cli_kill.bin", &n2);
+    check(full_rc == 0 && resume_rc == 0 && epochs_done >= 1 && epochs_done < 4 && f1 && f2 && n1 == n2 && !memcmp(f1, f2, n1),
+          "kill -9 after epoch %d, --resume: final checkpoint bit-identical to an uninterrupted run", epochs_done);
+    free(f1), free(f2);
+    remove("test_cli_full.bin"), remove("test_cli_full.bin.state"), remove("test_cli_kill.bin"), remove("test_cli_kill.bin.state");
     write_bytes("test_cli_bad.bin", "garbage", 7);
     check(run("./deit eval --ckpt test_cli_bad.bin --data test_data_tmp") != 0 && output_has("test_cli_bad.bin"),
           "eval of a corrupt checkpoint: clear error naming the file");
@@ -1060,8 +1310,13 @@ int main(void) {
     test_augmentation();
     printf("== training ==\n");
     test_train_and_resume();
+    printf("== robustness ==\n");
+    test_faults();
+    test_determinism();
+    test_fuzz();
     printf("== the command line ==\n");
     test_cli();
+    for (int i = 0; i < num_test_allocs; i++) free(test_allocs[i]);
     printf("%d passed, %d failed\n", tests_passed, tests_failed);
     return tests_failed ? 1 : 0;
 }
