@@ -18,7 +18,8 @@
  *   7. the teacher: a CIFAR ResNet (convolution via im2col, BatchNorm, ReLU, pooling)
  *   8. data: CIFAR loader and augmentation
  *   9. training and evaluation, training state and resume
- *  10. the command line
+ *  10. looking inside: token similarity, disagreement, attention maps
+ *  11. the command line
  *
  * Conventions (as in llm.c): a layer is a pair  name_forward(out, ..., inp, ..., sizes)  and
  * name_backward(dinp, ..., dout, ..., sizes); backward functions ACCUMULATE (+=) into their
@@ -2487,10 +2488,132 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
 }
 
 /* ============================================================================================
- * 10. The command line
+ * 10. Looking inside: the paper's analyses (Sec. 4 token similarity, Table 4 disagreement,
+ *     attention maps)
  * ========================================================================================== */
 
-enum { CMD_TEACHER = 1, CMD_TRAIN = 2, CMD_EVAL = 4, CMD_BENCH = 8, CMD_DEBUG = 16 };
+static double cosine(const float *a, const float *b, int n) {
+    double ab = 0.0, aa = 0.0, bb = 0.0;
+    for (int i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+    return (aa > 0 && bb > 0) ? ab / sqrt(aa * bb) : 0.0;
+}
+
+/* Fraction of the n predictions on which a and b differ. */
+static double disagreement(const int *a, const int *b, int n) {
+    int diff = 0;
+    for (int i = 0; i < n; i++) diff += a[i] != b[i];
+    return n ? (double)diff / n : 0.0;
+}
+
+/* Attention rollout (Abnar & Zuidema 2020): per layer the heads' average attention plus the
+   identity for the residual, rows renormalised, multiplied through the layers:
+     R = A'_{L-1} ... A'_1 A'_0,   A'_l = normalize_rows(0.5 mean_h(att_l) + 0.5 I)
+   att is (L, NH, T, T) for one image; rollout (T, T) rows are distributions over the inputs. */
+static void attention_rollout(float *rollout, const float *att, int L, int NH, int T) {
+    double *r = xcalloc((size_t)T * T, sizeof(double)), *a = xmalloc(sizeof(double) * T * T), *tmp = xmalloc(sizeof(double) * T * T);
+    for (int i = 0; i < T; i++) r[(size_t)i * T + i] = 1.0;
+    for (int l = 0; l < L; l++) {
+        for (int i = 0; i < T; i++) {
+            double sum = 0.0;
+            for (int j = 0; j < T; j++) {
+                double v = 0.0;
+                for (int h = 0; h < NH; h++) v += att[(((size_t)l * NH + h) * T + i) * T + j];
+                v = 0.5 * v / NH + (i == j ? 0.5 : 0.0);
+                a[(size_t)i * T + j] = v;
+                sum += v;
+            }
+            for (int j = 0; j < T; j++) a[(size_t)i * T + j] /= sum;
+        }
+        for (int i = 0; i < T; i++) /* tmp = a r */
+            for (int j = 0; j < T; j++) {
+                double s = 0.0;
+                for (int k = 0; k < T; k++) s += a[(size_t)i * T + k] * r[(size_t)k * T + j];
+                tmp[(size_t)i * T + j] = s;
+            }
+        memcpy(r, tmp, sizeof(double) * T * T);
+    }
+    for (size_t i = 0; i < (size_t)T * T; i++) rollout[i] = (float)r[i];
+    free(r), free(a), free(tmp);
+}
+
+/* ---- A PNG writer without a library: the pixels go into "stored" (uncompressed) deflate
+   blocks inside a zlib stream; the file is the signature and three chunks (IHDR, IDAT, IEND),
+   each with a CRC-32, the zlib stream ending in an Adler-32 of the raw data. ---------------- */
+static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n) {
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+static void put_u32_be(unsigned char *p, uint32_t v) { p[0] = (unsigned char)(v >> 24), p[1] = (unsigned char)(v >> 16), p[2] = (unsigned char)(v >> 8), p[3] = (unsigned char)v; }
+
+static int png_chunk(FILE *f, const char *type, const unsigned char *data, size_t n) {
+    unsigned char len[4], crc[4];
+    put_u32_be(len, (uint32_t)n);
+    uint32_t c = crc32_update(0, (const unsigned char *)type, 4);
+    c = crc32_update(c, data, n);
+    put_u32_be(crc, c);
+    return fwrite(len, 1, 4, f) == 4 && fwrite(type, 1, 4, f) == 4 && (n == 0 || fwrite(data, 1, n, f) == n) && fwrite(crc, 1, 4, f) == 4;
+}
+
+/* rgb: (h, w, 3) bytes, row-major. Returns 0 or -1 after printing why not. */
+static int write_png(const char *path, const unsigned char *rgb, int w, int h) {
+    size_t row = (size_t)w * 3 + 1, raw_n = row * h; /* each row starts with filter byte 0 */
+    unsigned char *raw = xmalloc(raw_n);
+    for (int y = 0; y < h; y++) raw[y * row] = 0, memcpy(raw + y * row + 1, rgb + (size_t)y * w * 3, (size_t)w * 3);
+    size_t blocks = (raw_n + 65534) / 65535, z_n = 2 + raw_n + 5 * blocks + 4;
+    unsigned char *z = xmalloc(z_n), *p = z;
+    *p++ = 0x78, *p++ = 0x01; /* zlib header: deflate, 32K window, no preset dictionary */
+    uint32_t s1 = 1, s2 = 0;
+    for (size_t off = 0; off < raw_n; off += 65535) {
+        size_t len = raw_n - off < 65535 ? raw_n - off : 65535;
+        *p++ = off + len == raw_n; /* BFINAL on the last block, BTYPE 00 = stored */
+        *p++ = (unsigned char)len, *p++ = (unsigned char)(len >> 8);
+        *p++ = (unsigned char)~len, *p++ = (unsigned char)(~len >> 8);
+        memcpy(p, raw + off, len);
+        p += len;
+    }
+    for (size_t i = 0; i < raw_n; i++) s1 = (s1 + raw[i]) % 65521, s2 = (s2 + s1) % 65521;
+    put_u32_be(p, (s2 << 16) | s1);
+    unsigned char ihdr[13];
+    put_u32_be(ihdr, (uint32_t)w), put_u32_be(ihdr + 4, (uint32_t)h);
+    ihdr[8] = 8, ihdr[9] = 2, ihdr[10] = ihdr[11] = ihdr[12] = 0; /* 8-bit RGB, no interlace */
+    static const unsigned char signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    FILE *f = fopen(path, "wb");
+    int ok = f && fwrite(signature, 1, 8, f) == 8 && png_chunk(f, "IHDR", ihdr, 13) && png_chunk(f, "IDAT", z, z_n) &&
+             png_chunk(f, "IEND", NULL, 0);
+    if (f) ok = (fclose(f) == 0) && ok;
+    free(raw), free(z);
+    return ok ? 0 : report("%s: cannot write the PNG file", path);
+}
+
+/* The input image (3, S, S) bytes, upscaled by `zoom` (nearest), with a G x G heat map laid
+   over it in red, the map stretched from its minimum (clear) to its maximum (red). heat may be
+   NULL for the plain image. */
+static void overlay_image(unsigned char *rgb, const uint8_t *img, int S, const float *heat, int G, int zoom) {
+    float lo = FLT_MAX, hi = -FLT_MAX;
+    if (heat)
+        for (int i = 0; i < G * G; i++) lo = heat[i] < lo ? heat[i] : lo, hi = heat[i] > hi ? heat[i] : hi;
+    int W = S * zoom;
+    for (int y = 0; y < W; y++)
+        for (int x = 0; x < W; x++) {
+            int sy = y / zoom, sx = x / zoom;
+            float v = (heat && hi > lo) ? (heat[(sy * G / S) * G + sx * G / S] - lo) / (hi - lo) : 0.0f;
+            for (int c = 0; c < 3; c++) {
+                float p = img[(c * S + sy) * S + sx];
+                rgb[((size_t)y * W + x) * 3 + c] = clamp_u8(heat ? (1.0f - 0.7f * v) * p + 0.7f * v * (c == 0 ? 255.0f : 0.0f) : p);
+            }
+        }
+}
+
+/* ============================================================================================
+ * 11. The command line
+ * ========================================================================================== */
+
+enum { CMD_TEACHER = 1, CMD_TRAIN = 2, CMD_EVAL = 4, CMD_BENCH = 8, CMD_DEBUG = 16, CMD_TOKENS = 32, CMD_COMPARE = 64, CMD_ATTENTION = 128 };
 typedef enum { F_INT, F_LONG, F_FLOAT, F_STR } FlagType;
 typedef struct {
     const char *name;
@@ -2501,7 +2624,10 @@ typedef struct {
     const char *help;
 } Flag;
 
+#define MAX_FILES 32
 typedef struct {
+    const char *files[MAX_FILES]; /* compare: the checkpoints */
+    int num_files, image, limit;
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
         *logits, *head, *dump;
     int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats,
@@ -2520,7 +2646,7 @@ static const Flag flags[] = {
     {"--patch", F_INT, &opt_values.patch, CMD_TRAIN | CMD_BENCH, 1, 32, "patch size (default 4: 64 patches of 32x32 images)"},
     {"--dist-token", F_INT, &opt_values.dist_token, CMD_TRAIN | CMD_BENCH, 0, 1, "1: class + distillation token (default), 0: class token only"},
     {"--arch", F_STR, &opt_values.arch, CMD_TEACHER | CMD_BENCH, 0, 0, "teacher: resnet20 (default), resnet56, resnet20w4, resnet8"},
-    {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
+    {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
     {"--train-limit", F_INT, &opt_values.train_limit, ALL_TRAIN, 0, 1e9, "train on a class-balanced subset of N images"},
     {"--no-shuffle", F_INT, &opt_values.no_shuffle, ALL_TRAIN, 0, 1, "1: keep the file order (no shuffling)"},
     {"--aug", F_STR, &opt_values.aug, ALL_TRAIN, 0, 0, "deit (student default) | basic (crop+flip, teacher default) | none"},
@@ -2532,7 +2658,7 @@ static const Flag flags[] = {
     {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN | CMD_DEBUG, 0, 1, "label smoothing epsilon (deit: 0.1)"},
     {"--drop-path", F_FLOAT, &opt_values.drop_path, CMD_TRAIN, 0, 0.99, "stochastic depth rate (deit: 0.1)"},
     {"--epochs", F_INT, &opt_values.epochs, ALL_TRAIN, 1, 100000, "epochs (student 300, teacher 30)"},
-    {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG, 1, 65536, "batch size (student 64, teacher 128)"},
+    {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE, 1, 65536, "batch size (student 64, teacher 128)"},
     {"--lr", F_FLOAT, &opt_values.lr, ALL_TRAIN, 0, 100, "learning rate (AdamW: 5e-4 * batch / 512; SGD: 0.1 * batch / 128)"},
     {"--min-lr", F_FLOAT, &opt_values.min_lr, ALL_TRAIN, 0, 100, "final learning rate of the cosine (AdamW 1e-5, SGD 0)"},
     {"--warmup-lr", F_FLOAT, &opt_values.warmup_lr, ALL_TRAIN, 0, 100, "learning rate at the start of warmup (1e-6)"},
@@ -2547,24 +2673,34 @@ static const Flag flags[] = {
     {"--alpha", F_FLOAT, &opt_values.alpha, CMD_TRAIN | CMD_DEBUG, 0, 1, "weight of the distillation loss (0.5)"},
     {"--tau", F_FLOAT, &opt_values.tau, CMD_TRAIN | CMD_DEBUG, 1e-3, 1000, "soft distillation temperature (1.0)"},
     {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH | CMD_DEBUG, 0, 9e18, "random seed (1337)"},
-    {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG, 1, 1024, "OpenMP threads (default: all cores)"},
+    {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION, 1, 1024, "OpenMP threads (default: all cores)"},
     {"--init", F_STR, &opt_values.init, ALL_TRAIN, 0, 0, "start from this checkpoint's weights"},
     {"--steps", F_LONG, &opt_values.steps, ALL_TRAIN, 1, 1e15, "stop after N optimizer steps"},
     {"--skip-nonfinite", F_INT, &opt_values.skip_nonfinite, ALL_TRAIN, 0, 1, "1: skip steps with a NaN/Inf loss or gradient (default: stop)"},
-    {"--out", F_STR, &opt_values.out, ALL_TRAIN, 0, 0, "checkpoint to write (student.bin / teacher.bin); also OUT.state"},
+    {"--out", F_STR, &opt_values.out, ALL_TRAIN | CMD_ATTENTION, 0, 0, "checkpoint to write (student.bin / teacher.bin; also OUT.state); attention: directory for the PNGs"},
     {"--resume", F_STR, &opt_values.resume, ALL_TRAIN, 0, 0, "continue the run that wrote this checkpoint (and FILE.state)"},
     {"--log", F_STR, &opt_values.log, ALL_TRAIN, 0, 0, "CSV log: epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s"},
-    {"--ckpt", F_STR, &opt_values.ckpt, CMD_EVAL | CMD_DEBUG, 0, 0, "checkpoint to evaluate (student or teacher)"},
+    {"--ckpt", F_STR, &opt_values.ckpt, CMD_EVAL | CMD_DEBUG | CMD_TOKENS | CMD_ATTENTION, 0, 0, "checkpoint to evaluate (student or teacher)"},
+    {"--image", F_INT, &opt_values.image, CMD_ATTENTION, 0, 1e9, "index of the test image (default 0)"},
+    {"--limit", F_INT, &opt_values.limit, CMD_TOKENS | CMD_COMPARE, 1, 1e9, "use only the first N test images"},
     {"--dump", F_STR, &opt_values.dump, CMD_DEBUG, 0, 0, "directory for the debug-state files (must exist)"},
     {"--logits", F_STR, &opt_values.logits, CMD_EVAL, 0, 0, "write the inference logits as float32 (N, C), test-set order"},
     {"--repeats", F_INT, &opt_values.repeats, CMD_BENCH, 1, 1000, "timed repeats (median reported, default 5)"},
 };
 #define NUM_FLAGS ((int)(sizeof(flags) / sizeof(flags[0])))
 
-static const char *command_help[] = {"", "teacher", "train", "", "eval", "", "", "", "bench", "", "", "", "", "", "", "", "debug-state"};
+static const struct { unsigned cmd; const char *name; } command_names[] = {
+    {CMD_TEACHER, "teacher"}, {CMD_TRAIN, "train"}, {CMD_EVAL, "eval"}, {CMD_BENCH, "bench"}, {CMD_DEBUG, "debug-state"},
+    {CMD_TOKENS, "tokens"}, {CMD_COMPARE, "compare"}, {CMD_ATTENTION, "attention"},
+};
+#define NUM_COMMANDS ((int)(sizeof(command_names) / sizeof(command_names[0])))
+static const char *command_name(unsigned cmd) {
+    for (int i = 0; i < NUM_COMMANDS; i++) if (command_names[i].cmd == cmd) return command_names[i].name;
+    return "?";
+}
 
 static void command_usage(unsigned cmd) {
-    fprintf(stderr, "usage: ./deit %s [options]\noptions:\n", command_help[cmd]);
+    fprintf(stderr, "usage: ./deit %s [options]%s\noptions:\n", command_name(cmd), cmd == CMD_COMPARE ? " A.bin B.bin ..." : "");
     for (int i = 0; i < NUM_FLAGS; i++)
         if (flags[i].commands & cmd) fprintf(stderr, "  %-18s %s\n", flags[i].name, flags[i].help);
 }
@@ -2579,7 +2715,12 @@ static void parse_flags(int argc, char **argv, unsigned cmd) {
         const Flag *f = NULL;
         for (int i = 0; i < NUM_FLAGS; i++)
             if (!strcmp(argv[a], flags[i].name) && (flags[i].commands & cmd)) f = &flags[i];
-        if (!f) die("unknown option '%s' for ./deit %s (see ./deit %s --help)", argv[a], command_help[cmd], command_help[cmd]);
+        if (!f && cmd == CMD_COMPARE && strncmp(argv[a], "--", 2)) { /* compare takes checkpoint files */
+            if (opt_values.num_files >= MAX_FILES) die("compare takes at most %d files", MAX_FILES);
+            opt_values.files[opt_values.num_files++] = argv[a];
+            continue;
+        }
+        if (!f) die("unknown option '%s' for ./deit %s (see ./deit %s --help)", argv[a], command_name(cmd), command_name(cmd));
         if (a + 1 >= argc) die("option %s needs a value", argv[a]);
         const char *v = argv[++a];
         if (f->type == F_STR) {
@@ -2804,11 +2945,182 @@ static void usage(void) {
             "  train     train the DeiT student, with or without distillation\n"
             "  eval      evaluate a student or teacher checkpoint on the test set\n"
             "  bench     time training and inference steps and the matmul\n"
+            "  tokens    cosine similarity of the class and distillation tokens, layer by layer\n"
+            "  compare   disagreement between models' (and heads') predictions on the test set\n"
+            "  attention attention maps of the class and distillation tokens (PNG files)\n"
             "  debug-state  dump one batch's inputs, logits, loss and gradients (for dev/reference.py)\n"
             "example:\n"
             "  ./deit teacher --epochs 30 --out teacher.bin\n"
             "  ./deit train --teacher teacher.bin --distill hard --epochs 100 --out student.bin\n"
             "  ./deit eval --ckpt student.bin\n");
+}
+
+/* ---- ./deit tokens, compare, attention -------------------------------------------------- */
+static Dataset load_test_or_die(const char *dir) {
+    Dataset d;
+    if (dataset_load(&d, dir, 0)) exit(1);
+    return d;
+}
+
+/* Class vs distillation token: the learned embeddings, the heads, and the tokens after each
+   block averaged over the test set (paper Sec. 4: cosine 0.06 at the input, 0.93 at the end). */
+static int cmd_tokens(const Options *o) {
+    if (!o->ckpt) die("tokens needs --ckpt FILE");
+    Net net;
+    if (net_load(&net, o->ckpt)) return 1;
+    if (!net_has_dist(&net)) die("%s: tokens needs a student with a distillation token", o->ckpt);
+    DeiT *m = &net.deit;
+    int D = m->config.dim, C = m->config.num_classes, L = m->config.depth, T = m->num_tokens;
+    printf("%s: class token vs distillation token\n", o->ckpt);
+    printf("  learned embeddings:                     cosine %.4f\n", cosine(m->params.cls_token, m->params.dist_token, D));
+    float *c0 = xmalloc(sizeof(float) * D), *d0 = xmalloc(sizeof(float) * D);
+    for (int i = 0; i < D; i++) c0[i] = m->params.cls_token[i] + m->params.pos_embed[i], d0[i] = m->params.dist_token[i] + m->params.pos_embed[D + i];
+    printf("  embeddings + position embedding:        cosine %.4f\n", cosine(c0, d0, D));
+    double per_class = 0.0;
+    for (int c = 0; c < C; c++) per_class += cosine(m->params.head_w + (size_t)c * D, m->params.head_dist_w + (size_t)c * D, D);
+    printf("  head vs head_dist weights: all %.4f, per class (mean) %.4f\n", cosine(m->params.head_w, m->params.head_dist_w, C * D),
+           per_class / C);
+    Dataset d = load_test_or_die(o->data);
+    int n = o->limit > 0 && o->limit < d.n ? o->limit : d.n, batch = pick_int(o->batch, 100);
+    double *sum = xcalloc((size_t)L + 2, sizeof(double)); /* input, L blocks, final norm */
+    float *images = xmalloc(sizeof(float) * (size_t)batch * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * (size_t)batch * C);
+    int *labels = xmalloc(sizeof(int) * batch), *idx = xmalloc(sizeof(int) * batch);
+    AugConfig none = {0};
+    for (int start = 0; start < n; start += batch) {
+        int B = n - start < batch ? n - start : batch;
+        for (int b = 0; b < B; b++) idx[b] = start + b;
+        make_batch(images, targets, labels, &d, idx, B, &none, 0, 0);
+        deit_forward(m, images, B, 0);
+        for (int b = 0; b < B; b++) {
+            const float *x = m->acts.x0 + (size_t)b * T * D;
+            sum[0] += cosine(x, x + D, D);
+            for (int l = 0; l < L; l++) {
+                x = m->acts.resid2 + ((size_t)l * B + b) * T * D;
+                sum[l + 1] += cosine(x, x + D, D);
+            }
+            x = m->acts.lnf + (size_t)b * T * D;
+            sum[L + 1] += cosine(x, x + D, D);
+        }
+    }
+    printf("  over %d test images, mean cosine of the two tokens:\n  %-14s %.4f\n", n, "input", sum[0] / n);
+    for (int l = 0; l < L; l++) printf("  after block %-2d %.4f\n", l + 1, sum[l + 1] / n);
+    printf("  %-14s %.4f\n", "final norm", sum[L + 1] / n);
+    free(sum), free(images), free(targets), free(labels), free(idx), free(c0), free(d0);
+    dataset_free(&d);
+    net_free(&net);
+    return 0;
+}
+
+/* Predictions (argmax) of every head of a model on the first n test images. */
+static void predict(int *preds[3], Net *net, const Dataset *d, int n, int batch) {
+    int C = d->num_classes;
+    float *images = xmalloc(sizeof(float) * (size_t)batch * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * (size_t)batch * C);
+    int *labels = xmalloc(sizeof(int) * batch), *idx = xmalloc(sizeof(int) * batch);
+    AugConfig none = {0};
+    for (int start = 0; start < n; start += batch) {
+        int B = n - start < batch ? n - start : batch;
+        for (int b = 0; b < B; b++) idx[b] = start + b;
+        make_batch(images, targets, labels, d, idx, B, &none, 0, 0);
+        net_forward(net, images, B, 0);
+        for (int h = 0; h < 3; h++) {
+            const float *lg = net_logits(net, h);
+            for (int b = 0; b < B; b++) preds[h][start + b] = argmax(lg + (size_t)b * C, C);
+        }
+    }
+    free(images), free(targets), free(labels), free(idx);
+}
+
+/* Paper Table 4: how often two classifiers disagree on the test set. */
+static int cmd_compare(const Options *o) {
+    if (o->num_files < 1) die("compare needs checkpoint files: ./deit compare A.bin B.bin ...");
+    Dataset d = load_test_or_die(o->data);
+    int n = o->limit > 0 && o->limit < d.n ? o->limit : d.n, max_entries = 1 + 3 * o->num_files, k = 1;
+    int **pred = xmalloc(sizeof(int *) * max_entries);
+    char (*name)[96] = xmalloc(sizeof(*name) * max_entries);
+    pred[0] = xmalloc(sizeof(int) * n);
+    for (int i = 0; i < n; i++) pred[0][i] = d.labels[i];
+    snprintf(name[0], sizeof(name[0]), "ground truth");
+    for (int f = 0; f < o->num_files; f++) {
+        Net net;
+        if (net_load(&net, o->files[f])) return 1;
+        if (net_num_classes(&net) != d.num_classes) die("%s has %d classes, the data %d", o->files[f], net_num_classes(&net), d.num_classes);
+        int *p[3];
+        for (int h = 0; h < 3; h++) p[h] = xmalloc(sizeof(int) * n);
+        predict(p, &net, &d, n, pick_int(o->batch, 100));
+        if (net_has_dist(&net)) {
+            static const char *heads[3] = {"avg", "cls", "dist"};
+            for (int h = 1; h <= 3; h++) { /* class head, distillation head, then averaged */
+                pred[k] = p[h % 3];
+                snprintf(name[k++], sizeof(name[0]), "%.80s %s", o->files[f], heads[h % 3]);
+            }
+        } else {
+            pred[k] = p[HEAD_MEAN];
+            free(p[1]), free(p[2]);
+            snprintf(name[k++], sizeof(name[0]), "%.80s", o->files[f]);
+        }
+        net_free(&net);
+    }
+    printf("disagreement (%% of %d test images on which two classifiers differ):\n", n);
+    for (int i = 0; i < k; i++) printf("  [%d] %s\n", i, name[i]);
+    printf("      ");
+    for (int j = 0; j < k; j++) printf("   [%d]", j);
+    printf("\n");
+    for (int i = 0; i < k; i++) {
+        printf("  [%d] ", i);
+        for (int j = 0; j < k; j++) printf(" %5.2f", 100.0 * disagreement(pred[i], pred[j], n));
+        printf("\n");
+    }
+    for (int i = 0; i < k; i++) free(pred[i]);
+    free(pred), free(name);
+    dataset_free(&d);
+    return 0;
+}
+
+/* Where the class and distillation tokens look: last layer per head, and the rollout. */
+static int cmd_attention(const Options *o) {
+    if (!o->ckpt || !o->out) die("attention needs --ckpt FILE and --out DIR (an existing directory)");
+    Net net;
+    if (net_load(&net, o->ckpt)) return 1;
+    if (net.kind != NET_DEIT) die("%s: attention maps need a student checkpoint", o->ckpt);
+    DeiT *m = &net.deit;
+    if (m->config.img_size != CIFAR_SIDE) die("%s: attention maps are for %dx%d models", o->ckpt, CIFAR_SIDE, CIFAR_SIDE);
+    Dataset d = load_test_or_die(o->data);
+    if (o->image < 0 || o->image >= d.n) die("--image %d: the test set has images 0..%d", o->image, d.n - 1);
+    int L = m->config.depth, NH = m->config.heads, T = m->num_tokens, G = m->config.img_size / m->config.patch_size;
+    int first_patch = 1 + m->config.dist_token, C = d.num_classes, zoom = 8, W = CIFAR_SIDE * zoom;
+    float *image = xmalloc(sizeof(float) * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * C);
+    int label, idx = o->image;
+    AugConfig none = {0};
+    make_batch(image, targets, &label, &d, &idx, 1, &none, 0, 0);
+    deit_forward(m, image, 1, 0);
+    const float *att = m->acts.att; /* (L, 1, NH, T, T) */
+    float *rollout = xmalloc(sizeof(float) * T * T), *heat = xmalloc(sizeof(float) * G * G);
+    attention_rollout(rollout, att, L, NH, T);
+    unsigned char *rgb = xmalloc((size_t)W * W * 3);
+    const uint8_t *pixels = d.images + (size_t)idx * CIFAR_PIXELS;
+    char path[4096];
+    int written = 0, pred = argmax(m->acts.logits_mean, C);
+    snprintf(path, sizeof(path), "%s/input.png", o->out);
+    overlay_image(rgb, pixels, CIFAR_SIDE, NULL, G, zoom);
+    if (write_png(path, rgb, W, W)) return 1;
+    written++;
+    for (int tok = 0; tok < first_patch; tok++) {
+        const char *tname = tok == 0 ? "cls" : "dist";
+        for (int h = 0; h <= NH; h++) { /* h < NH: last layer, head h; h == NH: rollout */
+            const float *row = h < NH ? att + ((((size_t)(L - 1)) * NH + h) * T + tok) * T : rollout + (size_t)tok * T;
+            for (int p = 0; p < G * G; p++) heat[p] = row[first_patch + p];
+            if (h < NH) snprintf(path, sizeof(path), "%s/%s_last_layer_head%d.png", o->out, tname, h);
+            else snprintf(path, sizeof(path), "%s/%s_rollout.png", o->out, tname);
+            overlay_image(rgb, pixels, CIFAR_SIDE, heat, G, zoom);
+            if (write_png(path, rgb, W, W)) return 1;
+            written++;
+        }
+    }
+    printf("test image %d (label %d, predicted %d): wrote %d PNG files of %dx%d to %s/\n", idx, label, pred, written, W, W, o->out);
+    free(image), free(targets), free(rollout), free(heat), free(rgb);
+    dataset_free(&d);
+    net_free(&net);
+    return 0;
 }
 
 static int cmd_bench(const Options *o);
@@ -2898,7 +3210,8 @@ static int deit_main(int argc, char **argv) {
     }
     unsigned cmd = !strcmp(argv[1], "teacher") ? CMD_TEACHER : !strcmp(argv[1], "train") ? CMD_TRAIN
                  : !strcmp(argv[1], "eval") ? CMD_EVAL : !strcmp(argv[1], "bench") ? CMD_BENCH
-                 : !strcmp(argv[1], "debug-state") ? CMD_DEBUG : 0;
+                 : 0;
+    for (int i = 0; i < NUM_COMMANDS && !cmd; i++) if (!strcmp(argv[1], command_names[i].name)) cmd = command_names[i].cmd;
     if (!cmd) {
         fprintf(stderr, "deit: error: unknown command '%s'\n", argv[1]);
         usage();
@@ -2913,6 +3226,9 @@ static int deit_main(int argc, char **argv) {
     case CMD_TRAIN: return cmd_train(&opt_values, 0);
     case CMD_EVAL: return cmd_eval(&opt_values);
     case CMD_DEBUG: return cmd_debug_state(&opt_values);
+    case CMD_TOKENS: return cmd_tokens(&opt_values);
+    case CMD_COMPARE: return cmd_compare(&opt_values);
+    case CMD_ATTENTION: return cmd_attention(&opt_values);
     default: return cmd_bench(&opt_values);
     }
 }

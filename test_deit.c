@@ -964,6 +964,56 @@ static void test_train_and_resume(void) {
     remove(test_dir);
 }
 
+/* ---- 10. looking inside: the analysis helpers ------------------------------------------------ */
+static void test_analysis(void) {
+    float a[5] = {1, -2, 3, 0.5f, 4}, b[5];
+    for (int i = 0; i < 5; i++) b[i] = 3 * a[i];
+    check(fabs(cosine(a, a, 5) - 1) < 1e-12 && fabs(cosine(a, b, 5) - 1) < 1e-12, "cosine of a vector with itself (and a multiple) is 1");
+    float c[2] = {1, 0}, e[2] = {0, 1};
+    check(fabs(cosine(c, e, 2)) < 1e-12, "cosine of orthogonal vectors is 0");
+    int p[6] = {1, 2, 3, 4, 5, 6}, q[6] = {1, 2, 0, 4, 0, 6};
+    check(disagreement(p, p, 6) == 0.0 && fabs(disagreement(p, q, 6) - 2.0 / 6) < 1e-12,
+          "disagreement of a model with itself is 0; two changed answers of 6 give 1/3");
+    int L = 3, NH = 2, T = 5;
+    float *att = zeros((size_t)L * NH * T * T), *roll = zeros((size_t)T * T);
+    for (int r = 0; r < L * NH * T; r++) { /* random softmax rows */
+        double s = 0;
+        for (int j = 0; j < T; j++) att[r * T + j] = expf(rng_normal(&test_rng)), s += att[r * T + j];
+        for (int j = 0; j < T; j++) att[r * T + j] /= (float)s;
+    }
+    attention_rollout(roll, att, L, NH, T);
+    double worst = 0;
+    for (int i = 0; i < T; i++) {
+        double s = 0;
+        for (int j = 0; j < T; j++) s += roll[i * T + j];
+        worst = fabs(s - 1) > worst ? fabs(s - 1) : worst;
+    }
+    check(worst < 1e-5, "attention rollout rows sum to 1 (max |sum - 1| = %.1e)", worst);
+    /* a 1-layer rollout of uniform attention: 0.5 I + 0.5 / T */
+    float uni[25];
+    for (int j = 0; j < 25; j++) uni[j] = 0.2f;
+    attention_rollout(roll, uni, 1, 1, 5);
+    check(fabsf(roll[0] - 0.6f) < 1e-6f && fabsf(roll[1] - 0.1f) < 1e-6f, "rollout of one uniform layer is I/2 + 1/(2T)");
+    /* PNG: signature, IHDR with the size, CRCs, stored deflate with Adler-32, total length */
+    int w = 7, h = 3;
+    unsigned char rgb[63];
+    for (int j = 0; j < 63; j++) rgb[j] = (unsigned char)(j * 4);
+    check(write_png("test_img.png", rgb, w, h) == 0, "PNG written");
+    size_t n;
+    unsigned char *png = read_bytes("test_img.png", &n);
+    size_t raw = (size_t)h * (w * 3 + 1), expect = 8 + (12 + 13) + (12 + 2 + 5 + raw + 4) + 12;
+    int ok = png && n == expect && !memcmp(png, "\x89PNG\r\n\x1a\n", 8) && !memcmp(png + 12, "IHDR", 4) && png[19] == 7 && png[23] == 3;
+    if (ok) {
+        uint32_t crc = crc32_update(0, png + 12, 17);
+        ok = png[29] == (crc >> 24 & 255) && png[32] == (crc & 255);
+        ok = ok && png[8 + 25 + 8] == 0x78 && png[8 + 25 + 8 + 2] == 1 && png[8 + 25 + 8 + 2 + 5 + 1 + 3] == rgb[3];
+    }
+    check(ok, "PNG layout: signature, IHDR %dx%d, chunk CRC, zlib stored block with the pixels (%zu bytes)", w, h, n);
+    check(crc32_update(0, (const unsigned char *)"123456789", 9) == 0xCBF43926u, "CRC-32 check value of \"123456789\"");
+    free(png);
+    remove("test_img.png");
+}
+
 /* ---- 11. robustness: faults lose no work, corrupted inputs give clean errors, determinism ---- */
 static TrainConfig tiny_train_config(const char *out) {
     TrainConfig tc = {.epochs = 2, .batch = 10, .shuffle = 1, .lr = 1e-3f, .min_lr = 1e-5f, .warmup_lr = 1e-6f, .warmup_epochs = 1,
@@ -1261,6 +1311,17 @@ static void test_cli(void) {
           "kill -9 after epoch %d, --resume: final checkpoint bit-identical to an uninterrupted run", epochs_done);
     free(f1), free(f2);
     remove("test_cli_full.bin"), remove("test_cli_full.bin.state"), remove("test_cli_kill.bin"), remove("test_cli_kill.bin.state");
+    check(run("./deit tokens --ckpt test_cli_s.bin --data test_data_tmp") == 0 && output_has("after block 1") && output_has("learned embeddings"),
+          "./deit tokens prints the token similarity per block");
+    check(run("./deit compare test_cli_s.bin test_cli_t.bin --data test_data_tmp") == 0 && output_has("ground truth") &&
+              output_has("test_cli_s.bin dist") && output_has(" 0.00"),
+          "./deit compare prints the disagreement matrix (students as three heads)");
+    check(run("mkdir -p test_cli_att && ./deit attention --ckpt test_cli_s.bin --image 5 --out test_cli_att --data test_data_tmp") == 0 &&
+              file_exists("test_cli_att/cls_rollout.png") && file_exists("test_cli_att/dist_last_layer_head1.png"),
+          "./deit attention writes the maps as PNG files");
+    check(run("./deit attention --ckpt test_cli_s.bin --image 999 --out test_cli_att --data test_data_tmp") != 0 && output_has("--image 999"),
+          "./deit attention with an image index out of range: clear error");
+    if (system("rm -rf test_cli_att") != 0) printf("could not remove test_cli_att\n");
     write_bytes("test_cli_bad.bin", "garbage", 7);
     check(run("./deit eval --ckpt test_cli_bad.bin --data test_data_tmp") != 0 && output_has("test_cli_bad.bin"),
           "eval of a corrupt checkpoint: clear error naming the file");
@@ -1310,6 +1371,8 @@ int main(void) {
     test_augmentation();
     printf("== training ==\n");
     test_train_and_resume();
+    printf("== looking inside ==\n");
+    test_analysis();
     printf("== robustness ==\n");
     test_faults();
     test_determinism();
