@@ -2103,10 +2103,60 @@ static float mixup_cutmix(float *images, float *targets, int B, int C, int S, in
     return lam;
 }
 
+/* ---- Resizing a grid of C channels, S_in x S_in -> S_out x S_out, as PyTorch's
+   F.interpolate(mode='bicubic' or 'bilinear', align_corners=False): output pixel x samples the
+   input at (x + 0.5) * S_in / S_out - 0.5; bicubic is Keys' cubic convolution with a = -0.75,
+   taps clamped at the border. Separable: rows first, then columns. Used for the images at a
+   higher resolution and for the position embedding of a model fine-tuned there (paper Sec. 6). */
+static float cubic_weight(float t) { /* |t| in [0, 2) */
+    const float a = -0.75f;
+    t = fabsf(t);
+    if (t <= 1.0f) return ((a + 2.0f) * t - (a + 3.0f)) * t * t + 1.0f;
+    if (t < 2.0f) return ((a * t - 5.0f * a) * t + 8.0f * a) * t - 4.0f * a;
+    return 0.0f;
+}
+
+static void resize_1d(float *dst, const float *src, int n_in, int n_out, size_t stride, int bicubic) {
+    float scale = (float)n_in / n_out;
+    for (int x = 0; x < n_out; x++) {
+        float s = (x + 0.5f) * scale - 0.5f;
+        int i0 = (int)floorf(s);
+        float f = s - i0, v = 0.0f;
+        if (bicubic) {
+            for (int k = -1; k <= 2; k++) {
+                int i = i0 + k < 0 ? 0 : (i0 + k >= n_in ? n_in - 1 : i0 + k);
+                v += cubic_weight(k - f) * src[(size_t)i * stride];
+            }
+        } else {
+            if (s < 0) i0 = 0, f = 0.0f; /* PyTorch clamps the source coordinate at 0 */
+            int i1 = i0 + 1 < n_in ? i0 + 1 : n_in - 1;
+            v = (1.0f - f) * src[(size_t)i0 * stride] + f * src[(size_t)i1 * stride];
+        }
+        dst[(size_t)x * stride] = v;
+    }
+}
+
+/* C channels of S_in x S_in -> S_out x S_out, either as planes (C, S, S) (images) or channels
+   last (S, S, C) (a position embedding's grid of D-vectors). */
+static void resize_grid(float *dst, const float *src, int C, int S_in, int S_out, int channels_last, int bicubic) {
+    float *tmp = xmalloc(sizeof(float) * (size_t)C * S_in * S_out);
+    for (int c = 0; c < C; c++) {
+        /* element (y, x) of channel c: channels_last ? (y*S + x)*C + c : (c*S + y)*S + x */
+        size_t in_c = channels_last ? (size_t)c : (size_t)c * S_in * S_in, in_x = channels_last ? (size_t)C : 1;
+        size_t tmp_c = channels_last ? (size_t)c : (size_t)c * S_in * S_out, tmp_x = channels_last ? (size_t)C : 1;
+        size_t out_c = channels_last ? (size_t)c : (size_t)c * S_out * S_out;
+        for (int y = 0; y < S_in; y++) /* along x: (S_in, S_in) -> (S_in, S_out) */
+            resize_1d(tmp + tmp_c + (size_t)y * S_out * tmp_x, src + in_c + (size_t)y * S_in * in_x, S_in, S_out, tmp_x, bicubic);
+        for (int x = 0; x < S_out; x++) /* along y: (S_in, S_out) -> (S_out, S_out) */
+            resize_1d(dst + out_c + (size_t)x * tmp_x, tmp + tmp_c + (size_t)x * tmp_x, S_in, S_out, (size_t)S_out * tmp_x, bicubic);
+    }
+    free(tmp);
+}
+
 /* ---- 8.5 A batch: pick, augment, normalise ----------------------------------------------------
    images (B, 3, S, S) normalised floats, targets (B, num_classes) distributions, labels (B).
    Every random choice comes from seed, so a batch is the same whatever the thread count.  */
-static void make_batch(float *images, float *targets, int *labels, const Dataset *d, const int *indices, int B,
+static void make_batch(float *images, int S_out, float *targets, int *labels, const Dataset *d, const int *indices, int B,
                        const AugConfig *aug, int train, uint64_t seed) {
     const int S = SIDE, C = 3;
     OMP(omp parallel for schedule(static))
@@ -2127,18 +2177,48 @@ static void make_batch(float *images, float *targets, int *labels, const Dataset
             memcpy(img, src, CIFAR_PIXELS);
         }
         if (train && aug->randaug_ops > 0) randaugment(img, aug->randaug_ops, aug->randaug_mag, &rng);
-        float *dst = images + (size_t)b * CIFAR_PIXELS;
+        float norm[CIFAR_PIXELS];
         for (int c = 0; c < C; c++)
-            for (int i = 0; i < S * S; i++) dst[c * S * S + i] = (img[c * S * S + i] / 255.0f - d->mean[c]) / d->std[c];
-        if (train && aug->erase_prob > 0.0f && rng_uniform(&rng) < aug->erase_prob) random_erase(dst, C, S, &rng);
+            for (int i = 0; i < S * S; i++) norm[c * S * S + i] = (img[c * S * S + i] / 255.0f - d->mean[c]) / d->std[c];
+        if (train && aug->erase_prob > 0.0f && rng_uniform(&rng) < aug->erase_prob) random_erase(norm, C, S, &rng);
+        float *dst = images + (size_t)b * C * S_out * S_out;
+        if (S_out == S) memcpy(dst, norm, sizeof(norm));
+        else resize_grid(dst, norm, C, S, S_out, 0, 1); /* a model at a higher resolution: bicubic */
         labels[b] = d->labels[indices[b]];
     }
     smooth_targets(targets, labels, train ? aug->label_smoothing : 0.0f, B, d->num_classes);
     if (train) {
         Rng rng;
         rng_seed(&rng, seed ^ 0x3A1Cull);
-        mixup_cutmix(images, targets, B, C, S, d->num_classes, aug->mixup_alpha, aug->cutmix_alpha, &rng);
+        mixup_cutmix(images, targets, B, C, S_out, d->num_classes, aug->mixup_alpha, aug->cutmix_alpha, &rng);
     }
+}
+
+/* ---- 8.6 Fine-tuning at a higher resolution (paper Sec. 6, "Fine-tuning at different
+   resolution"): the same weights at image size S; the patch part of the position embedding is
+   resized as a G x G grid of D-vectors (bicubic, as the paper; bilinear for comparison), the
+   class and distillation token positions are kept as they are. */
+static void deit_resize(DeiT *dst, const DeiT *src, int img_size, int bicubic) {
+    DeiTConfig c = src->config;
+    c.img_size = img_size;
+    deit_build(dst, &c);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++)
+        if (strcmp(src->tensors[i].name, "pos_embed"))
+            memcpy(dst->params_memory + dst->tensors[i].offset, src->params_memory + src->tensors[i].offset,
+                   sizeof(float) * src->tensors[i].size);
+    int D = c.dim, special = 1 + c.dist_token;
+    int g_in = src->config.img_size / c.patch_size, g_out = img_size / c.patch_size;
+    memcpy(dst->params.pos_embed, src->params.pos_embed, sizeof(float) * special * D);
+    resize_grid(dst->params.pos_embed + (size_t)special * D, src->params.pos_embed + (size_t)special * D, D, g_in, g_out, 1, bicubic);
+    dst->drop_path = src->drop_path;
+}
+
+/* The ResNet is convolutional with global pooling: the same weights work at any image size. */
+static void teacher_resize(Teacher *dst, const Teacher *src, int img_size) {
+    TeacherConfig c = src->config;
+    c.img_size = img_size;
+    teacher_build(dst, &c);
+    memcpy(dst->params_memory, src->params_memory, sizeof(float) * src->num_params);
 }
 
 /* ============================================================================================
@@ -2237,14 +2317,15 @@ static void evaluate(Net *net, const Dataset *d, int batch, EvalResult *r, float
     int C = d->num_classes;
     memset(r, 0, sizeof(*r));
     r->confusion = xcalloc((size_t)C * C, sizeof(int));
-    float *images = xmalloc(sizeof(float) * (size_t)batch * CIFAR_PIXELS);
+    int S = net_img_size(net);
+    float *images = xmalloc(sizeof(float) * (size_t)batch * 3 * S * S);
     float *targets = xmalloc(sizeof(float) * (size_t)batch * C);
     int *labels = xmalloc(sizeof(int) * batch), *idx = xmalloc(sizeof(int) * batch);
     AugConfig none = {0};
     for (int start = 0; start < d->n; start += batch) {
         int B = d->n - start < batch ? d->n - start : batch;
         for (int b = 0; b < B; b++) idx[b] = start + b;
-        make_batch(images, targets, labels, d, idx, B, &none, 0, 0);
+        make_batch(images, S, targets, labels, d, idx, B, &none, 0, 0);
         net_forward(net, images, B, 0);
         for (int h = 0; h < 3; h++) {
             const float *lg = net_logits(net, h);
@@ -2394,7 +2475,8 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     fprintf(stderr, "deit: training on %d %s images (%d steps of %d per epoch, %d epochs), testing on %d, %d thread(s)\n",
             n_train, train_set.name, steps_per_epoch, B, cfg->epochs, test_set.n, num_threads());
 
-    float *images = xmalloc(sizeof(float) * (size_t)B * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * (size_t)B * C);
+    int S = net_img_size(net);
+    float *images = xmalloc(sizeof(float) * (size_t)B * 3 * S * S), *targets = xmalloc(sizeof(float) * (size_t)B * C);
     int *labels = xmalloc(sizeof(int) * B), *order = xmalloc(sizeof(int) * n_train);
     int inline_progress = stderr_is_terminal(), status = 0;
     long skipped = 0;
@@ -2410,7 +2492,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
         float lr = 0.0f;
         for (int s = 0; s < steps_per_epoch; s++) {
             if (cfg->max_steps > 0 && rs.step >= cfg->max_steps) break;
-            make_batch(images, targets, labels, &train_set, order + (size_t)s * B, B, &cfg->aug, 1, batch_seed(cfg->seed, epoch, s));
+            make_batch(images, S, targets, labels, &train_set, order + (size_t)s * B, B, &cfg->aug, 1, batch_seed(cfg->seed, epoch, s));
             const float *teacher_logits = NULL;
             if (teacher && cfg->distill != DISTILL_NONE) {
                 net_forward(teacher, images, B, 0); /* eval mode, no gradient */
@@ -2627,7 +2709,8 @@ typedef struct {
 #define MAX_FILES 32
 typedef struct {
     const char *files[MAX_FILES]; /* compare: the checkpoints */
-    int num_files, image, limit;
+    int num_files, image, limit, img_size;
+    const char *pos_interp;
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
         *logits, *head, *dump;
     int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats,
@@ -2644,6 +2727,8 @@ static const Flag flags[] = {
     {"--depth", F_INT, &opt_values.depth, CMD_TRAIN | CMD_BENCH, 1, 1000, "override the number of blocks"},
     {"--heads", F_INT, &opt_values.heads, CMD_TRAIN | CMD_BENCH, 1, 16384, "override the number of heads"},
     {"--patch", F_INT, &opt_values.patch, CMD_TRAIN | CMD_BENCH, 1, 32, "patch size (default 4: 64 patches of 32x32 images)"},
+    {"--img-size", F_INT, &opt_values.img_size, CMD_TRAIN, 8, 1024, "image size (default 32); with --init at another size: fine-tune there"},
+    {"--pos-interp", F_STR, &opt_values.pos_interp, CMD_TRAIN, 0, 0, "position embedding resize for --img-size: bicubic (default) | bilinear"},
     {"--dist-token", F_INT, &opt_values.dist_token, CMD_TRAIN | CMD_BENCH, 0, 1, "1: class + distillation token (default), 0: class token only"},
     {"--arch", F_STR, &opt_values.arch, CMD_TEACHER | CMD_BENCH, 0, 0, "teacher: resnet20 (default), resnet56, resnet20w4, resnet8"},
     {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
@@ -2815,6 +2900,7 @@ static DeiTConfig student_config(const Options *o, int num_classes) {
     if (o->heads != UNSET) c.heads = o->heads;
     c.patch_size = o->patch;
     c.dist_token = o->dist_token;
+    if (o->img_size) c.img_size = o->img_size;
     c.num_classes = num_classes;
     if (deit_config_check(&c, "model flags")) exit(1);
     return c;
@@ -2858,10 +2944,35 @@ static int cmd_train(const Options *o, int is_teacher) {
         deit_build(&net.deit, &dc);
         deit_init(&net.deit, cfg.seed);
     }
+    if (o->img_size && net_img_size(&net) != o->img_size) { /* fine-tune at another resolution */
+        int bicubic = 1;
+        if (o->pos_interp && strcmp(o->pos_interp, "bicubic")) {
+            if (strcmp(o->pos_interp, "bilinear")) die("--pos-interp must be bicubic or bilinear, not '%s'", o->pos_interp);
+            bicubic = 0;
+        }
+        Net resized = {.kind = net.kind};
+        if (net.kind == NET_DEIT) {
+            if (o->img_size % net.deit.config.patch_size) die("--img-size %d is not divisible by the patch size %d", o->img_size,
+                                                              net.deit.config.patch_size);
+            deit_resize(&resized.deit, &net.deit, o->img_size, bicubic);
+        } else {
+            teacher_resize(&resized.resnet, &net.resnet, o->img_size);
+        }
+        fprintf(stderr, "deit: %s resized from %d to %d pixels (position embedding: %s)\n", from, net_img_size(&net), o->img_size,
+                bicubic ? "bicubic" : "bilinear");
+        net_free(&net);
+        net = resized;
+    }
     if (net.kind == NET_DEIT) net.deit.drop_path = pick(o->drop_path, o->aug && strcmp(o->aug, "deit") ? 0.0f : 0.1f);
     if (cfg.distill != DISTILL_NONE) {
         if (!o->teacher) die("--distill %s needs --teacher FILE", distill_names[cfg.distill]);
         if (net_load(&teacher, o->teacher)) return 1;
+        if (net_img_size(&teacher) != net_img_size(&net) && teacher.kind == NET_RESNET) { /* the teacher sees the same images */
+            Net resized = {.kind = NET_RESNET};
+            teacher_resize(&resized.resnet, &teacher.resnet, net_img_size(&net));
+            net_free(&teacher);
+            teacher = resized;
+        }
         if (net_img_size(&teacher) != net_img_size(&net)) die("%s: teacher image size %d differs from the student's %d", o->teacher,
                                                                net_img_size(&teacher), net_img_size(&net));
     }
@@ -2983,13 +3094,14 @@ static int cmd_tokens(const Options *o) {
     Dataset d = load_test_or_die(o->data);
     int n = o->limit > 0 && o->limit < d.n ? o->limit : d.n, batch = pick_int(o->batch, 100);
     double *sum = xcalloc((size_t)L + 2, sizeof(double)); /* input, L blocks, final norm */
-    float *images = xmalloc(sizeof(float) * (size_t)batch * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * (size_t)batch * C);
+    int S = m->config.img_size;
+    float *images = xmalloc(sizeof(float) * (size_t)batch * 3 * S * S), *targets = xmalloc(sizeof(float) * (size_t)batch * C);
     int *labels = xmalloc(sizeof(int) * batch), *idx = xmalloc(sizeof(int) * batch);
     AugConfig none = {0};
     for (int start = 0; start < n; start += batch) {
         int B = n - start < batch ? n - start : batch;
         for (int b = 0; b < B; b++) idx[b] = start + b;
-        make_batch(images, targets, labels, &d, idx, B, &none, 0, 0);
+        make_batch(images, S, targets, labels, &d, idx, B, &none, 0, 0);
         deit_forward(m, images, B, 0);
         for (int b = 0; b < B; b++) {
             const float *x = m->acts.x0 + (size_t)b * T * D;
@@ -3014,13 +3126,14 @@ static int cmd_tokens(const Options *o) {
 /* Predictions (argmax) of every head of a model on the first n test images. */
 static void predict(int *preds[3], Net *net, const Dataset *d, int n, int batch) {
     int C = d->num_classes;
-    float *images = xmalloc(sizeof(float) * (size_t)batch * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * (size_t)batch * C);
+    int S = net_img_size(net);
+    float *images = xmalloc(sizeof(float) * (size_t)batch * 3 * S * S), *targets = xmalloc(sizeof(float) * (size_t)batch * C);
     int *labels = xmalloc(sizeof(int) * batch), *idx = xmalloc(sizeof(int) * batch);
     AugConfig none = {0};
     for (int start = 0; start < n; start += batch) {
         int B = n - start < batch ? n - start : batch;
         for (int b = 0; b < B; b++) idx[b] = start + b;
-        make_batch(images, targets, labels, d, idx, B, &none, 0, 0);
+        make_batch(images, S, targets, labels, d, idx, B, &none, 0, 0);
         net_forward(net, images, B, 0);
         for (int h = 0; h < 3; h++) {
             const float *lg = net_logits(net, h);
@@ -3091,7 +3204,7 @@ static int cmd_attention(const Options *o) {
     float *image = xmalloc(sizeof(float) * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * C);
     int label, idx = o->image;
     AugConfig none = {0};
-    make_batch(image, targets, &label, &d, &idx, 1, &none, 0, 0);
+    make_batch(image, CIFAR_SIDE, targets, &label, &d, &idx, 1, &none, 0, 0);
     deit_forward(m, image, 1, 0);
     const float *att = m->acts.att; /* (L, 1, NH, T, T) */
     float *rollout = xmalloc(sizeof(float) * T * T), *heat = xmalloc(sizeof(float) * G * G);

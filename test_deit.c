@@ -824,7 +824,7 @@ static void test_augmentation(void) {
     for (int b = 0; b < B; b++) idx[b] = b * 3;
     float *images = xmalloc(sizeof(float) * B * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * B * 10);
     AugConfig none = {0};
-    make_batch(images, targets, labels, &d, idx, B, &none, 0, 1);
+    make_batch(images, 32, targets, labels, &d, idx, B, &none, 0, 1);
     float expect = (d.images[(size_t)idx[2] * CIFAR_PIXELS + 1024 + 33] / 255.0f - 0.4822f) / 0.2435f;
     check(fabsf(images[2 * CIFAR_PIXELS + 1024 + 33] - expect) < 1e-6f && labels[2] == d.labels[idx[2]],
           "eval batch: pixel / 255 normalised with the CIFAR-10 mean and std, label kept");
@@ -832,7 +832,7 @@ static void test_augmentation(void) {
     int ok_sum = 1, ok_finite = 1, changed = 0;
     for (int trial = 0; trial < 20; trial++) {
         float *img2 = xmalloc(sizeof(float) * B * CIFAR_PIXELS);
-        make_batch(img2, targets, labels, &d, idx, B, &deit, 1, 100 + trial);
+        make_batch(img2, 32, targets, labels, &d, idx, B, &deit, 1, 100 + trial);
         for (int b = 0; b < B; b++) {
             double s = 0;
             for (int c = 0; c < 10; c++) s += targets[b * 10 + c], ok_sum &= targets[b * 10 + c] >= 0;
@@ -844,8 +844,8 @@ static void test_augmentation(void) {
     check(ok_sum, "mixup/cutmix + label smoothing: every target row is a distribution (sums to 1)");
     check(ok_finite && changed, "DeiT augmentation gives finite images that differ from the originals");
     float *a1 = xmalloc(sizeof(float) * B * CIFAR_PIXELS), *a2 = xmalloc(sizeof(float) * B * CIFAR_PIXELS);
-    make_batch(a1, targets, labels, &d, idx, B, &deit, 1, 77);
-    make_batch(a2, targets, labels, &d, idx, B, &deit, 1, 77);
+    make_batch(a1, 32, targets, labels, &d, idx, B, &deit, 1, 77);
+    make_batch(a2, 32, targets, labels, &d, idx, B, &deit, 1, 77);
     check(!memcmp(a1, a2, sizeof(float) * B * CIFAR_PIXELS), "augmentation is reproducible from its seed");
     /* mixup with a known lambda: the mixed image is the convex combination of the pair */
     Rng r;
@@ -1012,6 +1012,31 @@ static void test_analysis(void) {
     check(crc32_update(0, (const unsigned char *)"123456789", 9) == 0xCBF43926u, "CRC-32 check value of \"123456789\"");
     free(png);
     remove("test_img.png");
+    /* resizing: to the same size is the identity, a constant stays constant, both modes */
+    int D = 3, G = 4;
+    float *grid = rand_tensor((size_t)G * G * D, 1), *same = zeros((size_t)G * G * D), *big = zeros((size_t)7 * 7 * D);
+    for (int bicubic = 0; bicubic <= 1; bicubic++) {
+        resize_grid(same, grid, D, G, G, 1, bicubic);
+        check(!memcmp(same, grid, sizeof(float) * G * G * D), "%s resize to the same size is the identity", bicubic ? "bicubic" : "bilinear");
+        for (int i = 0; i < G * G * D; i++) same[i] = 0.25f;
+        resize_grid(big, same, D, G, 7, 1, bicubic);
+        double worst = 0;
+        for (int i = 0; i < 7 * 7 * D; i++) worst = fabs(big[i] - 0.25) > worst ? fabs(big[i] - 0.25) : worst;
+        check(worst < 1e-6, "%s resize of a constant embedding stays constant (max dev %.1e)", bicubic ? "bicubic" : "bilinear", worst);
+    }
+    /* a student moved to 48 pixels keeps every weight and its token positions, and runs */
+    DeiTConfig cfg = tiny_config(1);
+    DeiT m, m48;
+    deit_build(&m, &cfg);
+    deit_init(&m, 4);
+    deit_resize(&m48, &m, 12, 1); /* 8 -> 12 pixels, patch 4: 2x2 -> 3x3 grid */
+    check(m48.num_tokens == 2 + 9 && !memcmp(m48.params.qkv_w, m.params.qkv_w, sizeof(float) * m.tensors[7].size) &&
+              !memcmp(m48.params.pos_embed, m.params.pos_embed, sizeof(float) * 2 * cfg.dim),
+          "deit_resize: same weights, class and distillation positions kept, 3x3 patch grid");
+    float *img = rand_tensor(2 * 3 * 12 * 12, 1);
+    deit_forward(&m48, img, 2, 0);
+    check(all_finite(m48.acts.logits_mean, 2 * cfg.num_classes), "the resized student runs on 12x12 images");
+    deit_free(&m), deit_free(&m48);
 }
 
 /* ---- 11. robustness: faults lose no work, corrupted inputs give clean errors, determinism ---- */
@@ -1322,6 +1347,11 @@ static void test_cli(void) {
     check(run("./deit attention --ckpt test_cli_s.bin --image 999 --out test_cli_att --data test_data_tmp") != 0 && output_has("--image 999"),
           "./deit attention with an image index out of range: clear error");
     if (system("rm -rf test_cli_att") != 0) printf("could not remove test_cli_att\n");
+    check(run("./deit train --init test_cli_s.bin --img-size 48 --epochs 1 --batch 10 --data test_data_tmp --teacher test_cli_t.bin "
+              "--distill hard --out test_cli_48.bin") == 0 && output_has("resized from 32 to 48") &&
+              run("./deit eval --ckpt test_cli_48.bin --data test_data_tmp") == 0 && output_has("accuracy"),
+          "fine-tuning at 48 pixels: position embedding resized, teacher on the upsampled images, eval at 48");
+    remove("test_cli_48.bin"), remove("test_cli_48.bin.state");
     write_bytes("test_cli_bad.bin", "garbage", 7);
     check(run("./deit eval --ckpt test_cli_bad.bin --data test_data_tmp") != 0 && output_has("test_cli_bad.bin"),
           "eval of a corrupt checkpoint: clear error naming the file");
