@@ -2709,7 +2709,7 @@ typedef struct {
 #define MAX_FILES 32
 typedef struct {
     const char *files[MAX_FILES]; /* compare: the checkpoints */
-    int num_files, image, limit, img_size;
+    int num_files, image, limit, img_size, table;
     const char *pos_interp;
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
         *logits, *head, *dump;
@@ -2731,7 +2731,7 @@ static const Flag flags[] = {
     {"--pos-interp", F_STR, &opt_values.pos_interp, CMD_TRAIN, 0, 0, "position embedding resize for --img-size: bicubic (default) | bilinear"},
     {"--dist-token", F_INT, &opt_values.dist_token, CMD_TRAIN | CMD_BENCH, 0, 1, "1: class + distillation token (default), 0: class token only"},
     {"--arch", F_STR, &opt_values.arch, CMD_TEACHER | CMD_BENCH, 0, 0, "teacher: resnet20 (default), resnet56, resnet20w4, resnet8"},
-    {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
+    {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_BENCH, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
     {"--train-limit", F_INT, &opt_values.train_limit, ALL_TRAIN, 0, 1e9, "train on a class-balanced subset of N images"},
     {"--no-shuffle", F_INT, &opt_values.no_shuffle, ALL_TRAIN, 0, 1, "1: keep the file order (no shuffling)"},
     {"--aug", F_STR, &opt_values.aug, ALL_TRAIN, 0, 0, "deit (student default) | basic (crop+flip, teacher default) | none"},
@@ -2771,6 +2771,7 @@ static const Flag flags[] = {
     {"--dump", F_STR, &opt_values.dump, CMD_DEBUG, 0, 0, "directory for the debug-state files (must exist)"},
     {"--logits", F_STR, &opt_values.logits, CMD_EVAL, 0, 0, "write the inference logits as float32 (N, C), test-set order"},
     {"--repeats", F_INT, &opt_values.repeats, CMD_BENCH, 1, 1000, "timed repeats (median reported, default 5)"},
+    {"--table", F_INT, &opt_values.table, CMD_BENCH, 0, 1, "1: throughput/parameter table of DeiT-Ti/S/B and the teachers (+ accuracy of CKPT files given)"},
 };
 #define NUM_FLAGS ((int)(sizeof(flags) / sizeof(flags[0])))
 
@@ -2785,7 +2786,8 @@ static const char *command_name(unsigned cmd) {
 }
 
 static void command_usage(unsigned cmd) {
-    fprintf(stderr, "usage: ./deit %s [options]%s\noptions:\n", command_name(cmd), cmd == CMD_COMPARE ? " A.bin B.bin ..." : "");
+    fprintf(stderr, "usage: ./deit %s [options]%s\noptions:\n", command_name(cmd),
+            cmd == CMD_COMPARE ? " A.bin B.bin ..." : (cmd == CMD_BENCH ? " [--table 1 [CKPT.bin ...]]" : ""));
     for (int i = 0; i < NUM_FLAGS; i++)
         if (flags[i].commands & cmd) fprintf(stderr, "  %-18s %s\n", flags[i].name, flags[i].help);
 }
@@ -2800,8 +2802,8 @@ static void parse_flags(int argc, char **argv, unsigned cmd) {
         const Flag *f = NULL;
         for (int i = 0; i < NUM_FLAGS; i++)
             if (!strcmp(argv[a], flags[i].name) && (flags[i].commands & cmd)) f = &flags[i];
-        if (!f && cmd == CMD_COMPARE && strncmp(argv[a], "--", 2)) { /* compare takes checkpoint files */
-            if (opt_values.num_files >= MAX_FILES) die("compare takes at most %d files", MAX_FILES);
+        if (!f && (cmd == CMD_COMPARE || cmd == CMD_BENCH) && strncmp(argv[a], "--", 2)) { /* checkpoint files */
+            if (opt_values.num_files >= MAX_FILES) die("at most %d checkpoint files", MAX_FILES);
             opt_values.files[opt_values.num_files++] = argv[a];
             continue;
         }
@@ -3445,7 +3447,68 @@ static void bench_matmul_shape(const char *name, int M, int K, int N, int R) {
     free(x), free(w), free(y), free(dx), free(dw), free(t);
 }
 
+/* Inference images/s of a net at batch B, median of R after a warm-up. */
+static double inference_speed(Net *net, int B, int R) {
+    int S = net_img_size(net);
+    Rng rng;
+    rng_seed(&rng, 5);
+    float *images = xmalloc(sizeof(float) * (size_t)B * 3 * S * S);
+    for (size_t i = 0; i < (size_t)B * 3 * S * S; i++) images[i] = rng_normal(&rng);
+    double *t = xmalloc(sizeof(double) * (R + 1));
+    for (int r = 0; r <= R; r++) {
+        double t0 = now_seconds();
+        net_forward(net, images, B, 0);
+        if (r > 0) t[r - 1] = now_seconds() - t0;
+    }
+    double ips = B / median(t, R);
+    free(images), free(t);
+    return ips;
+}
+
+/* The paper's efficiency table (Table 1 and Fig. 1): parameters and inference throughput of
+   DeiT-Ti/S/B and the teachers on 32x32 images, and the test accuracy of the checkpoints given. */
+static int bench_table(const Options *o) {
+    int B = pick_int(o->batch, 64), R = o->repeats;
+    printf("| model | parameters | inference img/s (batch %d, %d thread(s)) | CIFAR test accuracy |\n| --- | --- | --- | --- |\n", B,
+           num_threads());
+    for (size_t i = 0; i < sizeof(model_presets) / sizeof(model_presets[0]); i++) {
+        Net net = {.kind = NET_DEIT};
+        DeiTConfig c;
+        deit_preset(&c, model_presets[i].name);
+        deit_build(&net.deit, &c);
+        deit_init(&net.deit, 1);
+        printf("| DeiT-%s/4 (%d/%d/%d) | %.2fM | %.1f | |\n", model_presets[i].name, c.dim, c.depth, c.heads,
+               net.deit.num_params / 1e6, inference_speed(&net, B, R));
+        net_free(&net);
+    }
+    for (size_t i = 0; i < sizeof(resnet_presets) / sizeof(resnet_presets[0]); i++) {
+        Net net = {.kind = NET_RESNET};
+        TeacherConfig c;
+        teacher_preset(&c, resnet_presets[i].name);
+        teacher_build(&net.resnet, &c);
+        teacher_init(&net.resnet, 1);
+        printf("| %s | %.2fM | %.1f | |\n", resnet_presets[i].name, net.resnet.num_params / 1e6, inference_speed(&net, B, R));
+        net_free(&net);
+    }
+    if (o->num_files) {
+        Dataset d = load_test_or_die(o->data);
+        for (int f = 0; f < o->num_files; f++) {
+            Net net;
+            if (net_load(&net, o->files[f])) return 1;
+            EvalResult r;
+            evaluate(&net, &d, B, &r, NULL);
+            printf("| %s | %.2fM | %.1f | %.2f%% |\n", o->files[f], net_num_params(&net) / 1e6, inference_speed(&net, B, R),
+                   100.0 * r.correct[HEAD_MEAN] / r.n);
+            free(r.confusion);
+            net_free(&net);
+        }
+        dataset_free(&d);
+    }
+    return 0;
+}
+
 static int cmd_bench(const Options *o) {
+    if (o->table) return bench_table(o);
     int B = pick_int(o->batch, 64), R = o->repeats;
     DeiTConfig c = student_config(o, 10);
     printf("deit bench: %d thread(s), batch %d, median of %d repeats, built %s OpenMP\n", num_threads(), B, R,

@@ -1315,14 +1315,14 @@ static void test_cli(void) {
               "--distill hard --resume test_cli_s.bin") == 0 && output_has("after epoch 2"),
           "--resume of a finished run has nothing left to do");
     /* kill -9 in the middle of a run, resume, and compare with an uninterrupted run (1 thread) */
-    const char *args = "./deit train --dim 32 --depth 2 --heads 2 --patch 4 --epochs 4 --batch 10 --threads 1 --seed 3 "
+    const char *args = "./deit train --dim 32 --depth 2 --heads 2 --patch 4 --epochs 40 --batch 10 --threads 1 --seed 3 "
                        "--data test_data_tmp";
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), "%s --out test_cli_full.bin", args);
     int full_rc = run(cmd);
     snprintf(cmd, sizeof(cmd),
              "%s --out test_cli_kill.bin & pid=$!; while [ ! -f test_cli_kill.bin.state ]; do sleep 0.01; done; "
-             "sleep 0.05; kill -9 $pid; wait $pid; echo killed",
+             "kill -9 $pid; wait $pid; echo killed",
              args);
     run(cmd);
     unsigned char *st = read_bytes("test_cli_kill.bin.state", &n);
@@ -1332,8 +1332,8 @@ static void test_cli(void) {
     int resume_rc = run(cmd);
     size_t n1, n2;
     unsigned char *f1 = read_bytes("test_cli_full.bin", &n1), *f2 = read_bytes("test_cli_kill.bin", &n2);
-    check(full_rc == 0 && resume_rc == 0 && epochs_done >= 1 && epochs_done < 4 && f1 && f2 && n1 == n2 && !memcmp(f1, f2, n1),
-          "kill -9 after epoch %d, --resume: final checkpoint bit-identical to an uninterrupted run", epochs_done);
+    check(full_rc == 0 && resume_rc == 0 && epochs_done >= 1 && epochs_done < 40 && f1 && f2 && n1 == n2 && !memcmp(f1, f2, n1),
+          "kill -9 during epoch %d of 40, --resume: final checkpoint bit-identical to an uninterrupted run", epochs_done + 1);
     free(f1), free(f2);
     remove("test_cli_full.bin"), remove("test_cli_full.bin.state"), remove("test_cli_kill.bin"), remove("test_cli_kill.bin.state");
     check(run("./deit tokens --ckpt test_cli_s.bin --data test_data_tmp") == 0 && output_has("after block 1") && output_has("learned embeddings"),
@@ -1352,6 +1352,9 @@ static void test_cli(void) {
               run("./deit eval --ckpt test_cli_48.bin --data test_data_tmp") == 0 && output_has("accuracy"),
           "fine-tuning at 48 pixels: position embedding resized, teacher on the upsampled images, eval at 48");
     remove("test_cli_48.bin"), remove("test_cli_48.bin.state");
+    check(run("./deit bench --table 1 --batch 2 --repeats 1 --data test_data_tmp test_cli_t.bin") == 0 && output_has("DeiT-base/4") &&
+              output_has("resnet20w4") && output_has("| test_cli_t.bin |"),
+          "./deit bench --table 1: the efficiency table, with the accuracy of a checkpoint");
     write_bytes("test_cli_bad.bin", "garbage", 7);
     check(run("./deit eval --ckpt test_cli_bad.bin --data test_data_tmp") != 0 && output_has("test_cli_bad.bin"),
           "eval of a corrupt checkpoint: clear error naming the file");
