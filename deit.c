@@ -1160,6 +1160,8 @@ static int deit_config_from_header(DeiTConfig *c, const int32_t *h, const char *
     c->heads = h[8];
     c->mlp_hidden = h[9];
     c->dist_token = h[10];
+    for (int i = 11; i < HEADER_INTS; i++)
+        if (h[i] != 0) return report("%s: header entry %d is %d; entries after 10 are reserved and must be 0", path, i, h[i]);
     return deit_config_check(c, path);
 }
 
@@ -1750,6 +1752,8 @@ static int teacher_config_from_header(TeacherConfig *c, const int32_t *h, const 
     c->blocks = h[6];
     if (c->stages < 1 || c->stages > TEACHER_MAX_STAGES) return report("%s: stages %d out of range [1, %d]", path, c->stages, TEACHER_MAX_STAGES);
     for (int s = 0; s < c->stages; s++) c->widths[s] = h[7 + s];
+    for (int i = 7 + c->stages; i < HEADER_INTS; i++)
+        if (h[i] != 0) return report("%s: header entry %d is %d; entries after the widths are reserved and must be 0", path, i, h[i]);
     return teacher_config_check(c, path);
 }
 

@@ -521,6 +521,8 @@ static void test_checkpoint(void) {
         check(deit_load(&m2, bad) != 0, "negative depth rejected");
         memcpy(copy, bytes, n), v = 0x7fc00000, memcpy(copy + 1024 + 40, &v, 4), write_bytes(bad, copy, n);
         check(deit_load(&m2, bad) != 0, "NaN parameter rejected");
+        memcpy(copy, bytes, n), v = 1, memcpy(copy + 4 * 200, &v, 4), write_bytes(bad, copy, n);
+        check(deit_load(&m2, bad) != 0, "non-zero reserved header entry rejected");
         check(deit_load(&m2, "no_such_file.bin") != 0, "missing checkpoint rejected");
         remove(bad);
         free(copy);
@@ -1196,7 +1198,7 @@ static void test_fuzz(void) {
     }
     check(inconsistent == 0, "fuzz: %d corrupted checkpoints (student and teacher): no crash, every accepted file consistent", total);
     for (int k = 0; k < NUM_CORRUPTIONS; k++)
-        printf("       %-22s rejected %3d, accepted (payload-only damage) %3d\n", corruption_names[k], rejected[k], accepted[k]);
+        printf("       %-22s rejected %3d, accepted (still a valid file) %3d\n", corruption_names[k], rejected[k], accepted[k]);
     check(rejected[CORRUPT_TRUNCATE] == 100 && rejected[CORRUPT_APPEND] == 100, "fuzz: every truncated or extended checkpoint is rejected");
     /* training-state files */
     Net sn = tiny_student();
@@ -1210,7 +1212,7 @@ static void test_fuzz(void) {
     for (int iter = 0; iter < 200; iter++) {
         size_t len = corrupt(buf, orig, n, (Corruption)(iter % NUM_CORRUPTIONS), 17, &r);
         write_bytes("test_fuzz.state", buf, len);
-        RunState back;
+        RunState back = {-1, 0, 0, 0.0};
         FILE *saved = stderr;
         stderr = fopen("test_fuzz.err", "w");
         int rc = state_load("test_fuzz.state", &sn, &o, &back, 3, 5, 10, 0);
