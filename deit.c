@@ -131,6 +131,7 @@ static float rng_gamma(Rng *r, float a) {
 }
 static float rng_beta(Rng *r, float a) {
     float x = rng_gamma(r, a), y = rng_gamma(r, a);
+    if (x + y == 0.0f) return rng_uniform(r) < 0.5f ? 0.0f : 1.0f; /* both underflowed (tiny a): Beta is then ~ a coin flip */
     return x / (x + y);
 }
 
@@ -1003,8 +1004,7 @@ static LossParts deit_loss_backward_start(DeiT *m, const float *targets, const f
 }
 
 /* Backward pass: the forward's layers in reverse, from grads_acts.logits(_dist) to grads. */
-static void deit_backward(DeiT *m, const float *images, int B) {
-    (void)images;
+static void deit_backward(DeiT *m, int B) {
     const DeiTConfig *c = &m->config;
     int L = c->depth, D = c->dim, H = c->mlp_hidden, NH = c->heads, C = c->num_classes;
     int N = m->num_patches, T = m->num_tokens;
@@ -1100,8 +1100,8 @@ static int write_file_atomic(const char *path, const int32_t *header, const floa
     return 0;
 }
 
-/* Reads a whole file whose length must be exactly 4 * (HEADER_INTS + expected floats); the
-   caller checks the header first with read_header. */
+/* Reads the header of a checkpoint file and its length; the caller checks the header, then
+   read_floats_after_header checks the length is exactly 4 * (HEADER_INTS + floats) and reads. */
 static int read_header(const char *path, int32_t *header, long *file_bytes) {
     if (!host_is_little_endian()) return report("%s: this program reads little-endian files only", path);
     FILE *f = fopen(path, "rb");
@@ -1112,6 +1112,15 @@ static int read_header(const char *path, int32_t *header, long *file_bytes) {
     size_t got = fread(header, sizeof(int32_t), HEADER_INTS, f);
     fclose(f);
     if (got != HEADER_INTS) return report("%s: too short for a checkpoint header (%ld bytes, need %d)", path, *file_bytes, HEADER_INTS * 4);
+    return 0;
+}
+
+/* The file must hold exactly the header and n floats: checked before anything is allocated. */
+static int check_file_length(const char *path, uint64_t n, long file_bytes) {
+    uint64_t expect = (uint64_t)HEADER_INTS * 4 + n * 4;
+    if ((uint64_t)file_bytes != expect)
+        return report("%s: file is %ld bytes but its header describes %llu (%llu parameters): truncated or not this format",
+                      path, file_bytes, (unsigned long long)expect, (unsigned long long)n);
     return 0;
 }
 
@@ -1171,6 +1180,9 @@ static int deit_load(DeiT *m, const char *path) {
     long bytes = 0;
     DeiTConfig cfg;
     if (read_header(path, header, &bytes) || deit_config_from_header(&cfg, header, path)) return -1;
+    TensorInfo table[NUM_PARAM_TENSORS];
+    deit_tensor_table(table, &cfg);
+    if (check_file_length(path, table[NUM_PARAM_TENSORS - 1].offset + table[NUM_PARAM_TENSORS - 1].size, bytes)) return -1;
     deit_build(m, &cfg);
     if (read_floats_after_header(path, m->params_memory, m->num_params, bytes)) {
         deit_free(m);
@@ -1253,7 +1265,8 @@ static void optimizer_step(Optimizer *o, float *params, const float *grads, cons
 }
 
 /* Learning rate at a step: linear warmup from warmup_lr to lr, then cosine down to min_lr
-   (or constant). Steps, not epochs, so the rate changes smoothly within an epoch. */
+   (or constant). Per step rather than per epoch as timm's scheduler in the reference (which also
+   adds 10 cooldown epochs at min_lr), so the rate changes smoothly within an epoch. */
 typedef enum { SCHED_COSINE = 0, SCHED_CONSTANT = 1 } SchedType;
 
 static float lr_at(long step, long total_steps, long warmup_steps, float lr, float min_lr, float warmup_lr,
@@ -1757,11 +1770,27 @@ static int teacher_config_from_header(TeacherConfig *c, const int32_t *h, const 
     return teacher_config_check(c, path);
 }
 
+/* The parameter count of a teacher configuration, without building it (same walk as teacher_build). */
+static uint64_t teacher_count_params(const TeacherConfig *c) {
+    uint64_t n = (uint64_t)c->in_chans * 9 * c->widths[0] + 4ull * c->widths[0];
+    uint64_t cin = (uint64_t)c->widths[0];
+    for (int s = 0; s < c->stages; s++)
+        for (int b = 0; b < c->blocks; b++) {
+            uint64_t cout = (uint64_t)c->widths[s];
+            int stride = (s > 0 && b == 0) ? 2 : 1;
+            n += cin * 9 * cout + 4 * cout + cout * 9 * cout + 4 * cout;
+            if (stride != 1 || cin != cout) n += cin * cout + 4 * cout;
+            cin = cout;
+        }
+    return n + (uint64_t)c->num_classes * cin + (uint64_t)c->num_classes;
+}
+
 static int teacher_load(Teacher *t, const char *path) {
     int32_t header[HEADER_INTS];
     long bytes = 0;
     TeacherConfig cfg;
     if (read_header(path, header, &bytes) || teacher_config_from_header(&cfg, header, path)) return -1;
+    if (check_file_length(path, teacher_count_params(&cfg), bytes)) return -1;
     teacher_build(t, &cfg);
     if (read_floats_after_header(path, t->params_memory, t->num_params, bytes)) {
         teacher_free(t);
@@ -1910,7 +1939,9 @@ typedef struct {
 
 /* ---- 8.2 RandAugment (Cubuk et al. 2020) on one uint8 image (3, 32, 32) ---------------------
    The "increasing" op set of timm's rand-m9-mstd0.5-inc1, which DeiT uses. Each op is applied
-   with probability 0.5 at magnitude m ~ N(9, 0.5) clipped to [0, 10], level = m / 10.           */
+   with probability 0.5 at magnitude m ~ N(9, 0.5) clipped to [0, 10], level = m / 10.
+   Differences from timm, for simplicity: geometric ops resample bilinearly (timm picks bilinear
+   or bicubic at random) and fill with grey 128 (timm: the mean colour).                        */
 #define SIDE CIFAR_SIDE
 #define PLANE (SIDE * SIDE)
 static uint8_t clamp_u8(float v) { return (uint8_t)(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v + 0.5f)); }
@@ -1988,10 +2019,9 @@ static void randaug_op(uint8_t *img, int op, float level, Rng *rng) {
         affine(img, cosf(th), sinf(th), 0, -sinf(th), cosf(th), 0);
         break;
     }
-    case 4: { /* Posterize: keep 4 - int(4 level) bits (at least 1) */
+    case 4: { /* Posterize: keep 4 - int(4 level) bits (0 bits at magnitude 10: black, as timm) */
         int bits = 4 - (int)(level * 4.0f);
-        if (bits < 1) bits = 1;
-        uint8_t mask = (uint8_t)(0xFF << (8 - bits));
+        uint8_t mask = bits <= 0 ? 0 : (uint8_t)(0xFF << (8 - bits));
         for (int i = 0; i < CIFAR_PIXELS; i++) img[i] &= mask;
         break;
     }
@@ -2033,8 +2063,8 @@ static void randaug_op(uint8_t *img, int op, float level, Rng *rng) {
                 }
         blend(img, deg, 1.0f + sign * level * 0.9f);
         break;
-    case 11: affine(img, 1, sign * level * 0.3f, 0, 0, 1, 0); break;              /* ShearX */
-    case 12: affine(img, 1, 0, 0, sign * level * 0.3f, 1, 0); break;              /* ShearY */
+    case 11: affine(img, 1, sign * level * 0.3f, sign * level * 0.3f * 0.5f * (SIDE - 1), 0, 1, 0); break; /* ShearX, origin top-left as PIL */
+    case 12: affine(img, 1, 0, 0, sign * level * 0.3f, 1, sign * level * 0.3f * 0.5f * (SIDE - 1)); break; /* ShearY */
     case 13: affine(img, 1, 0, sign * level * 0.45f * SIDE, 0, 1, 0); break;      /* TranslateX */
     case 14: affine(img, 1, 0, 0, 0, 1, sign * level * 0.45f * SIDE); break;      /* TranslateY */
     }
@@ -2205,6 +2235,7 @@ static void make_batch(float *images, int S_out, float *targets, int *labels, co
 static void deit_resize(DeiT *dst, const DeiT *src, int img_size, int bicubic) {
     DeiTConfig c = src->config;
     c.img_size = img_size;
+    if (deit_config_check(&c, "--img-size")) exit(1);
     deit_build(dst, &c);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++)
         if (strcmp(src->tensors[i].name, "pos_embed"))
@@ -2268,6 +2299,15 @@ static void net_free(Net *n) {
 
 static int net_num_classes(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.num_classes : n->resnet.config.num_classes; }
 static int net_img_size(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.img_size : n->resnet.config.img_size; }
+static int net_in_chans(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.in_chans : n->resnet.config.in_chans; }
+
+/* A network can run on a CIFAR set when it takes 3-channel images and predicts its classes. */
+static int net_fits_data(const Net *n, const Dataset *d, const char *what) {
+    if (net_in_chans(n) != 3) return report("%s takes %d-channel images; CIFAR images have 3", what, net_in_chans(n));
+    if (net_num_classes(n) != d->num_classes)
+        return report("%s predicts %d classes, %s has %d", what, net_num_classes(n), d->name, d->num_classes);
+    return 0;
+}
 static int net_has_dist(const Net *n) { return n->kind == NET_DEIT && n->deit.config.dist_token; }
 static float *net_params(Net *n) { return n->kind == NET_DEIT ? n->deit.params_memory : n->resnet.params_memory; }
 static float *net_grads(Net *n) { return n->kind == NET_DEIT ? n->deit.grads_memory : n->resnet.grads_memory; }
@@ -2287,18 +2327,20 @@ static const float *net_logits(const Net *n, int head) {
 }
 
 /* After a training forward: zero the gradients, compute the loss and backpropagate it. */
-static LossParts net_loss_backward(Net *n, const float *images, const float *targets, const float *teacher_logits,
+static LossParts net_loss_backward(Net *n, const float *targets, const float *teacher_logits,
                                    DistillType type, float alpha, float tau, int B) {
     if (n->kind == NET_DEIT) {
         deit_zero_grad(&n->deit);
         LossParts p = deit_loss_backward_start(&n->deit, targets, teacher_logits, type, alpha, tau, B);
-        deit_backward(&n->deit, images, B);
+        deit_backward(&n->deit, B);
         return p;
     }
     Teacher *t = &n->resnet;
     teacher_zero_grad(t);
-    LossParts p = deit_loss(t->dlogits, NULL, t->dconv, t->logits, NULL, targets, teacher_logits, type, alpha, tau, B,
+    float *scratch = xmalloc(sizeof(float) * (size_t)B * t->config.num_classes);
+    LossParts p = deit_loss(t->dlogits, NULL, scratch, t->logits, NULL, targets, teacher_logits, type, alpha, tau, B,
                             t->config.num_classes);
+    free(scratch);
     teacher_backward(t, B);
     return p;
 }
@@ -2343,54 +2385,6 @@ static void evaluate(Net *net, const Dataset *d, int batch, EvalResult *r, float
     free(images), free(targets), free(labels), free(idx);
 }
 
-/* ---- 9.2 Training state: what --resume needs besides the model file ------------------------
-   FILE.state: 256 int32 header ([0] magic, [1] version, [2] net kind, [3] epochs done,
-   [4,5] optimizer step (lo, hi), [6,7] drop-path rng (lo, hi), [8,9] parameter count,
-   [10] optimizer, [11,12] seed, [13] total epochs, [14] batch, [15] train limit,
-   [16] elapsed seconds), then the optimizer moments m and v (float32, 2 x parameter count). */
-typedef struct {
-    int epochs_done;
-    long step;
-    uint64_t rng;
-    double elapsed;
-} RunState;
-
-static int state_save(const char *path, const Net *net, const Optimizer *o, const RunState *s, uint64_t seed,
-                      int epochs, int batch, int train_limit) {
-    int32_t h[HEADER_INTS] = {0};
-    uint64_t n = net_num_params(net);
-    h[0] = STATE_MAGIC, h[1] = STATE_VERSION, h[2] = net->kind, h[3] = s->epochs_done;
-    h[4] = (int32_t)(s->step & 0xFFFFFFFF), h[5] = (int32_t)((uint64_t)s->step >> 32);
-    h[6] = (int32_t)(s->rng & 0xFFFFFFFF), h[7] = (int32_t)(s->rng >> 32);
-    h[8] = (int32_t)(n & 0xFFFFFFFF), h[9] = (int32_t)(n >> 32);
-    h[10] = o->type, h[11] = (int32_t)(seed & 0xFFFFFFFF), h[12] = (int32_t)(seed >> 32);
-    h[13] = epochs, h[14] = batch, h[15] = train_limit, h[16] = (int32_t)s->elapsed;
-    return write_file_atomic(path, h, o->m, 2 * o->n); /* m and v are one block */
-}
-
-static uint64_t u64_from(const int32_t *h, int i) { return (uint64_t)(uint32_t)h[i] | ((uint64_t)(uint32_t)h[i + 1] << 32); }
-
-static int state_load(const char *path, const Net *net, Optimizer *o, RunState *s, uint64_t seed, int epochs,
-                      int batch, int train_limit) {
-    int32_t h[HEADER_INTS];
-    long bytes = 0;
-    if (read_header(path, h, &bytes)) return -1;
-    if (h[0] != STATE_MAGIC) return report("%s: not a deit.c training-state file (magic %d)", path, h[0]);
-    if (h[1] != STATE_VERSION) return report("%s: training-state version %d, expected %d", path, h[1], STATE_VERSION);
-    if (h[2] != (int)net->kind || u64_from(h, 8) != net_num_params(net))
-        return report("%s: training state belongs to a different model than the checkpoint", path);
-    if (h[10] != (int)o->type) return report("%s: saved with --opt %s", path, h[10] == OPT_SGD ? "sgd" : "adamw");
-    if (u64_from(h, 11) != seed || h[13] != epochs || h[14] != batch || h[15] != train_limit)
-        return report("%s: saved by a run with --seed %llu --epochs %d --batch %d --train-limit %d; resume with the same flags",
-                      path, (unsigned long long)u64_from(h, 11), h[13], h[14], h[15]);
-    if (h[3] < 0 || h[3] > epochs) return report("%s: epochs done %d out of range", path, h[3]);
-    s->epochs_done = h[3];
-    s->step = (long)u64_from(h, 4);
-    s->rng = u64_from(h, 6);
-    s->elapsed = h[16];
-    return read_floats_after_header(path, o->m, 2 * o->n, bytes);
-}
-
 /* ---- 9.3 Progress on one line ------------------------------------------------------------- */
 /* Without POSIX isatty(): stderr is taken to be a terminal when it cannot be positioned
    (ftell fails) and TERM names one; redirected to a file it gets plain lines. */
@@ -2427,6 +2421,85 @@ static uint64_t batch_seed(uint64_t seed, int epoch, int step_in_epoch) {
     return splitmix64(seed * 0x100000001B3ull ^ splitmix64(((uint64_t)epoch << 32) | (uint32_t)step_in_epoch));
 }
 
+/* ---- 9.5 Training state: what --resume needs besides the model file ------------------------
+   FILE.state: 256 int32 header ([0] magic, [1] version, [2] net kind, [3] epochs done,
+   [4,5] optimizer step (lo, hi), [6,7] drop-path rng (lo, hi), [8,9] parameter count,
+   [10] optimizer, [11,12] seed, [13] total epochs, [14] batch, [15] train limit,
+   [16] elapsed seconds, [17] steps done in the current epoch (0 at an epoch boundary; a run
+   stopped by --steps continues mid-epoch), [18,19] a hash of the model's weights (so a state
+   is never paired with another checkpoint), [20,21] a hash of every training setting), then
+   the optimizer moments m and v (float32, 2 x parameter count). */
+typedef struct {
+    int epochs_done, step_in_epoch;
+    long step;
+    uint64_t rng;
+    double elapsed;
+} RunState;
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001B3ull;
+    return h;
+}
+
+/* Every setting that changes what an epoch computes (not --out, --log, --steps, --threads). */
+static uint64_t run_settings_hash(const TrainConfig *c, const Net *net) {
+    char s[1024];
+    const AugConfig *a = &c->aug;
+    int len = snprintf(s, sizeof(s), "%d %d %d %d %a %a %a %a %a %a %d %d %d %d %d %a %a %a %a %a %d %a %a %a %d %llu",
+                       c->epochs, c->batch, c->train_limit, c->shuffle, c->lr, c->min_lr, c->warmup_lr, c->warmup_epochs,
+                       c->weight_decay, c->momentum, c->nesterov, c->opt, c->sched, a->crop_flip, a->randaug_ops, a->randaug_mag,
+                       a->erase_prob, a->mixup_alpha, a->cutmix_alpha, a->label_smoothing, c->distill, c->alpha, c->tau,
+                       net->kind == NET_DEIT ? net->deit.drop_path : 0.0f, net_img_size(net), (unsigned long long)c->seed);
+    return fnv1a(0xCBF29CE484222325ull, s, (size_t)len);
+}
+
+static uint64_t params_hash(Net *net) {
+    return fnv1a(0xCBF29CE484222325ull, net_params(net), sizeof(float) * net_num_params(net));
+}
+
+static void put_u64(int32_t *h, int i, uint64_t v) { h[i] = (int32_t)(uint32_t)(v & 0xFFFFFFFF), h[i + 1] = (int32_t)(uint32_t)(v >> 32); }
+static uint64_t u64_from(const int32_t *h, int i) { return (uint64_t)(uint32_t)h[i] | ((uint64_t)(uint32_t)h[i + 1] << 32); }
+
+static int state_save(const char *path, Net *net, const Optimizer *o, const RunState *s, const TrainConfig *c) {
+    int32_t h[HEADER_INTS] = {0};
+    h[0] = STATE_MAGIC, h[1] = STATE_VERSION, h[2] = net->kind, h[3] = s->epochs_done;
+    put_u64(h, 4, (uint64_t)s->step), put_u64(h, 6, s->rng), put_u64(h, 8, net_num_params(net));
+    h[10] = o->type, put_u64(h, 11, c->seed);
+    h[13] = c->epochs, h[14] = c->batch, h[15] = c->train_limit, h[16] = (int32_t)s->elapsed, h[17] = s->step_in_epoch;
+    put_u64(h, 18, params_hash(net)), put_u64(h, 20, run_settings_hash(c, net));
+    return write_file_atomic(path, h, o->m, 2 * o->n); /* m and v are one block */
+}
+
+static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, const TrainConfig *c, int steps_per_epoch) {
+    int32_t h[HEADER_INTS];
+    long bytes = 0;
+    if (read_header(path, h, &bytes)) return -1;
+    if (h[0] != STATE_MAGIC) return report("%s: not a deit.c training-state file (magic %d)", path, h[0]);
+    if (h[1] != STATE_VERSION) return report("%s: training-state version %d, expected %d", path, h[1], STATE_VERSION);
+    if (h[2] != (int)net->kind || u64_from(h, 8) != net_num_params(net))
+        return report("%s: training state belongs to a different model than the checkpoint", path);
+    if (h[10] != (int)o->type) return report("%s: saved with --opt %s", path, h[10] == OPT_SGD ? "sgd" : "adamw");
+    if (u64_from(h, 11) != c->seed || h[13] != c->epochs || h[14] != c->batch || h[15] != c->train_limit)
+        return report("%s: saved by a run with --seed %llu --epochs %d --batch %d --train-limit %d; resume with the same flags",
+                      path, (unsigned long long)u64_from(h, 11), h[13], h[14], h[15]);
+    if (u64_from(h, 20) != run_settings_hash(c, net))
+        return report("%s: saved by a run with other training settings (lr, schedule, augmentation, distillation, drop path, "
+                      "image size...); resume with the same flags", path);
+    if (u64_from(h, 18) != params_hash(net))
+        return report("%s: does not belong to the weights in the checkpoint (written at another step?)", path);
+    long step = (long)u64_from(h, 4);
+    if (h[3] < 0 || h[3] > c->epochs || h[17] < 0 || h[17] >= steps_per_epoch ||
+        step != (long)h[3] * steps_per_epoch + h[17])
+        return report("%s: epochs done %d, step %ld and step in epoch %d are inconsistent", path, h[3], step, h[17]);
+    s->epochs_done = h[3];
+    s->step_in_epoch = h[17];
+    s->step = step;
+    s->rng = u64_from(h, 6);
+    s->elapsed = h[16];
+    return read_floats_after_header(path, o->m, 2 * o->n, bytes);
+}
+
 /* Trains net (initialised or loaded by the caller) on the training split; teacher may be NULL.
    Saves net to cfg->out and the training state to cfg->out + ".state" after every epoch. */
 static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
@@ -2434,13 +2507,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     if (dataset_load(&train_set, cfg->data_dir, 1)) return -1;
     if (dataset_load(&test_set, cfg->data_dir, 0)) { dataset_free(&train_set); return -1; }
     int C = train_set.num_classes, B = cfg->batch;
-    if (net_num_classes(net) != C) {
-        report("%s has %d classes, the model %d", cfg->data_dir, C, net_num_classes(net));
-        dataset_free(&train_set), dataset_free(&test_set);
-        return -1;
-    }
-    if (teacher && net_num_classes(teacher) != C) {
-        report("the teacher has %d classes, the data %d", net_num_classes(teacher), C);
+    if (net_fits_data(net, &train_set, "the model") || (teacher && net_fits_data(teacher, &train_set, "the teacher"))) {
         dataset_free(&train_set), dataset_free(&test_set);
         return -1;
     }
@@ -2458,16 +2525,17 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
 
     Optimizer opt;
     optimizer_init(&opt, cfg->opt, net_num_params(net), cfg->weight_decay, cfg->momentum, cfg->nesterov);
-    RunState rs = {0, 0, 0, 0.0};
+    RunState rs = {0, 0, 0, 0, 0.0};
     char state_path[4096];
     snprintf(state_path, sizeof(state_path), "%s.state", cfg->out);
     if (cfg->resume) {
         char resume_state[4096];
         snprintf(resume_state, sizeof(resume_state), "%s.state", cfg->resume);
-        if (state_load(resume_state, net, &opt, &rs, cfg->seed, cfg->epochs, B, cfg->train_limit)) die("cannot resume from %s", cfg->resume);
+        if (state_load(resume_state, net, &opt, &rs, cfg, steps_per_epoch)) die("cannot resume from %s", cfg->resume);
         opt.step = rs.step;
         if (net->kind == NET_DEIT) net->deit.rng.state = rs.rng;
         fprintf(stderr, "deit: resuming %s after epoch %d (step %ld)\n", cfg->resume, rs.epochs_done, rs.step);
+        if (rs.step_in_epoch) fprintf(stderr, "deit: continuing epoch %d at its step %d\n", rs.epochs_done + 1, rs.step_in_epoch + 1);
     }
     FILE *log = NULL;
     if (cfg->log) {
@@ -2494,7 +2562,8 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
         double t0 = now_seconds(), loss_sum = 0.0, last_print = 0.0;
         int steps_done = 0;
         float lr = 0.0f;
-        for (int s = 0; s < steps_per_epoch; s++) {
+        int s = epoch == rs.epochs_done ? rs.step_in_epoch : 0; /* a resumed run may continue mid-epoch */
+        for (; s < steps_per_epoch; s++) {
             if (cfg->max_steps > 0 && rs.step >= cfg->max_steps) break;
             make_batch(images, S, targets, labels, &train_set, order + (size_t)s * B, B, &cfg->aug, 1, batch_seed(cfg->seed, epoch, s));
             const float *teacher_logits = NULL;
@@ -2504,7 +2573,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
             }
             lr = lr_at(rs.step, total_steps, warmup_steps, cfg->lr, cfg->min_lr, cfg->warmup_lr, cfg->sched);
             net_forward(net, images, B, 1);
-            LossParts lp = net_loss_backward(net, images, targets, teacher_logits, cfg->distill, cfg->alpha, cfg->tau, B);
+            LossParts lp = net_loss_backward(net, targets, teacher_logits, cfg->distill, cfg->alpha, cfg->tau, B);
             const char *bad = !isfinite(lp.total) ? "loss" : (!all_finite(net_grads(net), net_num_params(net)) ? "gradient" : NULL);
             if (bad && cfg->skip_nonfinite) { /* leave the weights as they are and go on */
                 fprintf(stderr, "deit: warning: non-finite %s at epoch %d step %ld: step skipped (--skip-nonfinite)\n", bad,
@@ -2535,7 +2604,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
         if (status) break;
         double train_time = now_seconds() - t0;
         rs.elapsed += train_time;
-        int stopped_early = cfg->max_steps > 0 && rs.step >= cfg->max_steps && steps_done < steps_per_epoch;
+        int stopped_early = s < steps_per_epoch; /* --steps ended the run inside this epoch */
         EvalResult er;
         evaluate(net, &test_set, B, &er, NULL);
         double acc = 100.0 * er.correct[HEAD_MEAN] / er.n;
@@ -2555,13 +2624,14 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
             fflush(log);
         }
         if (net_save(net, cfg->out)) { status = -1; break; }
-        if (stopped_early) { /* --steps ended mid-epoch: the model is saved, the state is not */
-            fprintf(stderr, "deit: stopped after %ld steps (--steps); wrote %s\n", rs.step, cfg->out);
+        rs.epochs_done = stopped_early ? epoch : epoch + 1;
+        rs.step_in_epoch = stopped_early ? s : 0;
+        rs.rng = net->kind == NET_DEIT ? net->deit.rng.state : 0;
+        if (state_save(state_path, net, &opt, &rs, cfg)) { status = -1; break; }
+        if (stopped_early) {
+            fprintf(stderr, "deit: stopped after %ld steps (--steps); wrote %s (--resume continues from here)\n", rs.step, cfg->out);
             break;
         }
-        rs.epochs_done = epoch + 1;
-        rs.rng = net->kind == NET_DEIT ? net->deit.rng.state : 0;
-        if (state_save(state_path, net, &opt, &rs, cfg->seed, cfg->epochs, B, cfg->train_limit)) { status = -1; break; }
         if (cfg->max_steps > 0 && rs.step >= cfg->max_steps) break;
     }
     if (status == 0) fprintf(stderr, "deit: wrote %s (%.0f s of training)\n", cfg->out, rs.elapsed);
@@ -2733,7 +2803,7 @@ static const Flag flags[] = {
     {"--patch", F_INT, &opt_values.patch, CMD_TRAIN | CMD_BENCH, 1, 32, "patch size (default 4: 64 patches of 32x32 images)"},
     {"--img-size", F_INT, &opt_values.img_size, CMD_TRAIN, 8, 1024, "image size (default 32); with --init at another size: fine-tune there"},
     {"--pos-interp", F_STR, &opt_values.pos_interp, CMD_TRAIN, 0, 0, "position embedding resize for --img-size: bicubic (default) | bilinear"},
-    {"--dist-token", F_INT, &opt_values.dist_token, CMD_TRAIN | CMD_BENCH, 0, 1, "1: class + distillation token (default), 0: class token only"},
+    {"--dist-token", F_INT, &opt_values.dist_token, CMD_TRAIN | CMD_BENCH, 0, 1, "1: class + distillation token (default when distilling), 0: class token only (default otherwise)"},
     {"--arch", F_STR, &opt_values.arch, CMD_TEACHER | CMD_BENCH, 0, 0, "teacher: resnet20 (default), resnet56, resnet20w4, resnet8"},
     {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_BENCH, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
     {"--train-limit", F_INT, &opt_values.train_limit, ALL_TRAIN, 0, 1e9, "train on a class-balanced subset of N images"},
@@ -2835,7 +2905,7 @@ static void options_defaults(Options *o) {
     memset(o, 0, sizeof(*o));
     o->model = "tiny", o->arch = "resnet20";
     o->data = getenv("DEIT_DATA") ? getenv("DEIT_DATA") : "data/cifar-10-batches-bin";
-    o->dim = o->depth = o->heads = UNSET, o->patch = 4, o->dist_token = 1;
+    o->dim = o->depth = o->heads = o->dist_token = UNSET, o->patch = 4;
     o->epochs = o->batch = o->randaug = o->nesterov = o->no_shuffle = UNSET;
     o->lr = o->min_lr = o->warmup = o->wd = o->mixup = o->cutmix = o->erase = o->smoothing = o->drop_path = UNSET;
     o->randaug_mag = 9.0f, o->warmup_lr = 1e-6f, o->momentum = 0.9f, o->alpha = 0.5f, o->tau = 1.0f;
@@ -2905,7 +2975,9 @@ static DeiTConfig student_config(const Options *o, int num_classes) {
     if (o->depth != UNSET) c.depth = o->depth;
     if (o->heads != UNSET) c.heads = o->heads;
     c.patch_size = o->patch;
-    c.dist_token = o->dist_token;
+    /* default: a distillation token when there is something to distil (DeiT), else a plain ViT */
+    int distilling = o->teacher && !(o->distill && !strcmp(o->distill, "none"));
+    c.dist_token = pick_int(o->dist_token, distilling ? 1 : 0);
     if (o->img_size) c.img_size = o->img_size;
     c.num_classes = num_classes;
     if (deit_config_check(&c, "model flags")) exit(1);
@@ -2964,12 +3036,13 @@ static int cmd_train(const Options *o, int is_teacher) {
         } else {
             teacher_resize(&resized.resnet, &net.resnet, o->img_size);
         }
-        fprintf(stderr, "deit: %s resized from %d to %d pixels (position embedding: %s)\n", from, net_img_size(&net), o->img_size,
-                bicubic ? "bicubic" : "bilinear");
+        fprintf(stderr, "deit: %s resized from %d to %d pixels%s\n", from ? from : "the model", net_img_size(&net), o->img_size,
+                net.kind == NET_RESNET ? "" : (bicubic ? " (position embedding: bicubic)" : " (position embedding: bilinear)"));
         net_free(&net);
         net = resized;
     }
     if (net.kind == NET_DEIT) net.deit.drop_path = pick(o->drop_path, o->aug && strcmp(o->aug, "deit") ? 0.0f : 0.1f);
+    if (net.kind == NET_DEIT && o->init && !o->resume) rng_seed(&net.deit.rng, cfg.seed ^ 0xD15C0ull); /* as deit_init */
     if (cfg.distill != DISTILL_NONE) {
         if (!o->teacher) die("--distill %s needs --teacher FILE", distill_names[cfg.distill]);
         if (net_load(&teacher, o->teacher)) return 1;
@@ -3008,7 +3081,7 @@ static int cmd_eval(const Options *o) {
     Dataset test;
     if (dataset_load(&test, o->data, 0)) return 1;
     int C = test.num_classes;
-    if (net_num_classes(&net) != C) die("%s has %d classes, %s has %d", o->ckpt, net_num_classes(&net), o->data, C);
+    if (net_fits_data(&net, &test, o->ckpt)) return 1;
     float *logits = o->logits ? xmalloc(sizeof(float) * (size_t)test.n * C) : NULL;
     EvalResult r;
     double t0 = now_seconds();
@@ -3039,8 +3112,6 @@ static int cmd_eval(const Options *o) {
         printf("\n");
     }
     if (logits) {
-        int32_t dummy[HEADER_INTS];
-        (void)dummy;
         FILE *f = fopen(o->logits, "wb");
         if (!f || fwrite(logits, sizeof(float), (size_t)test.n * C, f) != (size_t)test.n * C || fclose(f))
             die("%s: cannot write logits", o->logits);
@@ -3098,6 +3169,7 @@ static int cmd_tokens(const Options *o) {
     printf("  head vs head_dist weights: all %.4f, per class (mean) %.4f\n", cosine(m->params.head_w, m->params.head_dist_w, C * D),
            per_class / C);
     Dataset d = load_test_or_die(o->data);
+    if (net_fits_data(&net, &d, o->ckpt)) return 1;
     int n = o->limit > 0 && o->limit < d.n ? o->limit : d.n, batch = pick_int(o->batch, 100);
     double *sum = xcalloc((size_t)L + 2, sizeof(double)); /* input, L blocks, final norm */
     int S = m->config.img_size;
@@ -3162,7 +3234,7 @@ static int cmd_compare(const Options *o) {
     for (int f = 0; f < o->num_files; f++) {
         Net net;
         if (net_load(&net, o->files[f])) return 1;
-        if (net_num_classes(&net) != d.num_classes) die("%s has %d classes, the data %d", o->files[f], net_num_classes(&net), d.num_classes);
+        if (net_fits_data(&net, &d, o->files[f])) return 1;
         int *p[3];
         for (int h = 0; h < 3; h++) p[h] = xmalloc(sizeof(int) * n);
         predict(p, &net, &d, n, pick_int(o->batch, 100));
@@ -3204,6 +3276,7 @@ static int cmd_attention(const Options *o) {
     DeiT *m = &net.deit;
     if (m->config.img_size != CIFAR_SIDE) die("%s: attention maps are for %dx%d models", o->ckpt, CIFAR_SIDE, CIFAR_SIDE);
     Dataset d = load_test_or_die(o->data);
+    if (net_fits_data(&net, &d, o->ckpt)) return 1;
     if (o->image < 0 || o->image >= d.n) die("--image %d: the test set has images 0..%d", o->image, d.n - 1);
     int L = m->config.depth, NH = m->config.heads, T = m->num_tokens, G = m->config.img_size / m->config.patch_size;
     int first_patch = 1 + m->config.dist_token, C = d.num_classes, zoom = 8, W = CIFAR_SIDE * zoom;
@@ -3300,7 +3373,7 @@ static int cmd_debug_state(const Options *o) {
     }
     if (net.kind == NET_DEIT) net.deit.drop_path = 0.0f;
     net_forward(&net, images, B, 1);
-    LossParts lp = net_loss_backward(&net, images, targets, teacher_logits, type, o->alpha, o->tau, B);
+    LossParts lp = net_loss_backward(&net, targets, teacher_logits, type, o->alpha, o->tau, B);
     write_raw(o->dump, "logits.f32", net_logits(&net, HEAD_CLS), sizeof(float) * (size_t)B * C);
     if (net_has_dist(&net)) write_raw(o->dump, "logits_dist.f32", net_logits(&net, HEAD_DIST), sizeof(float) * (size_t)B * C);
     char text[256], path[4096];
@@ -3405,7 +3478,7 @@ static void bench_net(Net *net, int B, int R, double flops_per_image, const char
     for (int r = 0; r <= R; r++) { /* r = 0 is the warm-up */
         double t0 = now_seconds();
         net_forward(net, images, B, 1);
-        net_loss_backward(net, images, targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
+        net_loss_backward(net, targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
         optimizer_step(&opt, net_params(net), net_grads(net), net_tensors(net), net_num_tensors(net), 1e-4f);
         double t1 = now_seconds();
         net_forward(net, images, B, 0);
@@ -3498,7 +3571,7 @@ static int bench_table(const Options *o) {
         Dataset d = load_test_or_die(o->data);
         for (int f = 0; f < o->num_files; f++) {
             Net net;
-            if (net_load(&net, o->files[f])) return 1;
+            if (net_load(&net, o->files[f]) || net_fits_data(&net, &d, o->files[f])) return 1;
             EvalResult r;
             evaluate(&net, &d, B, &r, NULL);
             printf("| %s | %.2fM | %.1f | %.2f%% |\n", o->files[f], net_num_params(&net) / 1e6, inference_speed(&net, B, R),
@@ -3514,7 +3587,10 @@ static int bench_table(const Options *o) {
 static int cmd_bench(const Options *o) {
     if (o->table) return bench_table(o);
     int B = pick_int(o->batch, 64), R = o->repeats;
-    DeiTConfig c = student_config(o, 10);
+    Options with_dist = *o; /* the benchmark's student has the distillation token unless told otherwise */
+    with_dist.dist_token = pick_int(o->dist_token, 1);
+    with_dist.teacher = NULL;
+    DeiTConfig c = student_config(&with_dist, 10);
     printf("deit bench: %d thread(s), batch %d, median of %d repeats, built %s OpenMP\n", num_threads(), B, R,
 #ifdef _OPENMP
            "with"

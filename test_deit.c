@@ -378,7 +378,7 @@ static void test_model_gradients(int dist, DistillType type) {
     deit_forward(&m, c.images, B, 0);
     deit_zero_grad(&m);
     deit_loss_backward_start(&m, c.targets, c.teacher, type, 0.5f, 2.0f, B);
-    deit_backward(&m, c.images, B);
+    deit_backward(&m, B);
     char name[64];
     snprintf(name, sizeof(name), "model dist=%d %s", dist, distill_names[type]);
     double worst = 0;
@@ -439,7 +439,7 @@ static void test_model_behaviour(void) {
         deit_forward(&m, images, B, 1);
         deit_zero_grad(&m);
         loss = (float)deit_loss_backward_start(&m, targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B).total;
-        deit_backward(&m, images, B);
+        deit_backward(&m, B);
         optimizer_step(&opt, m.params_memory, m.grads_memory, m.tensors, NUM_PARAM_TENSORS, 3e-3f);
     }
     deit_forward(&m, images, B, 0);
@@ -661,7 +661,7 @@ static void test_teacher_model(void) {
     c.images = rand_tensor((size_t)B * 3 * 64, 1), c.targets = zeros(B * 5);
     smooth_targets(c.targets, labels, 0.1f, B, 5);
     net_forward(&net, c.images, B, 1);
-    net_loss_backward(&net, c.images, c.targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
+    net_loss_backward(&net, c.targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
     /* Directional derivatives, tensor by tensor: along a random direction v of the tensor,
        (f(p + h v) - f(p - h v)) / 2h must equal g . v. To keep the finite differences away from
        ReLU kinks, BatchNorm outputs are shifted well away from 0 (beta = +-1.5, gamma = 0.3):
@@ -679,7 +679,7 @@ static void test_teacher_model(void) {
     }
     free(convs);
     net_forward(&net, c.images, B, 1);
-    net_loss_backward(&net, c.images, c.targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
+    net_loss_backward(&net, c.targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
     float *p0 = xmalloc(sizeof(float) * t->num_params);
     memcpy(p0, t->params_memory, sizeof(float) * t->num_params);
     double worst = 0;
@@ -712,6 +712,7 @@ static void test_teacher_model(void) {
     unsigned char *bytes = read_bytes(path, &n);
     int32_t h[HEADER_INTS];
     memcpy(h, bytes, sizeof(h));
+    check(teacher_count_params(&t->config) == t->num_params, "teacher parameter count from the header alone matches the built model");
     check(n == 1024 + 4 * t->num_params && h[0] == 20151210 && h[1] == 1 && h[2] == 8 && h[3] == 3 && h[4] == 5 && h[5] == 2 &&
               h[6] == 2 && h[7] == 4 && h[8] == 6 && h[9] == 0,
           "teacher checkpoint header: magic, version, img, chans, classes, stages, blocks, widths");
@@ -912,6 +913,24 @@ static void test_optimizers(void) {
           "schedule: linear warmup, cosine from lr to min_lr, constant");
 }
 
+static TrainConfig tiny_train_config(const char *out) {
+    TrainConfig tc = {.epochs = 2, .batch = 10, .shuffle = 1, .lr = 1e-3f, .min_lr = 1e-5f, .warmup_lr = 1e-6f, .warmup_epochs = 1,
+                      .weight_decay = 0.05f, .opt = OPT_ADAMW, .sched = SCHED_COSINE, .distill = DISTILL_NONE, .alpha = 0.5f,
+                      .tau = 1.0f, .seed = 11, .data_dir = test_dir, .out = out};
+    tc.aug = (AugConfig){1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
+    return tc;
+}
+
+static Net tiny_student(void) {
+    DeiTConfig cfg = tiny_config(1);
+    cfg.img_size = 32, cfg.patch_size = 8, cfg.num_classes = 10;
+    Net n = {.kind = NET_DEIT};
+    deit_build(&n.deit, &cfg);
+    deit_init(&n.deit, 5);
+    n.deit.drop_path = 0.1f;
+    return n;
+}
+
 /* ---- 9. training end to end on tiny data: it learns, and resume equals an uninterrupted run --- */
 static void test_train_and_resume(void) {
     remove_test_files();
@@ -946,6 +965,37 @@ static void test_train_and_resume(void) {
     check(train(&c, NULL, &tb) == 0, "train: resumed after epoch 1");
     check(!memcmp(a.deit.params_memory, c.deit.params_memory, sizeof(float) * a.deit.num_params),
           "resumed run is bit-identical to the uninterrupted one");
+    /* stopped mid-epoch by --steps (step 9 of 18), resumed: still bit-identical */
+    Net e = tiny_student();
+    TrainConfig te = tc;
+    te.out = "test_run_e.bin", te.max_steps = 9;
+    train(&e, NULL, &te);
+    net_free(&e);
+    net_load(&e, "test_run_e.bin");
+    e.deit.drop_path = 0.1f;
+    te.max_steps = 0, te.resume = "test_run_e.bin";
+    check(train(&e, NULL, &te) == 0 && !memcmp(a.deit.params_memory, e.deit.params_memory, sizeof(float) * a.deit.num_params),
+          "a run stopped mid-epoch (--steps 9, epoch 2 of 3) resumes bit-identical to the uninterrupted one");
+    net_free(&e);
+    /* a resume with another setting, or against other weights, is refused */
+    net_load(&e, "test_run_e.bin");
+    e.deit.drop_path = 0.1f;
+    TrainConfig tw = te;
+    tw.lr = 2e-3f;
+    int refused = 1;
+    Optimizer o2;
+    optimizer_init(&o2, OPT_ADAMW, e.deit.num_params, 0.05f, 0, 0);
+    RunState r2;
+    refused &= state_load("test_run_e.bin.state", &e, &o2, &r2, &tw, 6) != 0;
+    float w0 = e.deit.params_memory[0];
+    e.deit.params_memory[0] = w0 + 1.0f;
+    refused &= state_load("test_run_e.bin.state", &e, &o2, &r2, &te, 6) != 0;
+    e.deit.params_memory[0] = w0;
+    int accepted = state_load("test_run_e.bin.state", &e, &o2, &r2, &te, 6) == 0;
+    check(refused && accepted, "resume refuses other settings (--lr) and a checkpoint the state does not belong to");
+    optimizer_free(&o2);
+    net_free(&e);
+    remove("test_run_e.bin"), remove("test_run_e.bin.state"), remove("test_run.err");
     /* distillation from a teacher checkpoint runs and the teacher is untouched */
     TeacherConfig tcfg = tiny_teacher_config();
     tcfg.img_size = 32, tcfg.num_classes = 10;
@@ -1042,24 +1092,6 @@ static void test_analysis(void) {
 }
 
 /* ---- 11. robustness: faults lose no work, corrupted inputs give clean errors, determinism ---- */
-static TrainConfig tiny_train_config(const char *out) {
-    TrainConfig tc = {.epochs = 2, .batch = 10, .shuffle = 1, .lr = 1e-3f, .min_lr = 1e-5f, .warmup_lr = 1e-6f, .warmup_epochs = 1,
-                      .weight_decay = 0.05f, .opt = OPT_ADAMW, .sched = SCHED_COSINE, .distill = DISTILL_NONE, .alpha = 0.5f,
-                      .tau = 1.0f, .seed = 11, .data_dir = test_dir, .out = out};
-    tc.aug = (AugConfig){1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
-    return tc;
-}
-
-static Net tiny_student(void) {
-    DeiTConfig cfg = tiny_config(1);
-    cfg.img_size = 32, cfg.patch_size = 8, cfg.num_classes = 10;
-    Net n = {.kind = NET_DEIT};
-    deit_build(&n.deit, &cfg);
-    deit_init(&n.deit, 5);
-    n.deit.drop_path = 0.1f;
-    return n;
-}
-
 static int file_equals(const char *path, const char *text) {
     size_t n;
     unsigned char *d = read_bytes(path, &n);
@@ -1204,18 +1236,20 @@ static void test_fuzz(void) {
     Net sn = tiny_student();
     Optimizer o;
     optimizer_init(&o, OPT_ADAMW, sn.deit.num_params, 0.05f, 0, 0);
-    RunState rs = {1, 6, 99, 1.0};
-    state_save("test_fuzz.state", &sn, &o, &rs, 3, 5, 10, 0);
+    RunState rs = {1, 0, 6, 99, 1.0};
+    TrainConfig sc = tiny_train_config("unused.bin");
+    sc.epochs = 5;
+    state_save("test_fuzz.state", &sn, &o, &rs, &sc);
     size_t n;
     unsigned char *orig = read_bytes("test_fuzz.state", &n), *buf = xmalloc(n + 64);
     int state_bad = 0, state_total = 0;
     for (int iter = 0; iter < 200; iter++) {
         size_t len = corrupt(buf, orig, n, (Corruption)(iter % NUM_CORRUPTIONS), 17, &r);
         write_bytes("test_fuzz.state", buf, len);
-        RunState back = {-1, 0, 0, 0.0};
+        RunState back = {-1, 0, 0, 0, 0.0};
         FILE *saved = stderr;
         stderr = fopen("test_fuzz.err", "w");
-        int rc = state_load("test_fuzz.state", &sn, &o, &back, 3, 5, 10, 0);
+        int rc = state_load("test_fuzz.state", &sn, &o, &back, &sc, 6);
         fclose(stderr);
         stderr = saved;
         state_total++;

@@ -36,7 +36,7 @@ run() { # run a command quietly, show its output if it fails
 
 t0=$(date +%s)
 tiny="--dim 32 --depth 2 --heads 2 --epochs 1 --steps 2 --batch 8 --threads 1 --data $DATA"
-run ./deit train $tiny --out "$TMP/student.bin" &&
+run ./deit train $tiny --dist-token 1 --out "$TMP/student.bin" &&
     run ./deit train $tiny --dist-token 0 --out "$TMP/vit.bin" &&
     run ./deit teacher --arch resnet8 --epochs 1 --steps 2 --batch 8 --threads 1 --data $DATA --out "$TMP/resnet8.bin" ||
     { echo "check-torch: FAIL could not train the small checkpoints"; exit 1; }
