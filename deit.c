@@ -2483,11 +2483,15 @@ static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, con
     if (u64_from(h, 11) != c->seed || h[13] != c->epochs || h[14] != c->batch || h[15] != c->train_limit)
         return report("%s: saved by a run with --seed %llu --epochs %d --batch %d --train-limit %d; resume with the same flags",
                       path, (unsigned long long)u64_from(h, 11), h[13], h[14], h[15]);
-    if (u64_from(h, 20) != run_settings_hash(c, net))
-        return report("%s: saved by a run with other training settings (lr, schedule, augmentation, distillation, drop path, "
-                      "image size...); resume with the same flags", path);
-    if (u64_from(h, 18) != params_hash(net))
-        return report("%s: does not belong to the weights in the checkpoint (written at another step?)", path);
+    if (u64_from(h, 18) == 0 && u64_from(h, 20) == 0) { /* written before the hashes existed: cannot be verified */
+        fprintf(stderr, "deit: warning: %s has no settings/weights hashes (an older deit.c wrote it); not verified\n", path);
+    } else {
+        if (u64_from(h, 20) != run_settings_hash(c, net))
+            return report("%s: saved by a run with other training settings (lr, schedule, augmentation, distillation, drop path, "
+                          "image size...); resume with the same flags", path);
+        if (u64_from(h, 18) != params_hash(net))
+            return report("%s: does not belong to the weights in the checkpoint (written at another step?)", path);
+    }
     long step = (long)u64_from(h, 4);
     if (h[3] < 0 || h[3] > c->epochs || h[17] < 0 || h[17] >= steps_per_epoch ||
         step != (long)h[3] * steps_per_epoch + h[17])
