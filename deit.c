@@ -3009,6 +3009,10 @@ static int cmd_train(const Options *o, int is_teacher) {
     memset(&teacher, 0, sizeof(teacher));
     int classes = data_num_classes(o->data);
     const char *from = o->resume ? o->resume : o->init;
+    if (o->resume && o->init) fprintf(stderr, "deit: warning: --init %s ignored: --resume %s continues that run\n", o->init, o->resume);
+    if (from && (o->dim != UNSET || o->depth != UNSET || o->heads != UNSET || o->dist_token != UNSET || o->patch != 4 ||
+                 strcmp(o->model, "tiny") || strcmp(o->arch, "resnet20")))
+        fprintf(stderr, "deit: warning: the architecture comes from %s; --model/--dim/--depth/--heads/--patch/--dist-token/--arch ignored\n", from);
     if (from) {
         if (net_load(&net, from)) return 1;
         if ((net.kind == NET_RESNET) != is_teacher) die("%s is a %s checkpoint; use ./deit %s", from,
