@@ -2406,6 +2406,7 @@ typedef struct {
     int epochs, batch, train_limit, shuffle, threads;
     long max_steps;           /* stop after this many optimizer steps (0: no limit) */
     int skip_nonfinite;       /* 1: skip a step whose loss or gradient is NaN/Inf instead of stopping */
+    int eval_every;           /* test every N epochs (and after the last); not part of the run's settings */
     float lr, min_lr, warmup_lr, warmup_epochs, weight_decay, momentum;
     int nesterov;
     OptType opt;
@@ -2609,21 +2610,29 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
         double train_time = now_seconds() - t0;
         rs.elapsed += train_time;
         int stopped_early = s < steps_per_epoch; /* --steps ended the run inside this epoch */
-        EvalResult er;
-        evaluate(net, &test_set, B, &er, NULL);
-        double acc = 100.0 * er.correct[HEAD_MEAN] / er.n;
-        double acc_cls = 100.0 * er.correct[HEAD_CLS] / er.n, acc_dist = 100.0 * er.correct[HEAD_DIST] / er.n;
+        int last = epoch + 1 == cfg->epochs || stopped_early || (cfg->max_steps > 0 && rs.step >= cfg->max_steps);
+        int every = cfg->eval_every > 0 ? cfg->eval_every : 1, test_now = last || (epoch + 1) % every == 0;
+        EvalResult er = {0};
+        if (test_now) evaluate(net, &test_set, B, &er, NULL);
+        double acc = test_now ? 100.0 * er.correct[HEAD_MEAN] / er.n : 0.0;
+        double acc_cls = test_now ? 100.0 * er.correct[HEAD_CLS] / er.n : 0.0;
+        double acc_dist = test_now ? 100.0 * er.correct[HEAD_DIST] / er.n : 0.0;
         double ips = steps_done ? steps_done * (double)B / train_time : 0.0;
-        if (net_has_dist(net))
+        if (!test_now)
+            fprintf(stderr, "epoch %d: train loss %.4f, %.1f img/s (next test after epoch %d)\n", epoch + 1,
+                    steps_done ? loss_sum / steps_done : 0.0, ips, (epoch / every + 1) * every);
+        else if (net_has_dist(net))
             fprintf(stderr, "epoch %d: train loss %.4f, test acc %.2f%% (class head %.2f%%, distillation head %.2f%%), %.1f img/s\n",
                     epoch + 1, steps_done ? loss_sum / steps_done : 0.0, acc, acc_cls, acc_dist, ips);
         else
             fprintf(stderr, "epoch %d: train loss %.4f, test acc %.2f%%, %.1f img/s\n", epoch + 1,
                     steps_done ? loss_sum / steps_done : 0.0, acc, ips);
         free(er.confusion);
-        if (log) {
-            fprintf(log, "%d,%ld,%.6g,%.6f,%.2f,%.2f,", epoch + 1, rs.step, lr, steps_done ? loss_sum / steps_done : 0.0, acc, acc_cls);
-            if (net_has_dist(net)) fprintf(log, "%.2f", acc_dist);
+        if (log) { /* the test columns stay empty in epochs without a test (--eval-every) */
+            fprintf(log, "%d,%ld,%.6g,%.6f,", epoch + 1, rs.step, lr, steps_done ? loss_sum / steps_done : 0.0);
+            if (test_now) fprintf(log, "%.2f,%.2f", acc, acc_cls);
+            fprintf(log, ",");
+            if (test_now && net_has_dist(net)) fprintf(log, "%.2f", acc_dist);
             fprintf(log, ",%.2f,%.1f\n", ips, rs.elapsed);
             fflush(log);
         }
@@ -2792,7 +2801,7 @@ typedef struct {
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
         *logits, *head, *dump;
     int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats,
-        skip_nonfinite;
+        skip_nonfinite, eval_every;
     long steps, seed;
     float lr, min_lr, warmup_lr, warmup, wd, momentum, mixup, cutmix, erase, smoothing, drop_path, randaug_mag, alpha, tau;
 } Options;
@@ -2839,6 +2848,7 @@ static const Flag flags[] = {
     {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION, 1, 1024, "OpenMP threads (default: all cores)"},
     {"--init", F_STR, &opt_values.init, ALL_TRAIN, 0, 0, "start from this checkpoint's weights"},
     {"--steps", F_LONG, &opt_values.steps, ALL_TRAIN, 1, 1e15, "stop after N optimizer steps"},
+    {"--eval-every", F_INT, &opt_values.eval_every, ALL_TRAIN, 1, 100000, "test every N epochs and after the last (default 1)"},
     {"--skip-nonfinite", F_INT, &opt_values.skip_nonfinite, ALL_TRAIN, 0, 1, "1: skip steps with a NaN/Inf loss or gradient (default: stop)"},
     {"--out", F_STR, &opt_values.out, ALL_TRAIN | CMD_ATTENTION, 0, 0, "checkpoint to write (student.bin / teacher.bin; also OUT.state); attention: directory for the PNGs"},
     {"--resume", F_STR, &opt_values.resume, ALL_TRAIN, 0, 0, "continue the run that wrote this checkpoint (and FILE.state)"},
@@ -2911,6 +2921,7 @@ static void options_defaults(Options *o) {
     o->data = getenv("DEIT_DATA") ? getenv("DEIT_DATA") : "data/cifar-10-batches-bin";
     o->dim = o->depth = o->heads = o->dist_token = UNSET, o->patch = 4;
     o->epochs = o->batch = o->randaug = o->nesterov = o->no_shuffle = UNSET;
+    o->eval_every = 1;
     o->lr = o->min_lr = o->warmup = o->wd = o->mixup = o->cutmix = o->erase = o->smoothing = o->drop_path = UNSET;
     o->randaug_mag = 9.0f, o->warmup_lr = 1e-6f, o->momentum = 0.9f, o->alpha = 0.5f, o->tau = 1.0f;
     o->seed = 1337, o->repeats = 5;
@@ -2956,6 +2967,7 @@ static TrainConfig train_config(const Options *o, int is_teacher) {
     c.shuffle = pick_int(o->no_shuffle, 0) == 0;
     c.max_steps = o->steps;
     c.skip_nonfinite = o->skip_nonfinite;
+    c.eval_every = o->eval_every;
     c.alpha = o->alpha;
     c.tau = o->tau;
     c.seed = (uint64_t)o->seed;

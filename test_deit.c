@@ -977,6 +977,31 @@ static void test_train_and_resume(void) {
     check(train(&e, NULL, &te) == 0 && !memcmp(a.deit.params_memory, e.deit.params_memory, sizeof(float) * a.deit.num_params),
           "a run stopped mid-epoch (--steps 9, epoch 2 of 3) resumes bit-identical to the uninterrupted one");
     net_free(&e);
+    /* --eval-every 2 over 3 epochs: tests after epochs 2 and 3 only (empty log cells in epoch 1), same weights */
+    Net f = tiny_student();
+    TrainConfig tf = tc;
+    tf.out = "test_run_f.bin", tf.log = "test_run_f.csv", tf.eval_every = 2;
+    check(train(&f, NULL, &tf) == 0 && !memcmp(a.deit.params_memory, f.deit.params_memory, sizeof(float) * a.deit.num_params),
+          "--eval-every 2 trains the same weights");
+    size_t log_n;
+    unsigned char *log_bytes = read_bytes("test_run_f.csv", &log_n);
+    char *log_text = xmalloc(log_n + 1);
+    if (log_bytes) memcpy(log_text, log_bytes, log_n);
+    log_text[log_bytes ? log_n : 0] = 0;
+    free(log_bytes);
+    int rows = 0, tested[4] = {0};
+    for (char *line = strtok(log_text, "\n"); line; line = strtok(NULL, "\n")) {
+        int ep, commas = 0;
+        char *cell = line;
+        if (sscanf(line, "%d,", &ep) != 1 || ep < 1 || ep > 3) continue;
+        rows++;
+        while (commas < 4 && *cell) commas += *cell++ == ',';
+        tested[ep] = *cell != ',' && *cell != 0; /* the test_acc cell is not empty */
+    }
+    check(rows == 3 && !tested[1] && tested[2] && tested[3], "--eval-every 2 over 3 epochs: test accuracy logged after epochs 2 and 3 only");
+    free(log_text);
+    net_free(&f);
+    remove("test_run_f.bin"), remove("test_run_f.bin.state"), remove("test_run_f.csv");
     /* a resume with another setting, or against other weights, is refused */
     net_load(&e, "test_run_e.bin");
     e.deit.drop_path = 0.1f;

@@ -1,0 +1,28 @@
+# The two budgets (sourced by the drivers after lib.sh).
+#
+# quick: a 6-block, width-128 DeiT with 4 heads and 4x4 patches (1.2 M parameters instead of
+#   DeiT-Ti's 5.4 M), 10 epochs, AdamW lr 1e-3 at batch 128, 1 warmup epoch, cosine, label
+#   smoothing 0.1, random crop + flip only (mixup, cutmix, RandAugment, erasing and stochastic
+#   depth slow down learning in a 10-epoch run). One row takes about 85 minutes on one core,
+#   so the four student rows of table3 take about 3 hours on 2 cores with PARALLEL=1.
+#   The teacher is ResNet-20, 30 epochs of SGD (about 2.5 hours on 2 cores, trained once and
+#   shared by every quick study).
+# paper: DeiT-Ti with 4x4 patches (dim 192, 12 blocks, 3 heads), 300 epochs, batch 64 (lr
+#   5e-4 * 64/512), 5 warmup epochs, cosine, and the full DeiT recipe (the deit defaults: mixup
+#   0.8, cutmix 1.0, RandAugment 2 ops m9, random erasing 0.25, label smoothing 0.1, stochastic
+#   depth 0.1). The teacher is ResNet-56, 160 epochs.
+if [ "$BUDGET" = quick ]; then
+    STUDENT="--dim 128 --depth 6 --heads 4 --patch 4"
+    RECIPE="--batch 128 --lr 1e-3 --warmup 1 --aug basic --label-smoothing 0.1 --drop-path 0"
+    EPOCHS=${EPOCHS:-10}
+    TEACHER_ARCH=resnet20 TEACHER_EPOCHS=30 TEACHER_NAME=teacher_resnet20
+    TEACHER_RECIPE="--batch 128"
+    TABLE3_TIME="students about 3 h with PARALLEL=1 (85 min per row on one core), plus 2.5 h for the teacher if it is not trained yet"
+else
+    STUDENT="--model tiny --patch 4"
+    RECIPE="--batch 64"
+    EPOCHS=${EPOCHS:-300}
+    TEACHER_ARCH=resnet56 TEACHER_EPOCHS=160 TEACHER_NAME=teacher_resnet56_paper
+    TEACHER_RECIPE="--batch 128"
+    TABLE3_TIME="about 14 min per epoch per row at 60 img/s: 70 h per row, 12 days in all on 2 cores; scale by your machine's ./deit bench"
+fi

@@ -1,0 +1,57 @@
+#!/bin/sh
+# Data efficiency: no distillation vs DeiT (class + distillation token, hard distillation) on
+# 10%, 25%, 50% and 100% of the CIFAR-10 training set (class-balanced, --train-limit).
+# Every row gets the same number of optimizer steps (the same images seen) as the 100% row:
+# EPOCHS * 50000 / N epochs, with the warmup and the test interval (--eval-every) scaled the
+# same way, so every row is tested after the same numbers of steps. The 100% rows are table3's.
+#
+#   BUDGET=quick PARALLEL=1 experiments/data_efficiency.sh
+. "$(dirname "$0")/lib.sh"
+. experiments/budgets.sh
+TEACHER=experiments/runs/$TEACHER_NAME.bin
+[ -f "$TEACHER" ] || { echo "no teacher $TEACHER: run experiments/table3.sh (ROWS=teacher) first" >&2; exit 1; }
+FRACTIONS=${FRACTIONS:-"10 25 50 100"}
+echo "data efficiency, budget $BUDGET: student $STUDENT, $EPOCHS epochs' worth of steps per row"
+echo "expected time on a 2-core machine: each row costs as much as a table3 row ($TABLE3_TIME)"
+
+row() { # row PERCENT none|dist
+    pct=$1 kind=$2 n=$((50000 * $1 / 100))
+    ep=$((EPOCHS * 100 / pct)) wu=$((100 / pct))
+    if [ "$pct" = 100 ]; then
+        name=t3_${BUDGET}_$([ "$kind" = none ] && echo none || echo hard_dist)
+    else
+        name=de_${BUDGET}_${kind}_$pct
+    fi
+    if [ "$kind" = none ]; then
+        run "$name" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" --distill none --dist-token 0 --seed 1
+    else
+        run "$name" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" --teacher "$TEACHER" --distill hard --dist-token 1 --seed 1
+    fi
+}
+for pct in $FRACTIONS; do
+    if [ "${PARALLEL:-0}" = 1 ]; then
+        THREADS_ARG="--threads 1"
+        row "$pct" none & row "$pct" dist; wait
+    else
+        row "$pct" none; row "$pct" dist
+    fi
+done
+
+res=experiments/results/data_efficiency_$BUDGET.md
+name() { [ "$1" = 100 ] && echo "t3_${BUDGET}_$([ "$2" = none ] && echo none || echo hard_dist)" || echo "de_${BUDGET}_$2_$1"; }
+{
+    echo "# Data efficiency on CIFAR-10 ($BUDGET budget)"
+    echo
+    echo "Student: \`$STUDENT\`, recipe \`$RECIPE\`, seed 1; every row makes the optimizer steps of $EPOCHS epochs on"
+    echo "the full set (epochs = $EPOCHS x 100 / percent). Teacher: $TEACHER_ARCH. Produced by \`BUDGET=$BUDGET experiments/data_efficiency.sh\`."
+    echo
+    echo "| training images | epochs | no distillation | DeiT (class + distillation token) | gain |"
+    echo "| --- | --- | --- | --- | --- |"
+    for pct in 10 25 50 100; do
+        a=$(f=experiments/logs/$(name $pct none).csv; [ -f "$f" ] && acc "$(name $pct none)" 5 || echo -)
+        b=$(f=experiments/logs/$(name $pct dist).csv; [ -f "$f" ] && acc "$(name $pct dist)" 5 || echo -)
+        g=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.2f", b - a }')
+        echo "| $((50000 * pct / 100)) ($pct%) | $((EPOCHS * 100 / pct)) | $a | $b | $g |"
+    done
+} > "$res"
+cat "$res"

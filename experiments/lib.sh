@@ -1,0 +1,55 @@
+# Shared by the study drivers (sourced, not run). Only uses ./deit.
+#
+# run NAME EPOCHS ./deit ARGS...   trains one row:
+#   - the checkpoint is experiments/runs/NAME.bin (+ .state), the log experiments/logs/NAME.csv
+#     and the console output experiments/logs/NAME.out;
+#   - a run whose log already has its last epoch is skipped;
+#   - a run with a .state file is continued with --resume (a killed run loses at most an epoch);
+#   - otherwise it starts from scratch.
+# BUDGET=quick|paper picks the sizes; THREADS (default: all cores) is passed as --threads.
+
+set -eu
+cd "$(dirname "$0")/.."
+[ -x ./deit ] || make deit
+mkdir -p experiments/runs experiments/logs experiments/results
+
+BUDGET=${BUDGET:-quick}
+case "$BUDGET" in quick | paper) ;; *) echo "BUDGET must be quick or paper, not '$BUDGET'" >&2; exit 2 ;; esac
+THREADS_ARG=""
+[ -n "${THREADS:-}" ] && THREADS_ARG="--threads $THREADS"
+
+# last_epoch LOG: the highest epoch number in a CSV log (0 if none)
+last_epoch() {
+    [ -f "$1" ] || { echo 0; return; }
+    awk -F, 'NR > 1 && $1 + 0 > e { e = $1 + 0 } END { print e + 0 }' "$1"
+}
+
+run() {
+    name=$1 epochs=$2
+    shift 2
+    bin=experiments/runs/$name.bin log=experiments/logs/$name.csv out=experiments/logs/$name.out
+    if [ -f "$bin" ] && [ "$(last_epoch "$log")" -ge "$epochs" ]; then
+        echo "== $name: done ($epochs epochs in $log), skipped"
+        return 0
+    fi
+    if [ -f "$bin.state" ]; then
+        echo "== $name: resuming $bin ($(last_epoch "$log")/$epochs epochs logged)"
+        echo "=== resume $(date -u +%FT%TZ)" >> "$out"
+        "$@" --epochs "$epochs" --resume "$bin" --log "$log" $THREADS_ARG >> "$out" 2>&1
+    else
+        echo "== $name: $* --epochs $epochs"
+        echo "=== start $(date -u +%FT%TZ): $* --epochs $epochs --out $bin" > "$out"
+        "$@" --epochs "$epochs" --out "$bin" --log "$log" $THREADS_ARG >> "$out" 2>&1
+    fi
+    tail -n 2 "$out" | sed "s/^/   /"
+}
+
+# acc NAME COLUMN: the last epoch's value of a log column (5 = averaged heads, 6 = class, 7 = dist)
+acc() {
+    awk -F, -v c="$2" 'NR > 1 { v = $c } END { print (v == "" ? "-" : v) }' "experiments/logs/$1.csv"
+}
+
+# minutes NAME: wall-clock minutes of training in a log (last elapsed_s)
+minutes() {
+    awk -F, 'NR > 1 { v = $9 } END { printf "%.0f", v / 60 }' "experiments/logs/$1.csv"
+}

@@ -1,0 +1,68 @@
+#!/bin/sh
+# The paper's Table 3 (distillation ablation) on CIFAR-10: a teacher, then the same student
+# trained with no distillation, soft distillation, hard distillation (class token only) and the
+# class + distillation token with hard distillation (reported by class head, distillation head
+# and both heads averaged).
+#
+#   BUDGET=quick experiments/table3.sh     # about 3 h on 2 cores for the students (see below)
+#   BUDGET=paper experiments/table3.sh     # DeiT-Ti/4, 300 epochs, the paper's recipe
+#
+# Re-running skips finished rows and resumes an interrupted one. Set ROWS="none hard" (etc.) to
+# run only some rows, and PARALLEL=1 to run two rows at a time with one thread each (faster on
+# a 2-core machine than one row with two threads).
+. "$(dirname "$0")/lib.sh"
+
+. experiments/budgets.sh
+ROWS=${ROWS:-"teacher none soft hard_cls hard_dist"}
+
+echo "table3, budget $BUDGET: student $STUDENT, $EPOCHS epochs; teacher $TEACHER_ARCH $TEACHER_EPOCHS epochs"
+echo "expected time on a 2-core machine: $TABLE3_TIME"
+
+TEACHER=experiments/runs/$TEACHER_NAME.bin
+row() {
+    case $1 in
+    teacher) run "$TEACHER_NAME" "$TEACHER_EPOCHS" ./deit teacher --arch "$TEACHER_ARCH" $TEACHER_RECIPE --seed 1 ;;
+    none) run "t3_${BUDGET}_none" "$EPOCHS" ./deit train $STUDENT $RECIPE --distill none --dist-token 0 --seed 1 ;;
+    soft) run "t3_${BUDGET}_soft" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill soft --dist-token 0 --seed 1 ;;
+    hard_cls) run "t3_${BUDGET}_hard_cls" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 0 --seed 1 ;;
+    hard_dist) run "t3_${BUDGET}_hard_dist" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 1 --seed 1 ;;
+    *) echo "unknown row $1" >&2; exit 2 ;;
+    esac
+}
+
+students=""
+for r in $ROWS; do
+    if [ "$r" = teacher ]; then row teacher; else students="$students $r"; fi
+done
+if [ "${PARALLEL:-0}" = 1 ]; then
+    THREADS=1 THREADS_ARG="--threads 1"
+    set -- $students
+    while [ $# -gt 0 ]; do
+        a=$1; shift
+        if [ $# -gt 0 ]; then b=$1; shift; row "$a" & row "$b"; wait; else row "$a"; fi
+    done
+else
+    for r in $students; do row "$r"; done
+fi
+
+# ---- the table ------------------------------------------------------------------------------
+res=experiments/results/table3_$BUDGET.md
+cell() { [ -f "experiments/logs/$1.csv" ] && acc "$1" "$2" || echo "not run"; }
+{
+    echo "# Table 3 on CIFAR-10 ($BUDGET budget)"
+    echo
+    echo "Student: \`$STUDENT\`, $EPOCHS epochs, recipe \`$RECIPE\`, seed 1."
+    echo "Teacher: $TEACHER_ARCH, $TEACHER_EPOCHS epochs (\`$TEACHER_RECIPE\`)."
+    echo "Produced by \`BUDGET=$BUDGET experiments/table3.sh\`; numbers are the test accuracy (%) after the last epoch."
+    echo
+    echo "| method | class token | distillation token | test acc. (%) | train minutes |"
+    echo "| --- | --- | --- | --- | --- |"
+    echo "| teacher ($TEACHER_ARCH) | | | $(cell "$TEACHER_NAME" 5) | $(minutes "$TEACHER_NAME" 2>/dev/null || echo -) |"
+    echo "| no distillation | yes | no | $(cell "t3_${BUDGET}_none" 5) | $(minutes "t3_${BUDGET}_none" 2>/dev/null || echo -) |"
+    echo "| usual (soft) distillation | yes | no | $(cell "t3_${BUDGET}_soft" 5) | $(minutes "t3_${BUDGET}_soft" 2>/dev/null || echo -) |"
+    echo "| hard distillation | yes | no | $(cell "t3_${BUDGET}_hard_cls" 5) | $(minutes "t3_${BUDGET}_hard_cls" 2>/dev/null || echo -) |"
+    echo "| DeiT: class embedding (class head) | yes | yes | $(cell "t3_${BUDGET}_hard_dist" 6) | $(minutes "t3_${BUDGET}_hard_dist" 2>/dev/null || echo -) |"
+    echo "| DeiT: distillation embedding (dist. head) | yes | yes | $(cell "t3_${BUDGET}_hard_dist" 7) | |"
+    echo "| DeiT: class + distillation (both heads) | yes | yes | $(cell "t3_${BUDGET}_hard_dist" 5) | |"
+} > "$res"
+cat "$res"

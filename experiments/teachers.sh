@@ -1,0 +1,69 @@
+#!/bin/sh
+# Which teacher? The same student (class + distillation token, hard distillation) distilled
+# from ResNet-20, ResNet-56, ResNet-20x4 (widths 64/128/256) and from a DeiT student (the
+# no-distillation row of table3), which the paper found a worse teacher than a convnet.
+#
+#   BUDGET=quick PARALLEL=1 experiments/teachers.sh
+# TEACHERS="resnet20 resnet56 resnet20w4 deit" picks the rows. The quick budget trains
+# ResNet-56 and ResNet-20x4 for fewer epochs than ResNet-20 (they cost 3x and 16x more per
+# image); see the printed plan.
+. "$(dirname "$0")/lib.sh"
+. experiments/budgets.sh
+TEACHERS=${TEACHERS:-"resnet20 resnet56 resnet20w4 deit"}
+if [ "$BUDGET" = quick ]; then
+    EP56=15 EP20W4=6
+else
+    EP56=160 EP20W4=160
+fi
+echo "teachers, budget $BUDGET: student $STUDENT, $EPOCHS epochs"
+echo "teachers: resnet20 $TEACHER_EPOCHS epochs (table3's), resnet56 $EP56 epochs, resnet20w4 $EP20W4 epochs, deit = table3's no-distillation student"
+echo "expected time on a 2-core machine (quick): resnet56 about 4 h, resnet20w4 about 9 h, plus 85 min per student row on one core"
+
+teacher_file() {
+    case $1 in
+    resnet20) echo "experiments/runs/$TEACHER_NAME.bin" ;;
+    deit) echo "experiments/runs/t3_${BUDGET}_none.bin" ;;
+    *) echo "experiments/runs/teacher_${1}_$BUDGET.bin" ;;
+    esac
+}
+train_teacher() {
+    case $1 in
+    resnet20) run "$TEACHER_NAME" "$TEACHER_EPOCHS" ./deit teacher --arch resnet20 $TEACHER_RECIPE --seed 1 ;;
+    resnet56) run "teacher_resnet56_$BUDGET" "$EP56" ./deit teacher --arch resnet56 $TEACHER_RECIPE --seed 1 ;;
+    resnet20w4) run "teacher_resnet20w4_$BUDGET" "$EP20W4" ./deit teacher --arch resnet20w4 $TEACHER_RECIPE --seed 1 ;;
+    deit) [ -f "$(teacher_file deit)" ] || { echo "no $(teacher_file deit): run experiments/table3.sh (ROWS=none) first" >&2; exit 1; } ;;
+    esac
+}
+student() {
+    if [ "$1" = resnet20 ]; then name=t3_${BUDGET}_hard_dist; else name=tt_${BUDGET}_$1; fi
+    run "$name" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$(teacher_file "$1")" --distill hard --dist-token 1 --seed 1
+}
+for t in $TEACHERS; do train_teacher "$t"; done
+set -- $TEACHERS
+while [ $# -gt 0 ]; do
+    a=$1; shift
+    if [ "${PARALLEL:-0}" = 1 ] && [ $# -gt 0 ]; then
+        b=$1; shift; THREADS_ARG="--threads 1"; student "$a" & student "$b"; wait
+    else
+        student "$a"
+    fi
+done
+
+res=experiments/results/teachers_$BUDGET.md
+{
+    echo "# Teacher choice on CIFAR-10 ($BUDGET budget)"
+    echo
+    echo "Student: \`$STUDENT\`, $EPOCHS epochs, recipe \`$RECIPE\`, class + distillation token, hard distillation, seed 1."
+    echo "Produced by \`BUDGET=$BUDGET experiments/teachers.sh\`."
+    echo
+    echo "| teacher | teacher acc. (%) | student acc. (%, both heads) |"
+    echo "| --- | --- | --- |"
+    for t in resnet20 resnet56 resnet20w4 deit; do
+        tf=$(teacher_file "$t"); tn=$(basename "$tf" .bin)
+        sn=$([ "$t" = resnet20 ] && echo "t3_${BUDGET}_hard_dist" || echo "tt_${BUDGET}_$t")
+        ta=$([ -f "experiments/logs/$tn.csv" ] && acc "$tn" 5 || echo "not run")
+        sa=$([ -f "experiments/logs/$sn.csv" ] && acc "$sn" 5 || echo "not run")
+        echo "| $t | $ta | $sa |"
+    done
+} > "$res"
+cat "$res"
