@@ -2796,7 +2796,7 @@ typedef struct {
 #define MAX_FILES 32
 typedef struct {
     const char *files[MAX_FILES]; /* compare: the checkpoints */
-    int num_files, image, limit, img_size, table;
+    int num_files, image, limit, img_size, table, zoom;
     const char *pos_interp;
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
         *logits, *head, *dump;
@@ -2855,6 +2855,7 @@ static const Flag flags[] = {
     {"--log", F_STR, &opt_values.log, ALL_TRAIN, 0, 0, "CSV log: epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s"},
     {"--ckpt", F_STR, &opt_values.ckpt, CMD_EVAL | CMD_DEBUG | CMD_TOKENS | CMD_ATTENTION, 0, 0, "checkpoint to evaluate (student or teacher)"},
     {"--image", F_INT, &opt_values.image, CMD_ATTENTION, 0, 1e9, "index of the test image (default 0)"},
+    {"--zoom", F_INT, &opt_values.zoom, CMD_ATTENTION, 1, 32, "upscaling of the 32x32 image in the PNGs (default 8)"},
     {"--limit", F_INT, &opt_values.limit, CMD_TOKENS | CMD_COMPARE, 1, 1e9, "use only the first N test images"},
     {"--dump", F_STR, &opt_values.dump, CMD_DEBUG, 0, 0, "directory for the debug-state files (must exist)"},
     {"--logits", F_STR, &opt_values.logits, CMD_EVAL, 0, 0, "write the inference logits as float32 (N, C), test-set order"},
@@ -2924,7 +2925,7 @@ static void options_defaults(Options *o) {
     o->eval_every = 1;
     o->lr = o->min_lr = o->warmup = o->wd = o->mixup = o->cutmix = o->erase = o->smoothing = o->drop_path = UNSET;
     o->randaug_mag = 9.0f, o->warmup_lr = 1e-6f, o->momentum = 0.9f, o->alpha = 0.5f, o->tau = 1.0f;
-    o->seed = 1337, o->repeats = 5;
+    o->seed = 1337, o->repeats = 5, o->zoom = 8;
 }
 
 static float pick(float v, float fallback) { return v == UNSET ? fallback : v; }
@@ -3299,7 +3300,7 @@ static int cmd_attention(const Options *o) {
     if (net_fits_data(&net, &d, o->ckpt)) return 1;
     if (o->image < 0 || o->image >= d.n) die("--image %d: the test set has images 0..%d", o->image, d.n - 1);
     int L = m->config.depth, NH = m->config.heads, T = m->num_tokens, G = m->config.img_size / m->config.patch_size;
-    int first_patch = 1 + m->config.dist_token, C = d.num_classes, zoom = 8, W = CIFAR_SIDE * zoom;
+    int first_patch = 1 + m->config.dist_token, C = d.num_classes, zoom = o->zoom, W = CIFAR_SIDE * zoom;
     float *image = xmalloc(sizeof(float) * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * C);
     int label, idx = o->image;
     AugConfig none = {0};

@@ -1411,6 +1411,9 @@ static void test_cli(void) {
     check(run("mkdir -p test_cli_att && ./deit attention --ckpt test_cli_s.bin --image 5 --out test_cli_att --data test_data_tmp") == 0 &&
               file_exists("test_cli_att/cls_rollout.png") && file_exists("test_cli_att/dist_last_layer_head1.png"),
           "./deit attention writes the maps as PNG files");
+    check(run("./deit attention --ckpt test_cli_s.bin --image 5 --zoom 3 --out test_cli_att --data test_data_tmp") == 0 &&
+              output_has("of 96x96"),
+          "./deit attention --zoom 3: 96x96 pictures");
     check(run("./deit attention --ckpt test_cli_s.bin --image 999 --out test_cli_att --data test_data_tmp") != 0 && output_has("--image 999"),
           "./deit attention with an image index out of range: clear error");
     if (system("rm -rf test_cli_att") != 0) printf("could not remove test_cli_att\n");
