@@ -1322,10 +1322,14 @@ static int teacher_config_check(const TeacherConfig *c, const char *what) {
     return 0;
 }
 
-/* ---- 7.1 Convolution via im2col: out = W (cout, cin*k*k) x col (cin*k*k, B*hout*wout) ------ */
-static void im2col(float *col, const float *in, int B, int cin, int hin, int win, int k, int stride, int pad,
-                   int hout, int wout) {
-    size_t NP = (size_t)B * hout * wout;
+/* ---- 7.1 Convolution via im2col: out = W (cout, cin*k*k) x col (cin*k*k, pixels) ------------
+   Activations are stored (C, B, H, W). The col matrix of the whole batch would be tens of MB,
+   far bigger than the caches, so a convolution is done a few images at a time (conv_chunk):
+   each chunk's col is built, used by the matmul while it is still in cache, and overwritten by
+   the next chunk. Its rows are ld = pixels + 16 floats apart: a power-of-two row stride would
+   make all rows of a matmul tile fall into the same cache sets.                                */
+static void im2col(float *col, int ld, const float *in, int B, int b0, int nb, int cin, int hin, int win, int k,
+                   int stride, int pad, int hout, int wout) {
     OMP(omp parallel for schedule(static))
     for (int row = 0; row < cin * k * k; row++) {
         int c = row / (k * k), ky = (row / k) % k, kx = row % k;
@@ -1333,8 +1337,8 @@ static void im2col(float *col, const float *in, int B, int cin, int hin, int win
         int lo = 0, hi = wout;
         while (lo < wout && lo * stride - pad + kx < 0) lo++;
         while (hi > lo && (hi - 1) * stride - pad + kx >= win) hi--;
-        float *dst = col + (size_t)row * NP;
-        for (int b = 0; b < B; b++)
+        float *dst = col + (size_t)row * ld;
+        for (int b = b0; b < b0 + nb; b++)
             for (int oy = 0; oy < hout; oy++, dst += wout) {
                 int iy = oy * stride - pad + ky;
                 if (iy < 0 || iy >= hin) {
@@ -1343,7 +1347,8 @@ static void im2col(float *col, const float *in, int B, int cin, int hin, int win
                 }
                 const float *src = in + (((size_t)c * B + b) * hin + iy) * win - pad + kx;
                 for (int ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
-                for (int ox = lo; ox < hi; ox++) dst[ox] = src[ox * stride];
+                if (stride == 1) memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo));
+                else for (int ox = lo; ox < hi; ox++) dst[ox] = src[ox * stride];
                 for (int ox = hi; ox < wout; ox++) dst[ox] = 0.0f;
             }
     }
@@ -1351,46 +1356,62 @@ static void im2col(float *col, const float *in, int B, int cin, int hin, int win
 
 /* The adjoint of im2col: every col entry flows back to the input pixel it was copied from.
    Each thread owns one input channel, so the += never races. */
-static void col2im(float *din, const float *dcol, int B, int cin, int hin, int win, int k, int stride, int pad,
-                   int hout, int wout) {
-    size_t NP = (size_t)B * hout * wout;
+static void col2im(float *din, const float *dcol, int ld, int B, int b0, int nb, int cin, int hin, int win, int k,
+                   int stride, int pad, int hout, int wout) {
     OMP(omp parallel for schedule(static))
     for (int c = 0; c < cin; c++)
         for (int ky = 0; ky < k; ky++)
             for (int kx = 0; kx < k; kx++) {
-                const float *src = dcol + ((size_t)(c * k + ky) * k + kx) * NP;
-                for (int b = 0; b < B; b++)
-                    for (int oy = 0; oy < hout; oy++) {
+                int lo = 0, hi = wout; /* the same valid range of ox as in im2col */
+                while (lo < wout && lo * stride - pad + kx < 0) lo++;
+                while (hi > lo && (hi - 1) * stride - pad + kx >= win) hi--;
+                const float *src = dcol + (size_t)((c * k + ky) * k + kx) * ld;
+                for (int b = b0; b < b0 + nb; b++)
+                    for (int oy = 0; oy < hout; oy++, src += wout) {
                         int iy = oy * stride - pad + ky;
-                        if (iy < 0 || iy >= hin) { src += wout; continue; }
-                        float *dst = din + (((size_t)c * B + b) * hin + iy) * win;
-                        for (int ox = 0; ox < wout; ox++, src++) {
-                            int ix = ox * stride - pad + kx;
-                            if (ix >= 0 && ix < win) dst[ix] += *src;
-                        }
+                        if (iy < 0 || iy >= hin) continue;
+                        float *dst = din + (((size_t)c * B + b) * hin + iy) * win - pad + kx;
+                        for (int ox = lo; ox < hi; ox++) dst[ox * stride] += src[ox];
                     }
             }
 }
 
-static void conv_forward(float *out, float *col, const float *in, const float *w, const ConvBN *l, int B) {
-    size_t NP = (size_t)B * l->hout * l->wout;
-    int K = l->cin * l->ksize * l->ksize;
-    im2col(col, in, B, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
-    memset(out, 0, sizeof(float) * l->cout * NP);
-    matmul(out, (int)NP, w, K, 1, col, (int)NP, 1, l->cout, (int)NP, K);
+/* Images per chunk: as many as keep one chunk's col within about 2 MB (at least one). A
+   variable, not a constant, so that the tests can force one image per chunk. */
+static size_t conv_chunk_floats = 1 << 19;
+static int conv_chunk(const ConvBN *l, int B) {
+    size_t per_image = (size_t)l->cin * l->ksize * l->ksize * l->hout * l->wout;
+    size_t nb = conv_chunk_floats / per_image;
+    return nb < 1 ? 1 : nb > (size_t)B ? B : (int)nb;
+}
+static size_t conv_col_size(const ConvBN *l, int B) { /* floats of the col scratch of one chunk */
+    return (size_t)l->cin * l->ksize * l->ksize * ((size_t)conv_chunk(l, B) * l->hout * l->wout + 16);
 }
 
-/* out = W col  =>  dW = dout col^T,  dcol = W^T dout,  din = col2im(dcol) */
+static void conv_forward(float *out, float *col, const float *in, const float *w, const ConvBN *l, int B) {
+    int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
+    memset(out, 0, sizeof(float) * l->cout * NP);
+    for (int b0 = 0; b0 < B; b0 += chunk) {
+        int nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
+        im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
+        matmul(out + (size_t)b0 * hw, NP, w, K, 1, col, ld, 1, l->cout, nb * hw, K);
+    }
+}
+
+/* out = W col  =>  dW = dout col^T,  dcol = W^T dout,  din = col2im(dcol), chunk by chunk */
 static void conv_backward(float *din, float *dw, float *col, float *dcol, const float *dout, const float *in,
                           const float *w, const ConvBN *l, int B) {
-    size_t NP = (size_t)B * l->hout * l->wout;
-    int K = l->cin * l->ksize * l->ksize;
-    im2col(col, in, B, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
-    matmul(dw, K, dout, (int)NP, 1, col, 1, (int)NP, l->cout, K, (int)NP);
-    if (din) {
-        memset(dcol, 0, sizeof(float) * K * NP);
-        matmul(dcol, (int)NP, w, 1, K, dout, (int)NP, 1, K, (int)NP, l->cout);
-        col2im(din, dcol, B, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
+    int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
+    for (int b0 = 0; b0 < B; b0 += chunk) {
+        int nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
+        const float *dout_chunk = dout + (size_t)b0 * hw;
+        im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
+        matmul(dw, K, dout_chunk, NP, 1, col, 1, ld, l->cout, K, nb * hw);
+        if (din) {
+            memset(dcol, 0, sizeof(float) * K * ld);
+            matmul(dcol, ld, w, 1, K, dout_chunk, NP, 1, K, nb * hw, l->cout);
+            col2im(din, dcol, ld, B, b0, nb, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
+        }
     }
 }
 
@@ -1668,7 +1689,7 @@ static void teacher_alloc_activations(Teacher *t, int B) {
             TAKE(l->dout, l->cout * np);
             TAKE(l->bn_mean, l->cout);
             TAKE(l->bn_rstd, l->cout);
-            size_t col = (size_t)l->cin * l->ksize * l->ksize * np;
+            size_t col = conv_col_size(l, B);
             if (col > max_col) max_col = col;
             if (l->cout * np > max_out) max_out = l->cout * np;
         }

@@ -552,11 +552,11 @@ static void test_conv(int k, int stride) {
     l->hout = (7 + 2 * l->pad - k) / stride + 1, l->wout = (6 + 2 * l->pad - k) / stride + 1;
     size_t nin = (size_t)3 * 2 * 7 * 6, nout = (size_t)4 * 2 * l->hout * l->wout, nw = (size_t)4 * 3 * k * k;
     c.in = rand_tensor(nin, 1), l->w = rand_tensor(nw, 1), c.out = zeros(nout), c.R = rand_tensor(nout, 1);
-    c.col = zeros((size_t)3 * k * k * 2 * l->hout * l->wout);
-    float *dcol = zeros((size_t)3 * k * k * 2 * l->hout * l->wout), *din = zeros(nin), *dw = zeros(nw);
+    c.col = zeros(conv_col_size(l, 2));
+    float *dcol = zeros(conv_col_size(l, 2)), *din = zeros(nin), *dw = zeros(nw);
     conv_backward(din, dw, c.col, dcol, c.R, c.in, l->w, l, 2);
     char name[64];
-    snprintf(name, sizeof(name), "conv %dx%d stride %d", k, k, stride);
+    snprintf(name, sizeof(name), "conv %dx%d stride %d%s", k, k, stride, conv_chunk(l, 2) < 2 ? " 1-image chunks" : "");
     check_grad(name, "dx", c.in, din, nin, probe_conv, &c, 1e-2f, 1e-2);
     check_grad(name, "dW", l->w, dw, nw, probe_conv, &c, 1e-2f, 1e-2);
     /* one output by hand: channel 1, image 1, position (1, 2) */
@@ -1466,6 +1466,11 @@ int main(void) {
     test_conv(3, 1);
     test_conv(3, 2);
     test_conv(1, 2);
+    size_t chunk_floats = conv_chunk_floats; /* again with one image per chunk: gradients accumulate over chunks */
+    conv_chunk_floats = 1;
+    test_conv(3, 1);
+    test_conv(3, 2);
+    conv_chunk_floats = chunk_floats;
     test_batchnorm();
     test_relu_pool();
     test_teacher_model();
