@@ -23,7 +23,8 @@ row() {
     case $1 in
     teacher) run "$TEACHER_NAME" "$TEACHER_EPOCHS" ./deit teacher --arch "$TEACHER_ARCH" $TEACHER_RECIPE --seed 1 ;;
     none) run "t3_${BUDGET}_none" "$EPOCHS" ./deit train $STUDENT $RECIPE --distill none --dist-token 0 --seed 1 ;;
-    soft) run "t3_${BUDGET}_soft" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill soft --dist-token 0 --seed 1 ;;
+    # soft: the paper's "usual distillation" row used tau 3 and lambda (--alpha) 0.1
+    soft) run "t3_${BUDGET}_soft" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill soft --alpha 0.1 --tau 3 --dist-token 0 --seed 1 ;;
     hard_cls) run "t3_${BUDGET}_hard_cls" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 0 --seed 1 ;;
     hard_dist) run "t3_${BUDGET}_hard_dist" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 1 --seed 1 ;;
     *) echo "unknown row $1" >&2; exit 2 ;;
