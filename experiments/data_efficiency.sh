@@ -55,3 +55,14 @@ name() { [ "$1" = 100 ] && echo "t3_${BUDGET}_$([ "$2" = none ] && echo none || 
     done
 } > "$res"
 cat "$res"
+
+# learning curves, in full-data epochs (a run on P% of the data makes 100/P of its epochs per full-data epoch)
+set --
+for pct in 10 25 50 100; do
+    for kind in none dist; do
+        n=$(name $pct $kind)
+        [ -f "experiments/logs/$n.csv" ] && set -- "$@" "$([ $kind = none ] && echo "no distillation" || echo DeiT) $pct%=experiments/logs/$n.csv:5:$((100 / pct))"
+    done
+done
+[ $# -gt 0 ] && XLABEL="full-data epochs" experiments/plot.sh "experiments/results/data_efficiency_$BUDGET.svg" \
+    "Data efficiency on CIFAR-10, $BUDGET budget" "$@"

@@ -1,14 +1,16 @@
 #!/bin/sh
 # Learning curves as an SVG file, from deit's CSV logs, with nothing but awk.
 #
-#   experiments/plot.sh OUT.svg "TITLE" LABEL=LOG.csv[:COLUMN] ...
+#   experiments/plot.sh OUT.svg "TITLE" LABEL=LOG.csv[:COLUMN[:XDIV]] ...
 #
 # Left panel: test accuracy per epoch (COLUMN of the log: 5 = averaged heads (default),
-# 6 = class head, 7 = distillation head). Right panel: train loss per epoch (column 4).
+# 6 = class head, 7 = distillation head). Right panel: train loss per epoch (column 4), at the
+# epochs where the test accuracy was measured. XDIV (default 1) divides the epoch numbers, e.g.
+# 10 for a run on 10% of the data plotted in full-data epochs; XLABEL names the x axis.
 # When a log has an epoch twice (a run resumed after a crash between writing the log row and
 # the checkpoint), the last row counts.
 set -eu
-[ $# -ge 3 ] || { echo "usage: $0 OUT.svg TITLE LABEL=LOG.csv[:COLUMN] ..." >&2; exit 2; }
+[ $# -ge 3 ] || { echo "usage: $0 OUT.svg TITLE LABEL=LOG.csv[:COLUMN[:XDIV]] ..." >&2; exit 2; }
 out=$1 title=$2
 shift 2
 tmp=$(mktemp)
@@ -16,17 +18,18 @@ trap 'rm -f "$tmp"' EXIT
 i=0
 for spec in "$@"; do
     label=${spec%%=*} rest=${spec#*=}
-    file=${rest%%:*} col=5
+    file=${rest%%:*} col=5 xdiv=1
     [ "$file" != "$rest" ] && col=${rest#*:}
+    case $col in *:*) xdiv=${col#*:} col=${col%%:*} ;; esac
     [ -f "$file" ] || { echo "$0: $file: no such log" >&2; exit 1; }
     # series index, label, epoch, accuracy, loss
-    awk -F, -v s="$i" -v l="$label" -v c="$col" \
+    awk -F, -v s="$i" -v l="$label" -v c="$col" -v d="$xdiv" \
         'NR > 1 && $c != "" { acc[$1 + 0] = $c; loss[$1 + 0] = $4; if ($1 + 0 > n) n = $1 + 0 }
-         END { for (e = 1; e <= n; e++) if (e in acc) printf "%s\t%s\t%d\t%s\t%s\n", s, l, e, acc[e], loss[e] }' "$file" >> "$tmp"
+         END { for (e = 1; e <= n; e++) if (e in acc) printf "%s\t%s\t%g\t%s\t%s\n", s, l, e / d, acc[e], loss[e] }' "$file" >> "$tmp"
     i=$((i + 1))
 done
 
-awk -F'\t' -v title="$title" '
+awk -F'\t' -v title="$title" -v xlabel="${XLABEL:-epoch}" '
 function esc(s) { gsub(/&/, "\\&amp;", s); gsub(/</, "\\&lt;", s); return s }
 { s = $1; label[s] = $2; n[s]++; ep[s, n[s]] = $3; acc[s, n[s]] = $4; loss[s, n[s]] = $5
   if ($3 > emax) emax = $3; if ($4 > amax) amax = $4; if (amin == "" || $4 < amin) amin = $4
@@ -44,7 +47,7 @@ END {
     x0 = 70 + p * 450; y0 = top; lo = p ? lmin : amin; hi = p ? lmax : amax
     printf "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#444\"/>\n", x0, y0, pw, ph
     printf "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", x0 + pw / 2, y0 - 8, p ? "train loss" : "test accuracy (%)"
-    printf "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">epoch</text>\n", x0 + pw / 2, y0 + ph + 34
+    printf "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", x0 + pw / 2, y0 + ph + 34, esc(xlabel)
     nt = p ? 5 : (hi - lo) / 10
     for (k = 0; k <= nt; k++) {
       v = lo + (hi - lo) * k / nt; y = y0 + ph - ph * k / nt

@@ -67,3 +67,13 @@ cell() { [ -f "experiments/logs/$1.csv" ] && acc "$1" "$2" || echo "not run"; }
     echo "| DeiT: class + distillation (both heads) | yes | yes | $(cell "t3_${BUDGET}_hard_dist" 5) | |"
 } > "$res"
 cat "$res"
+
+# ---- the learning curves ----------------------------------------------------------------------
+set --
+for spec in "no distillation=t3_${BUDGET}_none" "soft=t3_${BUDGET}_soft" "hard (class token)=t3_${BUDGET}_hard_cls" \
+    "DeiT class head=t3_${BUDGET}_hard_dist:6" "DeiT dist. head=t3_${BUDGET}_hard_dist:7" "DeiT both heads=t3_${BUDGET}_hard_dist"; do
+    label=${spec%%=*} run_col=${spec#*=} rname=${run_col%%:*}
+    col=5; [ "$rname" != "$run_col" ] && col=${run_col#*:}
+    [ -f "experiments/logs/$rname.csv" ] && set -- "$@" "$label=experiments/logs/$rname.csv:$col"
+done
+[ $# -gt 0 ] && experiments/plot.sh "experiments/results/table3_$BUDGET.svg" "Table 3 on CIFAR-10, $BUDGET budget ($EPOCHS epochs)" "$@"
