@@ -2576,6 +2576,11 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     int S = net_img_size(net);
     float *images = xmalloc(sizeof(float) * (size_t)B * 3 * S * S), *targets = xmalloc(sizeof(float) * (size_t)B * C);
     int *labels = xmalloc(sizeof(int) * B), *order = xmalloc(sizeof(int) * n_train);
+    /* A teacher trained at another resolution (a student fine-tuned at 48x48 from a 32x32 teacher)
+       sees the same augmented batch resized back to its own size: a ResNet-20 trained on 32x32
+       images scores 87% there but 55% on the same images upsampled to 48x48. */
+    int TS = teacher ? net_img_size(teacher) : S;
+    float *teacher_images = TS != S ? xmalloc(sizeof(float) * (size_t)B * 3 * TS * TS) : NULL;
     int inline_progress = stderr_is_terminal(), status = 0;
     long skipped = 0;
     for (int epoch = rs.epochs_done; epoch < cfg->epochs && status == 0; epoch++) {
@@ -2594,7 +2599,12 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
             make_batch(images, S, targets, labels, &train_set, order + (size_t)s * B, B, &cfg->aug, 1, batch_seed(cfg->seed, epoch, s));
             const float *teacher_logits = NULL;
             if (teacher && cfg->distill != DISTILL_NONE) {
-                net_forward(teacher, images, B, 0); /* eval mode, no gradient */
+                if (teacher_images) {
+                    OMP(omp parallel for schedule(static))
+                    for (int b = 0; b < B; b++)
+                        resize_grid(teacher_images + (size_t)b * 3 * TS * TS, images + (size_t)b * 3 * S * S, 3, S, TS, 0, 1);
+                }
+                net_forward(teacher, teacher_images ? teacher_images : images, B, 0); /* eval mode, no gradient */
                 teacher_logits = net_logits(teacher, HEAD_MEAN);
             }
             lr = lr_at(rs.step, total_steps, warmup_steps, cfg->lr, cfg->min_lr, cfg->warmup_lr, cfg->sched);
@@ -2671,7 +2681,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     if (status == 0) fprintf(stderr, "deit: wrote %s (%.0f s of training)\n", cfg->out, rs.elapsed);
     if (skipped) fprintf(stderr, "deit: %ld step(s) skipped for non-finite values\n", skipped);
     if (log) fclose(log);
-    free(images), free(targets), free(labels), free(order), free(pool);
+    free(images), free(targets), free(labels), free(order), free(pool), free(teacher_images);
     optimizer_free(&opt);
     dataset_free(&train_set), dataset_free(&test_set);
     return status;
@@ -3088,14 +3098,9 @@ static int cmd_train(const Options *o, int is_teacher) {
     if (cfg.distill != DISTILL_NONE) {
         if (!o->teacher) die("--distill %s needs --teacher FILE", distill_names[cfg.distill]);
         if (net_load(&teacher, o->teacher)) return 1;
-        if (net_img_size(&teacher) != net_img_size(&net) && teacher.kind == NET_RESNET) { /* the teacher sees the same images */
-            Net resized = {.kind = NET_RESNET};
-            teacher_resize(&resized.resnet, &teacher.resnet, net_img_size(&net));
-            net_free(&teacher);
-            teacher = resized;
-        }
-        if (net_img_size(&teacher) != net_img_size(&net)) die("%s: teacher image size %d differs from the student's %d", o->teacher,
-                                                               net_img_size(&teacher), net_img_size(&net));
+        if (net_img_size(&teacher) != net_img_size(&net))
+            fprintf(stderr, "deit: the teacher (%d pixels) sees each batch resized from %d pixels (bicubic)\n", net_img_size(&teacher),
+                    net_img_size(&net));
     }
     if (net.kind == NET_DEIT) {
         const DeiTConfig *c = &net.deit.config;
