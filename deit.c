@@ -2528,6 +2528,15 @@ static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, con
 
 /* Trains net (initialised or loaded by the caller) on the training split; teacher may be NULL.
    Saves net to cfg->out and the training state to cfg->out + ".state" after every epoch. */
+/* What the teacher sees of a batch (B, 3, S, S): the batch itself, or, for a teacher trained at
+   another resolution TS, the batch resized to it (bicubic) in buf (B, 3, TS, TS). */
+static const float *teacher_input(float *buf, const float *images, int B, int S, int TS) {
+    if (TS == S) return images;
+    OMP(omp parallel for schedule(static))
+    for (int b = 0; b < B; b++) resize_grid(buf + (size_t)b * 3 * TS * TS, images + (size_t)b * 3 * S * S, 3, S, TS, 0, 1);
+    return buf;
+}
+
 static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     Dataset train_set, test_set;
     if (dataset_load(&train_set, cfg->data_dir, 1)) return -1;
@@ -2599,12 +2608,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
             make_batch(images, S, targets, labels, &train_set, order + (size_t)s * B, B, &cfg->aug, 1, batch_seed(cfg->seed, epoch, s));
             const float *teacher_logits = NULL;
             if (teacher && cfg->distill != DISTILL_NONE) {
-                if (teacher_images) {
-                    OMP(omp parallel for schedule(static))
-                    for (int b = 0; b < B; b++)
-                        resize_grid(teacher_images + (size_t)b * 3 * TS * TS, images + (size_t)b * 3 * S * S, 3, S, TS, 0, 1);
-                }
-                net_forward(teacher, teacher_images ? teacher_images : images, B, 0); /* eval mode, no gradient */
+                net_forward(teacher, teacher_input(teacher_images, images, B, S, TS), B, 0); /* eval mode, no gradient */
                 teacher_logits = net_logits(teacher, HEAD_MEAN);
             }
             lr = lr_at(rs.step, total_steps, warmup_steps, cfg->lr, cfg->min_lr, cfg->warmup_lr, cfg->sched);

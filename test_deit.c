@@ -1119,6 +1119,14 @@ static void test_analysis(void) {
         for (int y = 2; y < 30; y++)
             for (int x = 2; x < 30; x++) dev = fmax(dev, fabs(back[(c * 32 + y) * 32 + x] - im32[(c * 32 + y) * 32 + x]));
     check(dev < 0.02, "bicubic 32 -> 48 -> 32 of a smooth image returns it (max dev %.4f)", dev);
+    /* what a 32-pixel teacher is given of a batch of two 48-pixel images, and of a 32-pixel batch */
+    float *batch48 = zeros(2 * 3 * 48 * 48), *buf = zeros(2 * 3 * 32 * 32);
+    memcpy(batch48 + 3 * 48 * 48, im48, sizeof(float) * 3 * 48 * 48); /* image 1 = im48, image 0 = zeros */
+    const float *seen = teacher_input(buf, batch48, 2, 48, 32);
+    double dev2 = 0;
+    for (int i = 0; i < 3 * 32 * 32; i++) dev2 = fmax(dev2, fmax(fabs(seen[i]), fabs(seen[3 * 32 * 32 + i] - back[i])));
+    check(seen == buf && dev2 == 0 && teacher_input(buf, im32, 1, 32, 32) == im32,
+          "teacher_input: a 48-pixel batch resized image by image to the teacher's 32, a 32-pixel batch as it is");
     /* a student moved to 48 pixels keeps every weight and its token positions, and runs */
     DeiTConfig cfg = tiny_config(1);
     DeiT m, m48;
