@@ -176,7 +176,7 @@ typedef struct {
     float *input;                       /* (in_chans, B, S, S): the images, channel-major */
     float *pooled, *dpooled;            /* (B, W_last) global average pool */
     float *logits, *dlogits;            /* (B, C) */
-    float *col, *dcol, *dconv;          /* scratch for im2col and the conv backward */
+    float *col, *dcol, *dconv;          /* scratch: im2col of one chunk of images (conv_chunk), its gradient, dL/d(conv out) */
     float *params_memory, *grads_memory;
     size_t num_params;
     TensorInfo *tensors;
