@@ -462,9 +462,30 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
      score[t2] = q_t . k_t2 / sqrt(hd)       for all T tokens t2 (no mask: every token sees all)
      att[t]    = softmax(score)
      out_t     = sum over t2 of att[t][t2] v_t2      written to out[b, t, h*hd ...]
-   Every inner loop runs over contiguous memory so it vectorizes: k of one head is first copied
-   transposed (kT[i][t2]), so q_t . k_t2 for all t2 becomes hd vector updates over t2; sums
-   over tokens accumulate in a small local row (acc) rather than in memory.                  */
+   Every product here is a weighted sum of rows, y += sum_r w_r x_r (weighted_row_sum), whose
+   inner loop runs over contiguous memory so it vectorizes: k of one head is first copied
+   transposed (kT[i][t2]), so the scores q_t . k_t2 for all t2 are the rows of kT weighted by
+   q_t; out_t is the rows v_t2 weighted by att[t][t2].                                       */
+
+/* y[j] += sum over r < rows of w[r*w_stride] * x[r*x_stride + j], for j < n.
+   Four rows per pass: y is loaded and stored rows/4 times instead of rows times (each pass
+   must wait for the previous one's stores, so this is what sets the speed).                */
+static void weighted_row_sum(float *restrict y, const float *w, int w_stride, const float *x, size_t x_stride,
+                             int rows, int n) {
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        float w0 = w[(size_t)r * w_stride], w1 = w[(size_t)(r + 1) * w_stride];
+        float w2 = w[(size_t)(r + 2) * w_stride], w3 = w[(size_t)(r + 3) * w_stride];
+        const float *x0 = x + r * x_stride, *x1 = x0 + x_stride, *x2 = x1 + x_stride, *x3 = x2 + x_stride;
+        for (int j = 0; j < n; j++) y[j] += w0 * x0[j] + w1 * x1[j] + w2 * x2[j] + w3 * x3[j];
+    }
+    for (; r < rows; r++) {
+        float wr = w[(size_t)r * w_stride];
+        const float *xr = x + r * x_stride;
+        for (int j = 0; j < n; j++) y[j] += wr * xr[j];
+    }
+}
+
 static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int D, int NH) {
     int hd = D / NH;
     float scale = 1.0f / sqrtf((float)hd);
@@ -481,13 +502,12 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
                     const float *q = base + (size_t)t * 3 * D + h * hd;
                     float *a = att + (((size_t)b * NH + h) * T + t) * T;
                     for (int t2 = 0; t2 < T; t2++) a[t2] = 0.0f;
-                    for (int i = 0; i < hd; i++) {
-                        float qi = q[i] * scale;
-                        const float *k = kT + (size_t)i * T;
-                        for (int t2 = 0; t2 < T; t2++) a[t2] += qi * k[t2];
-                    }
+                    weighted_row_sum(a, q, 1, kT, T, hd, T); /* a[t2] = q_t . k_t2 */
                     float maxv = -FLT_MAX, sum = 0.0f;
-                    for (int t2 = 0; t2 < T; t2++) maxv = a[t2] > maxv ? a[t2] : maxv;
+                    for (int t2 = 0; t2 < T; t2++) {
+                        a[t2] *= scale;
+                        maxv = a[t2] > maxv ? a[t2] : maxv;
+                    }
                     for (int t2 = 0; t2 < T; t2++) {
                         a[t2] = expf(a[t2] - maxv);
                         sum += a[t2];
@@ -495,11 +515,7 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
                     float inv = 1.0f / sum;
                     for (int t2 = 0; t2 < T; t2++) a[t2] *= inv;
                     for (int i = 0; i < hd; i++) acc[i] = 0.0f;
-                    for (int t2 = 0; t2 < T; t2++) {
-                        const float *v = base + (size_t)t2 * 3 * D + 2 * D + h * hd;
-                        float w = a[t2];
-                        for (int i = 0; i < hd; i++) acc[i] += w * v[i];
-                    }
+                    weighted_row_sum(acc, a, 1, base + 2 * D + h * hd, (size_t)3 * D, T, hd); /* sum_t2 a[t2] v_t2 */
                     memcpy(out + ((size_t)b * T + t) * D + h * hd, acc, sizeof(float) * hd);
                 }
             }
@@ -536,34 +552,21 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
                     const float *a = a_bh + (size_t)t * T, *dy = dout + ((size_t)b * T + t) * D + h * hd;
                     float *ds = dscore + (size_t)t * T;
                     for (int t2 = 0; t2 < T; t2++) ds[t2] = 0.0f;
-                    for (int i = 0; i < hd; i++) {
-                        const float *v = vT + (size_t)i * T;
-                        for (int t2 = 0; t2 < T; t2++) ds[t2] += dy[i] * v[t2];
-                    }
+                    weighted_row_sum(ds, dy, 1, vT, T, hd, T); /* datt[t][t2] = dout_t . v_t2 */
                     float dot = 0.0f;
                     for (int t2 = 0; t2 < T; t2++) dot += a[t2] * ds[t2];
                     for (int t2 = 0; t2 < T; t2++) ds[t2] = a[t2] * (ds[t2] - dot) * scale;
                 }
                 for (int t = 0; t < T; t++) { /* dq_t = sum_t2 dscore[t][t2] k_t2 */
                     for (int i = 0; i < hd; i++) acc[i] = 0.0f;
-                    for (int t2 = 0; t2 < T; t2++) {
-                        const float *k = base + (size_t)t2 * 3 * D + D + h * hd;
-                        float w = dscore[(size_t)t * T + t2];
-                        for (int i = 0; i < hd; i++) acc[i] += w * k[i];
-                    }
+                    weighted_row_sum(acc, dscore + (size_t)t * T, 1, base + D + h * hd, (size_t)3 * D, T, hd);
                     float *dq = dbase + (size_t)t * 3 * D + h * hd;
                     for (int i = 0; i < hd; i++) dq[i] += acc[i];
                 }
-                for (int t2 = 0; t2 < T; t2++) { /* dk_t2 and dv_t2: sums over the queries t */
+                for (int t2 = 0; t2 < T; t2++) { /* dk_t2 and dv_t2: sums over the queries t (column t2) */
                     for (int i = 0; i < hd; i++) acc[i] = 0.0f, acc2[i] = 0.0f;
-                    for (int t = 0; t < T; t++) {
-                        const float *q = base + (size_t)t * 3 * D + h * hd, *dy = dout + ((size_t)b * T + t) * D + h * hd;
-                        float ws = dscore[(size_t)t * T + t2], wa = a_bh[(size_t)t * T + t2];
-                        for (int i = 0; i < hd; i++) {
-                            acc[i] += ws * q[i];
-                            acc2[i] += wa * dy[i];
-                        }
-                    }
+                    weighted_row_sum(acc, dscore + t2, T, base + h * hd, (size_t)3 * D, T, hd);       /* dscore[t][t2] q_t */
+                    weighted_row_sum(acc2, a_bh + t2, T, dout + (size_t)b * T * D + h * hd, D, T, hd); /* att[t][t2] dout_t */
                     float *dk = dbase + (size_t)t2 * 3 * D + D + h * hd, *dv = dk + D;
                     for (int i = 0; i < hd; i++) dk[i] += acc[i], dv[i] += acc2[i];
                 }

@@ -218,7 +218,9 @@ static void test_attention(void) {
         if (fabs(s - 1) > worst) worst = fabs(s - 1);
     }
     check(worst < 1e-5, "attention rows are probabilities (max |sum - 1| = %.1e)", worst);
-    /* against a direct computation of one output: image 1, head 1, token 3, component 2 */
+    /* against a direct computation of one output: image 1, head 1, token 3, component 2
+       (recomputed first: the gradient check leaves the output of a perturbed input behind) */
+    probe_attention(&c);
     int b = 1, h = 1, t = 3, i = 2, hd = 3;
     double sc[5], mx = -1e30, sum = 0, o = 0;
     for (int t2 = 0; t2 < 5; t2++) {
@@ -231,6 +233,39 @@ static void test_attention(void) {
     for (int t2 = 0; t2 < 5; t2++) sum += exp(sc[t2] - mx);
     for (int t2 = 0; t2 < 5; t2++) o += exp(sc[t2] - mx) / sum * c.x[(b * 5 + t2) * 18 + 12 + h * hd + i];
     check(fabs(o - c.out[(b * 5 + t) * 6 + h * hd + i]) < 1e-5, "attention output equals softmax(q k^T / sqrt(hd)) v");
+
+    /* head size 6 and 7 tokens: weighted_row_sum's 4-row passes and its remainder both run
+       over the head's numbers and over the tokens; every output against a direct computation */
+    LayerCtx c2 = {.B = 2, .T = 7, .D = 12, .NH = 2};
+    int T2 = 7, D2 = 12, hd2 = 6;
+    size_t nqkv2 = 2 * 7 * 36, nout2 = 2 * 7 * 12;
+    c2.x = rand_tensor(nqkv2, 1), c2.out = zeros(nout2), c2.aux1 = zeros(2 * 2 * 7 * 7), c2.R = rand_tensor(nout2, 1);
+    probe_attention(&c2);
+    float *dqkv2 = zeros(nqkv2);
+    attention_backward(dqkv2, c2.R, c2.x, c2.aux1, 2, T2, D2, 2);
+    check_grad("attention (head size 6, 7 tokens)", "dqkv", c2.x, dqkv2, nqkv2, probe_attention, &c2, 1e-2f, 1e-2);
+    probe_attention(&c2);
+    worst = 0;
+    for (b = 0; b < 2; b++)
+        for (h = 0; h < 2; h++)
+            for (t = 0; t < T2; t++) {
+                double s2[7], m2 = -1e30, z = 0;
+                for (int t2 = 0; t2 < T2; t2++) {
+                    s2[t2] = 0;
+                    for (int j = 0; j < hd2; j++)
+                        s2[t2] += (double)c2.x[(b * T2 + t) * 36 + h * hd2 + j] * c2.x[(b * T2 + t2) * 36 + D2 + h * hd2 + j];
+                    s2[t2] /= sqrt(hd2);
+                    if (s2[t2] > m2) m2 = s2[t2];
+                }
+                for (int t2 = 0; t2 < T2; t2++) z += exp(s2[t2] - m2);
+                for (i = 0; i < hd2; i++) {
+                    double o2 = 0;
+                    for (int t2 = 0; t2 < T2; t2++) o2 += exp(s2[t2] - m2) / z * c2.x[(b * T2 + t2) * 36 + 2 * D2 + h * hd2 + i];
+                    double e = fabs(o2 - c2.out[(b * T2 + t) * D2 + h * hd2 + i]);
+                    if (e > worst) worst = e;
+                }
+            }
+    check(worst < 1e-5, "attention (head size 6, 7 tokens): every output equals softmax(q k^T / sqrt(hd)) v (max err %.1e)", worst);
 }
 
 static double probe_gelu(void *p) {
