@@ -1442,6 +1442,38 @@ static void conv_backward(float *din, float *dw, float *col, float *dcol, const 
    eval:     the running statistics instead of the batch's                                     */
 #define BN_EPS 1e-5f
 #define BN_MOMENTUM 0.1f
+
+/* Sums over a channel's n = B*h*w numbers (131072 for ResNet-20's first stage at batch 128),
+   in double. One running sum is a chain where each add waits for the previous one; eight
+   independent partial sums (lane j takes every 8th number) let the compiler do eight adds
+   at once with vector instructions, and still nothing is reordered within a lane.
+     bn_sums: sum (x - c) and sum (x - c)^2;   bn_dot: sum dy (x - c) and sum dy            */
+#define BN_LANES 8
+static void bn_sums(const float *x, float c, size_t n, double *sum, double *sum_sq) {
+    double s[BN_LANES] = {0}, q[BN_LANES] = {0};
+    size_t i = 0;
+    for (; i + BN_LANES <= n; i += BN_LANES)
+        for (int j = 0; j < BN_LANES; j++) {
+            double d = (double)x[i + j] - c;
+            s[j] += d;
+            q[j] += d * d;
+        }
+    for (; i < n; i++) s[0] += (double)x[i] - c, q[0] += ((double)x[i] - c) * ((double)x[i] - c);
+    *sum = *sum_sq = 0.0;
+    for (int j = 0; j < BN_LANES; j++) *sum += s[j], *sum_sq += q[j];
+}
+static void bn_dot(const float *dy, const float *x, float c, size_t n, double *sum_dy_x, double *sum_dy) {
+    double p[BN_LANES] = {0}, s[BN_LANES] = {0};
+    size_t i = 0;
+    for (; i + BN_LANES <= n; i += BN_LANES)
+        for (int j = 0; j < BN_LANES; j++) {
+            p[j] += (double)dy[i + j] * ((double)x[i + j] - c);
+            s[j] += dy[i + j];
+        }
+    for (; i < n; i++) p[0] += (double)dy[i] * ((double)x[i] - c), s[0] += dy[i];
+    *sum_dy_x = *sum_dy = 0.0;
+    for (int j = 0; j < BN_LANES; j++) *sum_dy_x += p[j], *sum_dy += s[j];
+}
 static void batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean, float *running_var,
                               const float *inp, const float *gamma, const float *beta, int C, size_t n, int train) {
     OMP(omp parallel for schedule(static))
@@ -1449,10 +1481,10 @@ static void batchnorm_forward(float *out, float *mean, float *rstd, float *runni
         const float *x = inp + (size_t)c * n;
         float m, s;
         if (train) {
-            double sum = 0.0, sq = 0.0;
-            for (size_t i = 0; i < n; i++) sum += x[i];
+            double sum, sq, unused;
+            bn_sums(x, 0.0f, n, &sum, &unused);
             double mu = sum / n;
-            for (size_t i = 0; i < n; i++) sq += (x[i] - mu) * (x[i] - mu);
+            bn_sums(x, (float)mu, n, &unused, &sq); /* about the mean: no cancellation */
             double var = sq / n;
             m = (float)mu;
             s = (float)(1.0 / sqrt(var + BN_EPS));
@@ -1479,11 +1511,9 @@ static void batchnorm_backward(float *dinp, float *dgamma, float *dbeta, const f
     for (int c = 0; c < C; c++) {
         const float *x = inp + (size_t)c * n, *dy = dout + (size_t)c * n;
         float m = mean[c], s = rstd[c];
-        double sum_dy = 0.0, sum_dy_xhat = 0.0;
-        for (size_t i = 0; i < n; i++) {
-            sum_dy += dy[i];
-            sum_dy_xhat += dy[i] * (x[i] - m) * s;
-        }
+        double sum_dy, sum_dy_xhat;
+        bn_dot(dy, x, m, n, &sum_dy_xhat, &sum_dy);
+        sum_dy_xhat *= s; /* xhat = (x - mean) * rstd */
         dgamma[c] += (float)sum_dy_xhat;
         dbeta[c] += (float)sum_dy;
         float g_mean = (float)(sum_dy / n) * gamma[c], gx_mean = (float)(sum_dy_xhat / n) * gamma[c];
