@@ -255,10 +255,13 @@ static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
                 int n = nc - q * NR < NR ? nc - q * NR : NR;
                 if (!b_direct || n < NR) pack_b_panel(bp + (size_t)q * NR * kc, B, b_rs, b_cs, k0, kc, j0 + q * NR, n);
             }
-            /* Work items: (block of MC rows) x (group of 4 B panels). Each packs its A block (or
-               just its last rows, when A is read in place). */
+            /* Work items: (block of MC rows) x (group of G B panels). Each packs its A block (or
+               just its last rows, when A is read in place). G = 4 reuses a packed A block over
+               four panels; a small product (a convolution's weight gradient: 16 rows, 5
+               panels) gets G = 1, so that it still splits evenly over the threads. */
             int n_blocks = (M + MC - 1) / MC;
-            int n_groups = (n_panels + 3) / 4;
+            int G = n_blocks * ((n_panels + 3) / 4) >= 16 ? 4 : 1;
+            int n_groups = (n_panels + G - 1) / G;
             OMP(omp parallel)
             {
                 _Alignas(64) float ap[MC * KC];
@@ -272,8 +275,8 @@ static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
                         if (first < m) pack_a(ap + (size_t)first * kc, A, a_rs, a_cs, i0 + first, m - first, k0, kc);
                         packed_block = blk;
                     }
-                    int q_end = (grp + 1) * 4 < n_panels ? (grp + 1) * 4 : n_panels;
-                    for (int q = grp * 4; q < q_end; q++) {
+                    int q_end = (grp + 1) * G < n_panels ? (grp + 1) * G : n_panels;
+                    for (int q = grp * G; q < q_end; q++) {
                         int jn = nc - q * NR < NR ? nc - q * NR : NR;
                         int direct = b_direct && jn == NR;
                         const float *b = direct ? B + (size_t)k0 * b_rs + j0 + q * NR : bp + (size_t)q * NR * kc;
