@@ -95,6 +95,21 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
+/* Whole-tensor memory loops (zero, copy, add), split over the threads: on one thread they
+   would leave the other threads waiting while megabytes of activations stream by.          */
+static void fill_zero(float *x, size_t n) {
+    OMP(omp parallel for schedule(static))
+    for (size_t i = 0; i < n; i++) x[i] = 0.0f;
+}
+static void copy_into(float *dst, const float *src, size_t n) {
+    OMP(omp parallel for schedule(static))
+    for (size_t i = 0; i < n; i++) dst[i] = src[i];
+}
+static void add_into(float *dst, const float *src, size_t n) { /* dst += src */
+    OMP(omp parallel for schedule(static))
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
 /* Random numbers: xorshift64* (Marsaglia / Vigna). One Rng per stream so runs are seeded and
    reproducible; splitmix64 turns (seed, epoch, index) into independent per-sample seeds. */
 static uint64_t splitmix64(uint64_t x) {
@@ -1008,13 +1023,7 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
    so the threads share the memset. */
 static void deit_zero_grad(DeiT *m) {
     memset(m->grads_memory, 0, sizeof(float) * m->num_params);
-    if (!m->grads_acts_memory) return;
-    long chunks = (long)((m->num_acts + (1 << 20) - 1) >> 20);
-    OMP(omp parallel for schedule(static))
-    for (long c = 0; c < chunks; c++) {
-        size_t start = (size_t)c << 20, n = m->num_acts - start < (1u << 20) ? m->num_acts - start : (1u << 20);
-        memset(m->grads_acts_memory + start, 0, sizeof(float) * n);
-    }
+    if (m->grads_acts_memory) fill_zero(m->grads_acts_memory, m->num_acts);
 }
 
 /* Loss of the last forward pass; adds dloss/dlogits into grads_acts (zero_grad first).
@@ -1414,7 +1423,7 @@ static size_t conv_col_size(const ConvBN *l, int B) { /* floats of the col scrat
 
 static void conv_forward(float *out, float *col, const float *in, const float *w, const ConvBN *l, int B) {
     int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
-    memset(out, 0, sizeof(float) * l->cout * NP);
+    fill_zero(out, (size_t)l->cout * NP);
     for (int b0 = 0; b0 < B; b0 += chunk) {
         int nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
         im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
@@ -1432,7 +1441,7 @@ static void conv_backward(float *din, float *dw, float *col, float *dcol, const 
         im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
         matmul(dw, K, dout_chunk, NP, 1, col, 1, ld, l->cout, K, nb * hw);
         if (din) {
-            memset(dcol, 0, sizeof(float) * K * ld);
+            fill_zero(dcol, (size_t)K * ld);
             matmul(dcol, ld, w, 1, K, dout_chunk, NP, 1, K, nb * hw, l->cout);
             col2im(din, dcol, ld, B, b0, nb, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
         }
@@ -1568,7 +1577,7 @@ static void convbn_forward(Teacher *t, ConvBN *l, const float *in, int B, int tr
 /* From l->dout back to the parameters' gradients and to din (+=). Uses t->dconv as scratch. */
 static void convbn_backward(Teacher *t, ConvBN *l, float *din, const float *in, int B) {
     size_t n = (size_t)B * l->hout * l->wout;
-    memset(t->dconv, 0, sizeof(float) * l->cout * n);
+    fill_zero(t->dconv, l->cout * n);
     batchnorm_backward(t->dconv, l->dgamma, l->dbeta, l->dout, l->conv, l->gamma, l->bn_mean, l->bn_rstd, l->cout, n);
     conv_backward(din, l->dw, t->col, t->dcol, t->dconv, in, l->w, l, B);
 }
@@ -1583,7 +1592,7 @@ static void block_forward(Teacher *t, BasicBlock *k, const float *in, int B, int
         convbn_forward(t, &k->shortcut, in, B, train);
         sc = k->shortcut.out;
     }
-    for (size_t i = 0; i < n_out; i++) k->conv2.out[i] += sc[i];
+    add_into(k->conv2.out, sc, n_out);
     relu_forward(k->conv2.out, n_out);
 }
 
@@ -1592,10 +1601,10 @@ static void block_backward(Teacher *t, BasicBlock *k, float *din, const float *i
     size_t n_out = (size_t)k->conv2.cout * B * k->conv2.hout * k->conv2.wout;
     relu_backward(k->conv2.dout, k->conv2.out, n_out);
     if (k->has_shortcut) {
-        memcpy(k->shortcut.dout, k->conv2.dout, sizeof(float) * n_out);
+        copy_into(k->shortcut.dout, k->conv2.dout, n_out);
         convbn_backward(t, &k->shortcut, din, in, B);
     } else {
-        for (size_t i = 0; i < n_out; i++) din[i] += k->conv2.dout[i];
+        add_into(din, k->conv2.dout, n_out);
     }
     convbn_backward(t, &k->conv2, k->conv1.dout, k->conv1.out, B);
     relu_backward(k->conv1.dout, k->conv1.out, (size_t)k->conv1.cout * B * k->conv1.hout * k->conv1.wout);
@@ -1789,10 +1798,10 @@ static void teacher_zero_grad(Teacher *t) {
     memset(t->grads_memory, 0, sizeof(float) * t->num_params);
     for (int i = 0; i < t->num_blocks; i++) { /* only the gradients that accumulate need zeroing */
         BasicBlock *k = &t->blocks[i];
-        memset(k->conv1.dout, 0, sizeof(float) * k->conv1.cout * t->batch_size * k->conv1.hout * k->conv1.wout);
-        memset(k->conv2.dout, 0, sizeof(float) * k->conv2.cout * t->batch_size * k->conv2.hout * k->conv2.wout);
+        fill_zero(k->conv1.dout, (size_t)k->conv1.cout * t->batch_size * k->conv1.hout * k->conv1.wout);
+        fill_zero(k->conv2.dout, (size_t)k->conv2.cout * t->batch_size * k->conv2.hout * k->conv2.wout);
     }
-    memset(t->stem.dout, 0, sizeof(float) * t->stem.cout * t->batch_size * t->stem.hout * t->stem.wout);
+    fill_zero(t->stem.dout, (size_t)t->stem.cout * t->batch_size * t->stem.hout * t->stem.wout);
     memset(t->dpooled, 0, sizeof(float) * t->batch_size * teacher_last_width(t));
     memset(t->dlogits, 0, sizeof(float) * t->batch_size * t->config.num_classes);
 }
