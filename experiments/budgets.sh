@@ -3,11 +3,12 @@
 # quick: a 6-block, width-128 DeiT with 4 heads and 4x4 patches (1.2 M parameters instead of
 #   DeiT-Ti's 5.4 M), 10 epochs, AdamW lr 1e-3 at batch 128, 1 warmup epoch, cosine, label
 #   smoothing 0.1, random crop + flip only (mixup, cutmix, RandAugment, erasing and stochastic
-#   depth slow down learning in a 10-epoch run). The no-distillation row took 77 minutes on one
-#   core (the other core busy); distilled rows also run the teacher on every batch (about 1.3x),
-#   so the four student rows of table3 take about 3-3.5 hours on 2 cores with PARALLEL=1.
-#   The teacher is ResNet-20, 30 epochs of SGD (about 2.5 hours on 2 cores, trained once and
-#   shared by every quick study).
+#   depth slow down learning in a 10-epoch run). With the current code a row trains at about
+#   122 img/s (no distillation) to 96 img/s (distilled: the teacher also runs on every batch)
+#   on one core while another run uses the other: 70-90 minutes per row, so the four student
+#   rows of table3 take about 3 hours on 2 cores with PARALLEL=1.
+#   The teacher is ResNet-20, 30 epochs of SGD (193 img/s on one core beside another run, 4.3
+#   min per epoch: about 2.2 hours; trained once and shared by every quick study).
 # paper: DeiT-Ti with 4x4 patches (dim 192, 12 blocks, 3 heads), 300 epochs, batch 64 (lr
 #   5e-4 * 64/512), 5 warmup epochs, cosine, and the full DeiT recipe (the deit defaults: mixup
 #   0.8, cutmix 1.0, RandAugment 2 ops m9, random erasing 0.25, label smoothing 0.1, stochastic
@@ -18,7 +19,7 @@ if [ "$BUDGET" = quick ]; then
     EPOCHS=${EPOCHS:-10}
     TEACHER_ARCH=resnet20 TEACHER_EPOCHS=30 TEACHER_NAME=teacher_resnet20
     TEACHER_RECIPE="--batch 128"
-    TABLE3_TIME="students about 3-3.5 h with PARALLEL=1 (77-100 min per row on one core), plus about 3 h for the teacher if it is not trained yet"
+    TABLE3_TIME="students about 3-3.5 h with PARALLEL=1 (70-90 min per row on one core), plus about 2.2 h for the teacher if it is not trained yet"
 else
     STUDENT="--model tiny --patch 4"
     RECIPE="--batch 64"

@@ -19,7 +19,7 @@ else
 fi
 echo "teachers, budget $BUDGET: student $STUDENT, $EPOCHS epochs"
 echo "teachers: resnet20 $TEACHER_EPOCHS epochs (table3's), resnet56 $EP56 epochs, resnet20w4 $EP20W4 epochs, resnet20_long $EP20L epochs, deit = table3's no-distillation student"
-echo "expected time on a 2-core machine: ResNet-20 took 4.9 min per epoch on 2 threads; ResNet-56 has 3x and ResNet-20x4 16x its FLOPs per image; each student row as in table3 (77+ min on one core)"
+echo "expected time on a 2-core machine: ResNet-20 takes about 4.3 min per epoch on one thread beside another run; ResNet-56 has 3x and ResNet-20x4 16x its FLOPs per image; each student row as in table3 (70-90 min on one core)"
 
 teacher_file() {
     case $1 in
