@@ -12,7 +12,8 @@
 # The clone is of the committed HEAD. Its copy of the row's committed log is deleted first, so
 # the row really runs; the distilled rows use the committed teacher checkpoint
 # (experiments/checkpoints/teacher_resnet20.bin). Re-running the command resumes an interrupted
-# clone run. Ends by printing both accuracies; exits 1 if they differ by more than 1 point.
+# clone run. Ends by copying the clone's log to experiments/logs/reproduce_t3_quick_ROW.csv and
+# printing both accuracies; exits 1 if they differ by more than 1 point.
 set -eu
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -41,5 +42,6 @@ BUDGET=quick ROWS=$ROW THREADS=${THREADS:-1} experiments/table3.sh > "experiment
 final() { awk -F, -v c="$2" 'NR > 1 { a = $c } END { print a }' "$1"; }
 new=$(final "experiments/logs/$NAME.csv" $COL)
 old=$(git -C "$REPO" show "HEAD:experiments/logs/$NAME.csv" | awk -F, -v c=$COL 'NR > 1 { a = $c } END { print a }')
-echo "reproduce: $NAME committed $old%, fresh clone $new% (log $DIR/experiments/logs/$NAME.csv)"
+cp "experiments/logs/$NAME.csv" "$REPO/experiments/logs/reproduce_$NAME.csv" # the evidence, beside the original
+echo "reproduce: $NAME committed $old%, fresh clone $new% (log experiments/logs/reproduce_$NAME.csv)"
 awk -v a="$old" -v b="$new" 'BEGIN { d = b - a; if (d < 0) d = -d; printf "reproduce: difference %.2f points: %s\n", d, d <= 1 ? "within 1 point" : "MORE than 1 point"; exit d > 1 }'
