@@ -1404,7 +1404,10 @@ static void col2im(float *din, const float *dcol, int ld, int B, int b0, int nb,
                         int iy = oy * stride - pad + ky;
                         if (iy < 0 || iy >= hin) continue;
                         float *dst = din + (((size_t)c * B + b) * hin + iy) * win - pad + kx;
-                        for (int ox = lo; ox < hi; ox++) dst[ox * stride] += src[ox];
+                        if (stride == 1) /* the common case, written so that it vectorizes */
+                            for (int ox = lo; ox < hi; ox++) dst[ox] += src[ox];
+                        else
+                            for (int ox = lo; ox < hi; ox++) dst[ox * stride] += src[ox];
                     }
             }
 }
