@@ -1020,7 +1020,7 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
 }
 
 /* Zero all gradients (the backward functions accumulate). The activation gradients are large,
-   so the threads share the memset. */
+   so the threads share the work (fill_zero). */
 static void deit_zero_grad(DeiT *m) {
     memset(m->grads_memory, 0, sizeof(float) * m->num_params);
     if (m->grads_acts_memory) fill_zero(m->grads_acts_memory, m->num_acts);
