@@ -580,28 +580,31 @@ static double probe_conv(void *p) {
     return dot(c->out, c->R, (size_t)c->l.cout * c->B * c->l.hout * c->l.wout);
 }
 
-static void test_conv(int k, int stride) {
+/* cin == cout with stride 1 takes conv_backward's transposed-convolution path for dx, the
+   others its col2im path */
+static void test_conv(int k, int stride, int cin, int cout) {
     ConvCtx c = {.B = 2};
     ConvBN *l = &c.l;
-    l->cin = 3, l->cout = 4, l->ksize = k, l->stride = stride, l->pad = k / 2, l->hin = 7, l->win = 6;
+    l->cin = cin, l->cout = cout, l->ksize = k, l->stride = stride, l->pad = k / 2, l->hin = 7, l->win = 6;
     l->hout = (7 + 2 * l->pad - k) / stride + 1, l->wout = (6 + 2 * l->pad - k) / stride + 1;
-    size_t nin = (size_t)3 * 2 * 7 * 6, nout = (size_t)4 * 2 * l->hout * l->wout, nw = (size_t)4 * 3 * k * k;
+    size_t nin = (size_t)cin * 2 * 7 * 6, nout = (size_t)cout * 2 * l->hout * l->wout, nw = (size_t)cout * cin * k * k;
     c.in = rand_tensor(nin, 1), l->w = rand_tensor(nw, 1), c.out = zeros(nout), c.R = rand_tensor(nout, 1);
     c.col = zeros(conv_col_size(l, 2));
-    float *dcol = zeros(conv_col_size(l, 2)), *din = zeros(nin), *dw = zeros(nw);
-    conv_backward(din, dw, c.col, dcol, c.R, c.in, l->w, l, 2);
-    char name[64];
-    snprintf(name, sizeof(name), "conv %dx%d stride %d%s", k, k, stride, conv_chunk(l, 2) < 2 ? " 1-image chunks" : "");
+    float *dcol = zeros(conv_col_size(l, 2)), *din = zeros(nin), *dw = zeros(nw), *w_flip = zeros(nw);
+    conv_backward(din, dw, c.col, dcol, w_flip, c.R, c.in, l->w, l, 2);
+    char name[96];
+    snprintf(name, sizeof(name), "conv %dx%d stride %d, %d->%d channels (%s dx)%s", k, k, stride, cin, cout,
+             conv_same_shape(l) ? "transposed-conv" : "col2im", conv_chunk(l, 2) < 2 ? ", 1-image chunks" : "");
     check_grad(name, "dx", c.in, din, nin, probe_conv, &c, 1e-2f, 1e-2);
     check_grad(name, "dW", l->w, dw, nw, probe_conv, &c, 1e-2f, 1e-2);
     /* one output by hand: channel 1, image 1, position (1, 2) */
     probe_conv(&c);
     double s = 0;
-    for (int ci = 0; ci < 3; ci++)
+    for (int ci = 0; ci < cin; ci++)
         for (int ky = 0; ky < k; ky++)
             for (int kx = 0; kx < k; kx++) {
                 int iy = 1 * stride - l->pad + ky, ix = 2 * stride - l->pad + kx;
-                if (iy >= 0 && iy < 7 && ix >= 0 && ix < 6) s += (double)l->w[((1 * 3 + ci) * k + ky) * k + kx] * c.in[((ci * 2 + 1) * 7 + iy) * 6 + ix];
+                if (iy >= 0 && iy < 7 && ix >= 0 && ix < 6) s += (double)l->w[((1 * cin + ci) * k + ky) * k + kx] * c.in[((ci * 2 + 1) * 7 + iy) * 6 + ix];
             }
     check(fabs(s - c.out[((1 * 2 + 1) * l->hout + 1) * l->wout + 2]) < 1e-4, "%s output equals the direct sum", name);
 }
@@ -1519,13 +1522,17 @@ int main(void) {
     printf("== optimizers ==\n");
     test_optimizers();
     printf("== the teacher ==\n");
-    test_conv(3, 1);
-    test_conv(3, 2);
-    test_conv(1, 2);
+    test_conv(3, 1, 3, 4);
+    test_conv(3, 2, 3, 4);
+    test_conv(1, 2, 3, 4);
+    test_conv(3, 1, 4, 4);
+    test_conv(1, 1, 4, 4);
+    test_conv(5, 1, 2, 2);
     size_t chunk_floats = conv_chunk_floats; /* again with one image per chunk: gradients accumulate over chunks */
     conv_chunk_floats = 1;
-    test_conv(3, 1);
-    test_conv(3, 2);
+    test_conv(3, 1, 3, 4);
+    test_conv(3, 2, 3, 4);
+    test_conv(3, 1, 4, 4);
     conv_chunk_floats = chunk_floats;
     test_batchnorm();
     test_relu_pool();

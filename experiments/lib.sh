@@ -5,6 +5,7 @@
 #     and the console output experiments/logs/NAME.out;
 #   - a run whose log already has its last epoch is skipped;
 #   - a run with a .state file is continued with --resume (a killed run loses at most an epoch);
+#     without one in runs/, a copy carried from another machine in experiments/carry/ is used;
 #   - otherwise it starts from scratch.
 # BUDGET=quick|paper picks the sizes; THREADS (default: all cores) is passed as --threads.
 
@@ -31,6 +32,11 @@ run() {
     if [ -f "$bin" ] && [ "$(last_epoch "$log")" -ge "$epochs" ]; then
         echo "== $name: done ($epochs epochs in $log), skipped"
         return 0
+    fi
+    carry=experiments/carry/$name.bin # an unfinished run carried from another machine (carry.sh)
+    if [ ! -f "$bin.state" ] && [ -f "$carry.state" ]; then
+        echo "== $name: taking the carried checkpoint $carry"
+        cp "$carry" "$bin" && cp "$carry.state" "$bin.state"
     fi
     if [ -f "$bin.state" ]; then
         echo "== $name: resuming $bin ($(last_epoch "$log")/$epochs epochs logged)"
