@@ -6,6 +6,7 @@
 # same way, so every row is tested after the same numbers of steps. The 100% rows are table3's.
 #
 #   BUDGET=quick PARALLEL=1 experiments/data_efficiency.sh
+# FRACTIONS="10 25" picks the fractions, KINDS=none (or dist) one of the two rows of each.
 . "$(dirname "$0")/lib.sh"
 . experiments/budgets.sh
 TEACHER=experiments/runs/$TEACHER_NAME.bin
@@ -28,12 +29,13 @@ row() { # row PERCENT none|dist
         run "$name" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" --teacher "$TEACHER" --distill hard --dist-token 1 --seed 1
     fi
 }
+KINDS=${KINDS:-"none dist"}
 for pct in $FRACTIONS; do
-    if [ "${PARALLEL:-0}" = 1 ]; then
+    if [ "${PARALLEL:-0}" = 1 ] && [ "$KINDS" = "none dist" ]; then
         THREADS_ARG="--threads 1"
         row "$pct" none & row "$pct" dist; wait
     else
-        row "$pct" none; row "$pct" dist
+        for kind in $KINDS; do row "$pct" "$kind"; done
     fi
 done
 
