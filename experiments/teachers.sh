@@ -24,7 +24,12 @@ echo "expected time on a 2-core machine: ResNet-20 takes about 4.3 min per epoch
 teacher_file() {
     case $1 in
     resnet20) echo "experiments/runs/$TEACHER_NAME.bin" ;;
-    deit) echo "experiments/runs/t3_${BUDGET}_none.bin" ;;
+    deit) # table3's no-distillation student; else the committed quick one (reproduce.sh's re-run of that row)
+        if [ -f "experiments/runs/t3_${BUDGET}_none.bin" ] || [ ! -f "experiments/checkpoints/reproduce_t3_${BUDGET}_none.bin" ]; then
+            echo "experiments/runs/t3_${BUDGET}_none.bin"
+        else
+            echo "experiments/checkpoints/reproduce_t3_${BUDGET}_none.bin"
+        fi ;;
     *) echo "experiments/runs/teacher_${1}_$BUDGET.bin" ;;
     esac
 }
