@@ -2755,8 +2755,8 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
         free(er.confusion);
         if (log) { /* the test columns stay empty in epochs without a test (--eval-every) */
             fprintf(log, "%d,%ld,%.6g,%.6f,", epoch + 1, rs.step, lr, steps_done ? loss_sum / steps_done : 0.0);
-            if (test_now) fprintf(log, "%.2f,%.2f", acc, acc_cls);
-            fprintf(log, ",");
+            if (test_now) fprintf(log, "%.2f,%.2f,", acc, acc_cls);
+            else fprintf(log, ",,");
             if (test_now && net_has_dist(net)) fprintf(log, "%.2f", acc_dist);
             fprintf(log, ",%.2f,%.1f\n", ips, rs.elapsed);
             fflush(log);

@@ -1027,16 +1027,20 @@ static void test_train_and_resume(void) {
     if (log_bytes) memcpy(log_text, log_bytes, log_n);
     log_text[log_bytes ? log_n : 0] = 0;
     free(log_bytes);
-    int rows = 0, tested[4] = {0};
+    int rows = 0, tested[4] = {0}, lines = 0, nine_cells = 0;
     for (char *line = strtok(log_text, "\n"); line; line = strtok(NULL, "\n")) {
         int ep, commas = 0;
         char *cell = line;
+        int all_commas = 0;
+        for (char *q = line; *q; q++) all_commas += *q == ',';
+        lines++, nine_cells += all_commas == 8; /* the header's 9 columns, tested or not */
         if (sscanf(line, "%d,", &ep) != 1 || ep < 1 || ep > 3) continue;
         rows++;
         while (commas < 4 && *cell) commas += *cell++ == ',';
         tested[ep] = *cell != ',' && *cell != 0; /* the test_acc cell is not empty */
     }
     check(rows == 3 && !tested[1] && tested[2] && tested[3], "--eval-every 2 over 3 epochs: test accuracy logged after epochs 2 and 3 only");
+    check(lines == 4 && nine_cells == 4, "--eval-every log: every line has the header's 9 cells, untested epochs too (%d of %d)", nine_cells, lines);
     free(log_text);
     net_free(&f);
     remove("test_run_f.bin"), remove("test_run_f.bin.state"), remove("test_run_f.csv");
