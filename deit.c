@@ -544,10 +544,12 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
 
 /* Backward, for one image b and head h, with dout_t the gradient of out_t:
      datt[t][t2] = dout_t . v_t2
-     dscore[t]   = att[t] * (datt[t] - sum_u att[t][u] datt[t][u])     (softmax backward)
-     dq_t       += scale * sum_t2 dscore[t][t2] k_t2
-     dk_t2      += scale * sum_t  dscore[t][t2] q_t
-     dv_t2      +=         sum_t  att[t][t2] dout_t
+     dscore[t]   = scale * att[t] * (datt[t] - sum_u att[t][u] datt[t][u])
+                   (softmax backward, times the 1/sqrt(hd) of the scores: dscore is the gradient
+                    of the raw product q_t . k_t2, so dq and dk need no further scale)
+     dq_t       += sum_t2 dscore[t][t2] k_t2
+     dk_t2      += sum_t  dscore[t][t2] q_t
+     dv_t2      += sum_t  att[t][t2] dout_t
    dscore of the head is kept (T x T) so that dq, dk and dv are each one pass that sums into a
    local row. Each (b, h) writes only its own slice of dqkv, so the parallel loop is race-free. */
 static void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
@@ -707,7 +709,8 @@ static void cross_entropy_backward(float *dlogits, const float *logits, const fl
     free(logp);
 }
 
-/* ---- Soft distillation (Hinton et al.), as in the reference implementation:
+/* ---- Soft distillation (Hinton et al.; the KL term of the paper's Eq. 2), as in the
+   reference implementation:
    loss = tau^2 / (B C) * sum_{b,c} p_t (log p_t - log p_s),  p = softmax(logits / tau)
    (KL(teacher || student); dividing by all B*C logits is the reference's normalisation).
    dloss/dstudent[b,c] = tau / (B C) * (p_s - p_t)                                          */
@@ -738,9 +741,13 @@ static void distill_soft_backward(float *dstudent, const float *student, const f
 }
 
 /* ---- DeiT's loss: base on the class head, distillation on the distillation head ----------
+   alpha is the paper's lambda (--alpha; not mixup's alpha); head, head_dist and teacher are
+   logits (the paper's Z_s and Z_t):
      none: loss = CE(head, targets)
-     soft: loss = (1 - alpha) CE(head, targets) + alpha * soft(head_dist, teacher)
-     hard: loss = (1 - alpha) CE(head, targets) + alpha * CE(head_dist, argmax teacher)
+     soft: loss = (1 - alpha) CE(head, targets) + alpha * soft(head_dist, teacher)      (Eq. 2)
+     hard: loss = (1 - alpha) CE(head, targets) + alpha * CE(head_dist, argmax teacher) (Eq. 3)
+   Eq. 3 fixes the weights at 1/2 and 1/2: the default alpha = 0.5. Label smoothing applies to
+   the true labels only; the teacher's y_t stays one-hot, as in the reference code.
    Without a distillation token the distillation term uses the class head as well.          */
 typedef enum { DISTILL_NONE = 0, DISTILL_SOFT = 1, DISTILL_HARD = 2 } DistillType;
 static const char *distill_names[] = {"none", "soft", "hard"};
@@ -750,8 +757,8 @@ typedef struct {
 } LossParts;
 
 /* Computes the loss and ADDS its gradient wrt the logits into dlogits / dlogits_dist.
-   scratch must hold B*C floats (used for the hard targets). */
-static LossParts deit_loss(float *dlogits, float *dlogits_dist, float *scratch, const float *logits,
+   hard must hold B*C floats: it receives the hard-distillation targets. */
+static LossParts deit_loss(float *dlogits, float *dlogits_dist, float *hard, const float *logits,
                            const float *logits_dist, const float *targets, const float *teacher_logits,
                            DistillType type, float alpha, float tau, int B, int C) {
     LossParts p = {0, 0, 0};
@@ -767,9 +774,9 @@ static LossParts deit_loss(float *dlogits, float *dlogits_dist, float *scratch, 
         p.distill = distill_soft_forward(kd_logits, teacher_logits, tau, B, C);
         if (dlogits) distill_soft_backward(kd_dlogits, kd_logits, teacher_logits, tau, alpha, B, C);
     } else {
-        hard_targets(scratch, teacher_logits, B, C);
-        p.distill = cross_entropy_forward(kd_logits, scratch, B, C);
-        if (dlogits) cross_entropy_backward(kd_dlogits, kd_logits, scratch, alpha, B, C);
+        hard_targets(hard, teacher_logits, B, C);
+        p.distill = cross_entropy_forward(kd_logits, hard, B, C);
+        if (dlogits) cross_entropy_backward(kd_dlogits, kd_logits, hard, alpha, B, C);
     }
     if (dlogits) cross_entropy_backward(dlogits, logits, targets, 1.0f - alpha, B, C);
     p.total = (1.0 - alpha) * p.base + alpha * p.distill;
@@ -824,7 +831,10 @@ static int deit_config_check(const DeiTConfig *c, const char *what) {
     return 0;
 }
 
-/* The table of parameter tensors, in checkpoint order, with their sizes and decay flags. */
+/* The table of parameter tensors, in checkpoint order: name, offset (filled below), size,
+   decay, trainable. decay = 1 marks the tensors AdamW's weight decay applies to: the weight
+   matrices. Biases, LayerNorm, the class/distillation tokens and the position embedding get
+   none (the reference's no-weight-decay list; Table 9's 0.05 is for the rest). */
 static void deit_tensor_table(TensorInfo *t, const DeiTConfig *c) {
     size_t D = c->dim, L = c->depth, H = c->mlp_hidden, C = c->num_classes;
     size_t K = (size_t)c->in_chans * c->patch_size * c->patch_size;
@@ -903,11 +913,13 @@ static void deit_init(DeiT *m, uint64_t seed) {
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
         const TensorInfo *t = &m->tensors[i];
         float *p = m->params_memory + t->offset;
-        if (strstr(t->name, "ln") == t->name && strstr(t->name, "_w"))
+        size_t len = strlen(t->name);
+        int layernorm = strncmp(t->name, "ln", 2) == 0, weight = len > 2 && !strcmp(t->name + len - 2, "_w");
+        if (layernorm && weight)
             for (size_t j = 0; j < t->size; j++) p[j] = 1.0f;
-        else if (t->decay || !strcmp(t->name, "cls_token") || !strcmp(t->name, "dist_token") ||
-                 !strcmp(t->name, "pos_embed"))
+        else if (weight || !strcmp(t->name, "cls_token") || !strcmp(t->name, "dist_token") || !strcmp(t->name, "pos_embed"))
             trunc_normal(p, t->size, 0.02f, &rng);
+        /* everything else (biases, LayerNorm biases) stays 0 */
     }
     rng_seed(&m->rng, seed ^ 0xD15C0ull);
 }
@@ -930,7 +942,7 @@ static void deit_alloc_activations(DeiT *m, int B) {
         L * Bs * T * H, L * Bs * T * H, L * Bs * T * D, L * Bs * T * D, /* fc1, gelu, fc2, resid2 */
         L * 2 * Bs,                                                 /* drop_scale */
         Bs * T * D, Bs * T, Bs * T,                                 /* lnf, mean, rstd */
-        Bs * D, Bs * D, Bs * C, Bs * C, Bs * C, Bs * C,             /* cls_out ... scratch */
+        Bs * D, Bs * D, Bs * C, Bs * C, Bs * C, Bs * C,             /* cls_out ... hard_targets */
     };
     float **ptrs[NUM_ACTIVATION_TENSORS], **gptrs[NUM_ACTIVATION_TENSORS];
     ActivationTensors *a = &m->acts, *g = &m->grads_acts;
@@ -941,7 +953,7 @@ static void deit_alloc_activations(DeiT *m, int B) {
             &s->att, &s->atty, &s->attproj, &s->resid1, &s->ln2, &s->ln2_mean, &s->ln2_rstd,     \
             &s->fc1, &s->gelu, &s->fc2, &s->resid2, &s->drop_scale, &s->lnf, &s->lnf_mean,       \
             &s->lnf_rstd, &s->cls_out, &s->dist_out, &s->logits, &s->logits_dist,                \
-            &s->logits_mean, &s->scratch};                                                       \
+            &s->logits_mean, &s->hard_targets};                                                       \
         memcpy(arr, tmp, sizeof(tmp));                                                           \
     } while (0)
     ACT_PTRS(a, ptrs);
@@ -979,6 +991,8 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
                         c->img_size, c->patch_size, D);
     tokens_forward(a->x0, a->patch_emb, p->cls_token, p->dist_token, p->pos_embed, B, N, D, c->dist_token);
 
+    /* The L transformer blocks (ViT's pre-norm block, the paper's Fig. 2 between tokens and
+       heads): x = x + attention(LN(x)), then x = x + MLP(LN(x)), each branch with drop path. */
     const float *x = a->x0;
     for (int l = 0; l < L; l++) {
         /* drop-path rate grows linearly with depth: block l uses rate * l / (L - 1) */
@@ -1013,6 +1027,9 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
     if (c->dist_token) {
         select_token_forward(a->dist_out, a->lnf, 1, B, T, D);
         linear_forward(a->logits_dist, a->dist_out, p->head_dist_w, p->head_dist_b, B, D, C);
+        /* Inference output: the mean of the two heads' logits, as in the official code. The
+           paper (Sec. 4, "joint classifiers") adds the two softmax outputs instead; the
+           prediction differs only when the heads disagree a lot. */
         for (size_t i = 0; i < (size_t)B * C; i++) a->logits_mean[i] = 0.5f * (a->logits[i] + a->logits_dist[i]);
     } else {
         memcpy(a->logits_mean, a->logits, sizeof(float) * B * C);
@@ -1031,7 +1048,7 @@ static void deit_zero_grad(DeiT *m) {
 static LossParts deit_loss_backward_start(DeiT *m, const float *targets, const float *teacher_logits,
                                           DistillType type, float alpha, float tau, int B) {
     int dist = m->config.dist_token;
-    return deit_loss(m->grads_acts.logits, dist ? m->grads_acts.logits_dist : NULL, m->acts.scratch,
+    return deit_loss(m->grads_acts.logits, dist ? m->grads_acts.logits_dist : NULL, m->acts.hard_targets,
                      m->acts.logits, dist ? m->acts.logits_dist : NULL, targets, teacher_logits, type, alpha,
                      tau, B, m->config.num_classes);
 }
@@ -1101,6 +1118,19 @@ static int host_is_little_endian(void) {
     return *(const unsigned char *)&one == 1;
 }
 
+/* Can a file be created beside path? Creates and removes one (not write_file_atomic's temp
+   name). Training calls this before the first epoch, so that a mistyped --out directory fails
+   at once, not after an hour. */
+static int check_writable(const char *path) {
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.check", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return report("%s: cannot open for writing: %s", tmp, strerror(errno));
+    fclose(f);
+    remove(tmp);
+    return 0;
+}
+
 static int write_file_atomic(const char *path, const int32_t *header, const float *data, size_t n) {
     if (!host_is_little_endian()) return report("%s: this program writes little-endian files only", path);
     size_t len = strlen(path);
@@ -1133,15 +1163,22 @@ static int write_file_atomic(const char *path, const int32_t *header, const floa
     return 0;
 }
 
+/* The length of an open file, by seeking to its end. One byte is read first, so that a
+   directory or an unreadable file fails here with the system's reason. */
+static int file_length(FILE *f, const char *path, long *bytes) {
+    if (getc(f) == EOF && ferror(f)) return report("%s: cannot read: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0 || (*bytes = ftell(f)) < 0) return report("%s: cannot seek", path);
+    rewind(f);
+    return 0;
+}
+
 /* Reads the header of a checkpoint file and its length; the caller checks the header, then
    read_floats_after_header checks the length is exactly 4 * (HEADER_INTS + floats) and reads. */
 static int read_header(const char *path, int32_t *header, long *file_bytes) {
     if (!host_is_little_endian()) return report("%s: this program reads little-endian files only", path);
     FILE *f = fopen(path, "rb");
     if (!f) return report("%s: cannot open: %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return report("%s: cannot seek", path); }
-    *file_bytes = ftell(f);
-    rewind(f);
+    if (file_length(f, path, file_bytes) != 0) { fclose(f); return -1; }
     size_t got = fread(header, sizeof(int32_t), HEADER_INTS, f);
     fclose(f);
     if (got != HEADER_INTS) return report("%s: too short for a checkpoint header (%ld bytes, need %d)", path, *file_bytes, HEADER_INTS * 4);
@@ -1607,7 +1644,7 @@ static void convbn_backward(Teacher *t, ConvBN *l, float *din, const float *in, 
     conv_backward(din, l->dw, t->col, t->dcol, t->w_flip, t->dconv, in, l->w, l, B);
 }
 
-static void block_forward(Teacher *t, BasicBlock *k, const float *in, int B, int train) {
+static void basic_block_forward(Teacher *t, BasicBlock *k, const float *in, int B, int train) {
     size_t n_out = (size_t)k->conv2.cout * B * k->conv2.hout * k->conv2.wout;
     convbn_forward(t, &k->conv1, in, B, train);
     relu_forward(k->conv1.out, (size_t)k->conv1.cout * B * k->conv1.hout * k->conv1.wout);
@@ -1622,7 +1659,7 @@ static void block_forward(Teacher *t, BasicBlock *k, const float *in, int B, int
 }
 
 /* Given conv2.dout (gradient of the block output), adds the gradient of the input to din. */
-static void block_backward(Teacher *t, BasicBlock *k, float *din, const float *in, int B) {
+static void basic_block_backward(Teacher *t, BasicBlock *k, float *din, const float *in, int B) {
     size_t n_out = (size_t)k->conv2.cout * B * k->conv2.hout * k->conv2.wout;
     relu_backward(k->conv2.dout, k->conv2.out, n_out);
     if (k->has_shortcut) {
@@ -1813,7 +1850,7 @@ static void teacher_forward(Teacher *t, const float *images, int B, int train) {
     relu_forward(t->stem.out, (size_t)t->stem.cout * B * hw);
     const float *x = t->stem.out;
     for (int i = 0; i < t->num_blocks; i++) {
-        block_forward(t, &t->blocks[i], x, B, train);
+        basic_block_forward(t, &t->blocks[i], x, B, train);
         x = t->blocks[i].conv2.out;
     }
     ConvBN *last = &t->blocks[t->num_blocks - 1].conv2;
@@ -1842,7 +1879,7 @@ static void teacher_backward(Teacher *t, int B) {
     for (int i = t->num_blocks - 1; i >= 0; i--) {
         const float *in = i == 0 ? t->stem.out : t->blocks[i - 1].conv2.out;
         float *din = i == 0 ? t->stem.dout : t->blocks[i - 1].conv2.dout;
-        block_backward(t, &t->blocks[i], din, in, B);
+        basic_block_backward(t, &t->blocks[i], din, in, B);
     }
     relu_backward(t->stem.dout, t->stem.out, (size_t)t->stem.cout * B * t->stem.hout * t->stem.wout);
     convbn_backward(t, &t->stem, NULL, t->input, B);
@@ -1907,6 +1944,17 @@ static int teacher_load(Teacher *t, const char *path) {
         teacher_free(t);
         return -1;
     }
+    for (int i = 0; i < t->num_tensors; i++) { /* a negative variance would make every output NaN */
+        const TensorInfo *ti = &t->tensors[i];
+        if (strcmp(ti->name, "bn_running_var") != 0) continue;
+        for (size_t j = 0; j < ti->size; j++)
+            if (t->params_memory[ti->offset + j] < 0.0f) {
+                report("%s: tensor %d (bn_running_var) holds %g: a variance cannot be negative; corrupt file",
+                       path, i, (double)t->params_memory[ti->offset + j]);
+                teacher_free(t);
+                return -1;
+            }
+    }
     return 0;
 }
 
@@ -1939,10 +1987,8 @@ static int file_exists(const char *path) {
 static int cifar_read_file(Dataset *d, const char *path, int label_bytes) {
     FILE *f = fopen(path, "rb");
     if (!f) return report("%s: cannot open: %s (get the data with ./cifar_download.sh)", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long bytes = ftell(f);
-    rewind(f);
-    long rec = label_bytes + CIFAR_PIXELS;
+    long bytes, rec = label_bytes + CIFAR_PIXELS;
+    if (file_length(f, path, &bytes) != 0) { fclose(f); return -1; }
     if (bytes <= 0 || bytes % rec != 0) {
         fclose(f);
         return report("%s: size %ld bytes is not a whole number of %ld-byte records: truncated or not CIFAR binary", path, bytes, rec);
@@ -1979,16 +2025,24 @@ static void dataset_free(Dataset *d) {
     memset(d, 0, sizeof(*d));
 }
 
-/* Loads the training (train = 1) or test split from dir: CIFAR-10 when dir holds
-   data_batch_1.bin (then all five batches must be there), CIFAR-100 when it holds train.bin. */
+/* Which data set a directory holds: CIFAR-10 when it has data_batch_1.bin (also when
+   CIFAR-100's train.bin sits beside it), CIFAR-100 when it has only train.bin. */
+static int dataset_is_cifar100(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/data_batch_1.bin", dir);
+    if (file_exists(path)) return 0;
+    snprintf(path, sizeof(path), "%s/train.bin", dir);
+    return file_exists(path);
+}
+
+/* Loads the training (train = 1) or test split from dir (see dataset_is_cifar100); CIFAR-10
+   needs all five training batches. */
 static int dataset_load(Dataset *d, const char *dir, int train) {
     memset(d, 0, sizeof(*d));
     char path[4096];
+    int cifar100 = dataset_is_cifar100(dir), cifar10 = !cifar100;
     snprintf(path, sizeof(path), "%s/data_batch_1.bin", dir);
-    int cifar10 = file_exists(path);
-    snprintf(path, sizeof(path), "%s/train.bin", dir);
-    int cifar100 = file_exists(path);
-    if (!cifar10 && !cifar100)
+    if (cifar10 && !file_exists(path))
         return report("%s: no CIFAR-10 (data_batch_1.bin) or CIFAR-100 (train.bin) binary files here; "
                       "run ./cifar_download.sh or pass --data DIR", dir);
     if (cifar10) {
@@ -2448,10 +2502,10 @@ static LossParts net_loss_backward(Net *n, const float *targets, const float *te
     }
     Teacher *t = &n->resnet;
     teacher_zero_grad(t);
-    float *scratch = xmalloc(sizeof(float) * (size_t)B * t->config.num_classes);
-    LossParts p = deit_loss(t->dlogits, NULL, scratch, t->logits, NULL, targets, teacher_logits, type, alpha, tau, B,
+    float *hard = xmalloc(sizeof(float) * (size_t)B * t->config.num_classes);
+    LossParts p = deit_loss(t->dlogits, NULL, hard, t->logits, NULL, targets, teacher_logits, type, alpha, tau, B,
                             t->config.num_classes);
-    free(scratch);
+    free(hard);
     teacher_backward(t, B);
     return p;
 }
@@ -2496,7 +2550,7 @@ static void evaluate(Net *net, const Dataset *d, int batch, EvalResult *r, float
     free(images), free(targets), free(labels), free(idx);
 }
 
-/* ---- 9.3 Progress on one line ------------------------------------------------------------- */
+/* ---- 9.2 Progress on one line ------------------------------------------------------------- */
 /* Without POSIX isatty(): stderr is taken to be a terminal when it cannot be positioned
    (ftell fails) and TERM names one; redirected to a file it gets plain lines. */
 static int stderr_is_terminal(void) {
@@ -2506,7 +2560,7 @@ static int stderr_is_terminal(void) {
     return ftell(stderr) < 0 && term && *term && strcmp(term, "dumb");
 }
 
-/* ---- 9.4 The training loop ------------------------------------------------------------------ */
+/* ---- 9.3 Training settings ------------------------------------------------------------------ */
 static int all_finite(const float *x, size_t n) {
     int ok = 1;
     for (size_t i = 0; i < n; i++) ok &= isfinite(x[i]) != 0;
@@ -2527,13 +2581,14 @@ typedef struct {
     float alpha, tau;
     uint64_t seed;
     const char *data_dir, *out, *log, *resume;
+    const char *teacher_path; /* for messages only */
 } TrainConfig;
 
 static uint64_t batch_seed(uint64_t seed, int epoch, int step_in_epoch) {
     return splitmix64(seed * 0x100000001B3ull ^ splitmix64(((uint64_t)epoch << 32) | (uint32_t)step_in_epoch));
 }
 
-/* ---- 9.5 Training state: what --resume needs besides the model file ------------------------
+/* ---- 9.4 Training state: what --resume needs besides the model file ------------------------
    FILE.state: 256 int32 header ([0] magic, [1] version, [2] net kind, [3] epochs done,
    [4,5] optimizer step (lo, hi), [6,7] drop-path rng (lo, hi), [8,9] parameter count,
    [10] optimizer, [11,12] seed, [13] total epochs, [14] batch, [15] train limit,
@@ -2618,6 +2673,8 @@ static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, con
 
 /* Trains net (initialised or loaded by the caller) on the training split; teacher may be NULL.
    Saves net to cfg->out and the training state to cfg->out + ".state" after every epoch. */
+/* ---- 9.5 The training loop ------------------------------------------------------------------ */
+
 /* What the teacher sees of a batch (B, 3, S, S): the batch itself, or, for a teacher trained at
    another resolution TS, the batch resized to it (bicubic) in buf (B, 3, TS, TS). */
 static const float *teacher_input(float *buf, const float *images, int B, int S, int TS) {
@@ -2628,6 +2685,7 @@ static const float *teacher_input(float *buf, const float *images, int B, int S,
 }
 
 static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
+    if (check_writable(cfg->out)) return report("cannot write the checkpoint %s", cfg->out);
     Dataset train_set, test_set;
     if (dataset_load(&train_set, cfg->data_dir, 1)) return -1;
     if (dataset_load(&test_set, cfg->data_dir, 0)) { dataset_free(&train_set); return -1; }
@@ -2700,6 +2758,12 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
             if (teacher && cfg->distill != DISTILL_NONE) {
                 net_forward(teacher, teacher_input(teacher_images, images, B, S, TS), B, 0); /* eval mode, no gradient */
                 teacher_logits = net_logits(teacher, HEAD_MEAN);
+                if (!all_finite(teacher_logits, (size_t)B * net_num_classes(teacher))) {
+                    report("%s: the teacher's logits are not finite (epoch %d, step %d): its weights are unusable",
+                           cfg->teacher_path, epoch + 1, s + 1);
+                    status = -1;
+                    break;
+                }
             }
             lr = lr_at(rs.step, total_steps, warmup_steps, cfg->lr, cfg->min_lr, cfg->warmup_lr, cfg->sched);
             net_forward(net, images, B, 1);
@@ -2953,7 +3017,7 @@ static const Flag flags[] = {
     {"--randaug", F_INT, &opt_values.randaug, ALL_TRAIN, 0, 10, "RandAugment ops per image (deit: 2; 0 off)"},
     {"--randaug-mag", F_FLOAT, &opt_values.randaug_mag, ALL_TRAIN, 0, 10, "RandAugment magnitude (deit: 9)"},
     {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN | CMD_DEBUG, 0, 1, "label smoothing epsilon (deit: 0.1)"},
-    {"--drop-path", F_FLOAT, &opt_values.drop_path, CMD_TRAIN, 0, 0.99, "stochastic depth rate (deit: 0.1)"},
+    {"--drop-path", F_FLOAT, &opt_values.drop_path, CMD_TRAIN, 0, 0.99, "stochastic depth rate (--aug deit: 0.1, else 0)"},
     {"--epochs", F_INT, &opt_values.epochs, ALL_TRAIN, 1, 100000, "epochs (student 300, teacher 30)"},
     {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE, 1, 65536, "batch size (student 64, teacher 128)"},
     {"--lr", F_FLOAT, &opt_values.lr, ALL_TRAIN, 0, 100, "learning rate (AdamW: 5e-4 * batch / 512; SGD: 0.1 * batch / 128)"},
@@ -3069,6 +3133,10 @@ static TrainConfig train_config(const Options *o, int is_teacher) {
     else die("--opt must be adamw or sgd, not '%s'", opt);
     c.lr = pick(o->lr, c.opt == OPT_ADAMW ? 5e-4f * c.batch / 512.0f : 0.1f * c.batch / 128.0f);
     c.min_lr = pick(o->min_lr, c.opt == OPT_ADAMW ? 1e-5f : 0.0f);
+    if (c.min_lr > c.lr) { /* the cosine would climb instead of decay */
+        if (o->min_lr != UNSET) die("--min-lr %g is above the learning rate %g", c.min_lr, c.lr);
+        c.min_lr = c.lr; /* a tiny batch: the default lr 5e-4 * B / 512 is below the default floor */
+    }
     c.warmup_lr = o->warmup_lr;
     c.warmup_epochs = pick(o->warmup, is_teacher ? 1.0f : 5.0f);
     c.weight_decay = pick(o->wd, c.opt == OPT_ADAMW ? 0.05f : 5e-4f);
@@ -3101,6 +3169,7 @@ static TrainConfig train_config(const Options *o, int is_teacher) {
     c.out = o->out ? o->out : (o->resume ? o->resume : (is_teacher ? "teacher.bin" : "student.bin"));
     c.log = o->log;
     c.resume = o->resume;
+    c.teacher_path = o->teacher;
     c.distill = o->teacher ? DISTILL_HARD : DISTILL_NONE;
     if (o->distill) {
         int found = 0;
@@ -3126,11 +3195,7 @@ static DeiTConfig student_config(const Options *o, int num_classes) {
     return c;
 }
 
-static int data_num_classes(const char *dir) {
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/train.bin", dir);
-    return file_exists(path) ? 100 : 10;
-}
+static int data_num_classes(const char *dir) { return dataset_is_cifar100(dir) ? 100 : 10; }
 
 static void print_config(const TrainConfig *c) {
     fprintf(stderr, "deit: epochs %d, batch %d, %s lr %.3g (min %.3g, warmup %.3g epochs, %s), wd %.3g\n", c->epochs, c->batch,
@@ -3195,7 +3260,12 @@ static int cmd_train(const Options *o, int is_teacher) {
         if (net_img_size(&teacher) != net_img_size(&net))
             fprintf(stderr, "deit: the teacher (%d pixels) sees each batch resized from %d pixels (bicubic)\n", net_img_size(&teacher),
                     net_img_size(&net));
+    } else if (o->teacher) {
+        fprintf(stderr, "deit: warning: --teacher %s is not used: --distill none\n", o->teacher);
     }
+    if (cfg.distill == DISTILL_NONE && net.kind == NET_DEIT && net.deit.config.dist_token)
+        fprintf(stderr, "deit: warning: without distillation the distillation head gets no gradient; "
+                        "only the class head's accuracy means anything\n");
     if (net.kind == NET_DEIT) {
         const DeiTConfig *c = &net.deit.config;
         fprintf(stderr, "deit: student dim %d depth %d heads %d patch %d %s token(s), %zu parameters, drop path %.2f, distill %s%s%s\n",

@@ -3,7 +3,7 @@
  *
  * deit.c is the whole program; this header only names what it is made of, so that a
  * reader (and test_deit.c) can see the model's layout in one place. Shapes use
- *   B batch, T tokens (1 class + 1 distillation + N patches), D dim, L depth,
+ *   B batch, T tokens (1 class, 1 distillation if dist_token, N patches), D dim, L depth,
  *   NH heads, H mlp_hidden, C classes, K = in_chans * P * P (a flattened patch).
  */
 #ifndef DEIT_H
@@ -99,7 +99,7 @@ typedef struct {
     float *logits;      /* (B, C)         head(cls_out) */
     float *logits_dist; /* (B, C)         head_dist(dist_out) */
     float *logits_mean; /* (B, C)         inference output: mean of the two heads */
-    float *scratch;     /* (B, C)         loss targets built from labels or the teacher */
+    float *hard_targets; /* (B, C)        hard distillation: one-hot argmax of the teacher */
 } ActivationTensors;
 
 /* One parameter tensor as the optimizer and the checkpoint see it. */

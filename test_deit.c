@@ -761,6 +761,15 @@ static void test_teacher_model(void) {
     net_free(&back);
     write_bytes(path, bytes, n - 8);
     check(net_load(&back, path) != 0, "truncated teacher checkpoint rejected");
+    int var_tensor = 4; /* stem conv w, gamma, beta, running_mean, running_var */
+    check(!strcmp(t->tensors[var_tensor].name, "bn_running_var"), "tensor 4 of the teacher is the stem's bn_running_var");
+    float minus_one = -1.0f, saved;
+    unsigned char *var_bytes = bytes + 1024 + 4 * t->tensors[var_tensor].offset + 4;
+    memcpy(&saved, var_bytes, 4);
+    memcpy(var_bytes, &minus_one, 4);
+    write_bytes(path, bytes, n);
+    check(net_load(&back, path) != 0, "teacher checkpoint with a negative BatchNorm running variance rejected");
+    memcpy(var_bytes, &saved, 4);
     int32_t zero = 0;
     memcpy(bytes + 4 * 6, &zero, 4);
     write_bytes(path, bytes, n);
@@ -845,6 +854,19 @@ static void test_loaders(void) {
               fabsf(d.mean[0] - 0.5071f) < 1e-6f,
           "CIFAR-100 loader uses the fine label (second byte) and CIFAR-100 normalisation");
     dataset_free(&d);
+    write_tiny_cifar10(12); /* CIFAR-10 beside CIFAR-100: both the loader and the class count take CIFAR-10 */
+    check(dataset_load(&d, test_dir, 1) == 0 && d.num_classes == 10 && data_num_classes(test_dir) == 10,
+          "a directory holding both data sets is CIFAR-10 for the loader and for the model's class count");
+    dataset_free(&d);
+    remove_test_files();
+    write_tiny_cifar10(12);
+    snprintf(path, sizeof(path), "%s/test_batch.bin", test_dir);
+    remove(path);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s", path);
+    if (system(cmd) != 0) die("mkdir failed");
+    check(dataset_load(&d, test_dir, 0) != 0, "a directory in place of a data file is rejected");
+    remove(path);
     remove_test_files();
     /* class balance on CIFAR-10-like labels */
     write_tiny_cifar10(12);
@@ -1221,6 +1243,21 @@ static void test_faults(void) {
     n = tiny_student();
     check(train(&n, NULL, &tc) != 0, "fault: checkpoint into a missing directory is reported");
     net_free(&n);
+    /* a teacher whose logits are NaN stops the run at once instead of handing the student
+       argmax-of-NaN targets (always class 0) */
+    TeacherConfig bad_cfg = tiny_teacher_config();
+    bad_cfg.img_size = 32, bad_cfg.num_classes = 10;
+    Net bad = {.kind = NET_RESNET};
+    teacher_build(&bad.resnet, &bad_cfg);
+    teacher_init(&bad.resnet, 3);
+    bad.resnet.fc_b[2] = NAN;
+    n = tiny_student();
+    tc = tiny_train_config("test_fault.bin");
+    tc.distill = DISTILL_HARD, tc.teacher_path = "the bad teacher";
+    check(train(&n, &bad, &tc) != 0 && file_equals("test_fault.bin", "previous good checkpoint"),
+          "fault: a teacher with non-finite logits stops the run and keeps the previous checkpoint");
+    net_free(&n);
+    net_free(&bad);
     remove("test_fault.bin"), remove("test_fault_skip.bin"), remove("test_fault_skip.bin.state");
 }
 
@@ -1488,6 +1525,24 @@ static void test_cli(void) {
     check(run("./deit bench --table 1 --batch 2 --repeats 1 --data test_data_tmp test_cli_t.bin") == 0 && output_has("DeiT-base/4") &&
               output_has("resnet20w4") && output_has("| test_cli_t.bin |"),
           "./deit bench --table 1: the efficiency table, with the accuracy of a checkpoint");
+    check(run("./deit eval --ckpt test_data_tmp --data test_data_tmp") != 0 && output_has("test_data_tmp: cannot read: Is a directory"),
+          "eval of a directory instead of a checkpoint: 'cannot read: Is a directory'");
+    check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 10 --data test_data_tmp "
+              "--out no_such_dir/s.bin --log test_cli_nodir.csv") != 0 && output_has("no_such_dir/s.bin") &&
+              !file_exists("test_cli_nodir.csv"),
+          "--out into a missing directory fails before training starts (no log written)");
+    check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 10 --data test_data_tmp "
+              "--teacher test_cli_t.bin --distill none --steps 1 --out test_cli_none.bin") == 0 &&
+              output_has("--teacher test_cli_t.bin is not used"),
+          "--teacher with --distill none: a warning says the teacher is not used");
+    remove("test_cli_none.bin"), remove("test_cli_none.bin.state");
+    check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 10 --lr 1e-4 --min-lr 1e-3 "
+              "--data test_data_tmp") != 0 && output_has("--min-lr"),
+          "--min-lr above --lr: clear error");
+    check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 4 --steps 1 --data test_data_tmp "
+              "--out test_cli_b4.bin") == 0 && output_has("lr 3.91e-06 (min 3.91e-06"),
+          "batch 4: the default floor of the cosine is capped at the (smaller) default lr");
+    remove("test_cli_b4.bin"), remove("test_cli_b4.bin.state");
     write_bytes("test_cli_bad.bin", "garbage", 7);
     check(run("./deit eval --ckpt test_cli_bad.bin --data test_data_tmp") != 0 && output_has("test_cli_bad.bin"),
           "eval of a corrupt checkpoint: clear error naming the file");
