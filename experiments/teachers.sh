@@ -42,8 +42,9 @@ train_teacher() {
     deit) [ -f "$(teacher_file deit)" ] || { echo "no $(teacher_file deit): run experiments/table3.sh (ROWS=none) first" >&2; exit 1; } ;;
     esac
 }
+student_name() { if [ "$1" = resnet20 ]; then echo "t3_${BUDGET}_hard_dist"; else echo "tt_${BUDGET}_$1"; fi; }
 student() {
-    if [ "$1" = resnet20 ]; then name=t3_${BUDGET}_hard_dist; else name=tt_${BUDGET}_$1; fi
+    name=$(student_name "$1")
     run "$name" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$(teacher_file "$1")" --distill hard --dist-token 1 --seed 1
 }
 for t in $TEACHERS; do train_teacher "$t"; done
@@ -65,14 +66,28 @@ res=experiments/results/teachers_$BUDGET.md
     echo "Student: \`$STUDENT\`, $EPOCHS epochs, recipe \`$RECIPE\`, class + distillation token, hard distillation, seed 1."
     echo "Produced by \`BUDGET=$BUDGET experiments/teachers.sh\`."
     echo
-    echo "| teacher | teacher acc. (%) | student acc. (%, both heads) |"
-    echo "| --- | --- | --- |"
+    echo "| teacher | teacher epochs | teacher acc. (%) | student acc. (%, both heads) |"
+    echo "| --- | --- | --- | --- |"
+    na=$([ -f "experiments/logs/t3_${BUDGET}_none.csv" ] && acc "t3_${BUDGET}_none" 5 || echo "not run")
+    echo "| none (table3's no-distillation row) | - | - | $na |"
     for t in resnet20 resnet20_long resnet56 resnet20w4 deit; do
         tf=$(teacher_file "$t"); tn=$(basename "$tf" .bin)
-        sn=$([ "$t" = resnet20 ] && echo "t3_${BUDGET}_hard_dist" || echo "tt_${BUDGET}_$t")
+        sn=$(student_name "$t")
         ta=$([ -f "experiments/logs/$tn.csv" ] && acc "$tn" 5 || echo "not run")
+        te=$(last_epoch "experiments/logs/$tn.csv"); [ "$te" = 0 ] && te=-
         sa=$([ -f "experiments/logs/$sn.csv" ] && acc "$sn" 5 || echo "not run")
-        echo "| $t | $ta | $sa |"
+        echo "| $t | $te | $ta | $sa |"
     done
 } > "$res"
 cat "$res"
+
+# learning curves of the students (averaged heads), with the no-distillation row for reference
+set --
+[ -f "experiments/logs/t3_${BUDGET}_none.csv" ] && set -- "no teacher=experiments/logs/t3_${BUDGET}_none.csv"
+for t in resnet20 resnet20_long resnet56 resnet20w4 deit; do
+    sn=$(student_name "$t")
+    [ -f "experiments/logs/$sn.csv" ] && set -- "$@" "from $t=experiments/logs/$sn.csv"
+done
+[ $# -gt 0 ] && experiments/plot.sh "experiments/results/teachers_$BUDGET.svg" \
+    "Teacher choice on CIFAR-10, $BUDGET budget (student curves)" "$@"
+exit 0
