@@ -3,7 +3,8 @@
 # run NAME EPOCHS ./deit ARGS...   trains one row:
 #   - the checkpoint is experiments/runs/NAME.bin (+ .state), the log experiments/logs/NAME.csv
 #     and the console output experiments/logs/NAME.out;
-#   - a run whose log already has its last epoch is skipped;
+#   - a run whose log already has its last epoch is skipped (its checkpoint is copied from
+#     experiments/checkpoints/ when runs/ lacks it: the finished teachers are committed there);
 #   - a run with a .state file is continued with --resume (a killed run loses at most an epoch);
 #     without one in runs/, a copy carried from another machine in experiments/carry/ is used;
 #   - otherwise it starts from scratch.
@@ -29,6 +30,11 @@ run() {
     name=$1 epochs=$2
     shift 2
     bin=experiments/runs/$name.bin log=experiments/logs/$name.csv out=experiments/logs/$name.out
+    kept=experiments/checkpoints/$name.bin # a finished run whose checkpoint is committed
+    if [ ! -f "$bin" ] && [ -f "$kept" ] && [ "$(last_epoch "$log")" -ge "$epochs" ]; then
+        echo "== $name: taking the committed checkpoint $kept"
+        cp "$kept" "$bin"
+    fi
     if [ -f "$bin" ] && [ "$(last_epoch "$log")" -ge "$epochs" ]; then
         echo "== $name: done ($epochs epochs in $log), skipped"
         return 0
