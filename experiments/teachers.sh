@@ -90,4 +90,12 @@ for t in resnet20 resnet20_long resnet56 resnet20w4 deit; do
 done
 [ $# -gt 0 ] && experiments/plot.sh "experiments/results/teachers_$BUDGET.svg" \
     "Teacher choice on CIFAR-10, $BUDGET budget (student curves)" "$@"
+# and the convnet teachers' own curves
+set --
+for t in resnet20 resnet20_long resnet56 resnet20w4; do
+    tn=$(basename "$(teacher_file "$t")" .bin)
+    [ -f "experiments/logs/$tn.csv" ] && set -- "$@" "$t=experiments/logs/$tn.csv"
+done
+[ $# -gt 0 ] && experiments/plot.sh "experiments/results/teacher_curves_$BUDGET.svg" \
+    "The convnet teachers on CIFAR-10, $BUDGET budget" "$@"
 exit 0
