@@ -1074,7 +1074,9 @@ static void test_train_and_resume(void) {
     int refused = 1;
     Optimizer o2;
     optimizer_init(&o2, OPT_ADAMW, e.deit.num_params, 0.05f, 0, 0);
-    RunState r2;
+    Dataset run_data;
+    dataset_load(&run_data, test_dir, 1);
+    RunState r2 = {.data_hash = dataset_hash(&run_data)}; /* what train() sets before state_load */
     refused &= state_load("test_run_e.bin.state", &e, &o2, &r2, &tw, 6) != 0;
     float w0 = e.deit.params_memory[0];
     e.deit.params_memory[0] = w0 + 1.0f;
@@ -1082,12 +1084,32 @@ static void test_train_and_resume(void) {
     e.deit.params_memory[0] = w0;
     int accepted = state_load("test_run_e.bin.state", &e, &o2, &r2, &te, 6) == 0;
     check(refused && accepted, "resume refuses other settings (--lr) and a checkpoint the state does not belong to");
+    /* ... and other training data: one pixel of one image changed */
+    run_data.images[(size_t)7 * CIFAR_PIXELS + 100] ^= 1;
+    RunState r_other = {.data_hash = dataset_hash(&run_data)};
+    run_data.images[(size_t)7 * CIFAR_PIXELS + 100] ^= 1;
+    check(r_other.data_hash != r2.data_hash && state_load("test_run_e.bin.state", &e, &o2, &r_other, &te, 6) != 0 &&
+              r2.data_hash == dataset_hash(&run_data),
+          "resume refuses a state saved on other training data (one pixel differs)");
+    dataset_free(&run_data);
+    /* ... and another teacher: a state saved with teacher hash X loads with X only */
+    RunState r_saved = r2;
+    r_saved.teacher_hash = 0x1234567890ABCDEFull;
+    state_save("test_run_t.state", &e, &o2, &r_saved, &te);
+    RunState r_same = r_saved, r_none = r2, r_another = r_saved;
+    r_another.teacher_hash ^= 1;
+    check(state_load("test_run_t.state", &e, &o2, &r_same, &te, 6) == 0 &&
+              state_load("test_run_t.state", &e, &o2, &r_another, &te, 6) != 0 &&
+              state_load("test_run_t.state", &e, &o2, &r_none, &te, 6) != 0,
+          "resume refuses a state saved with another teacher, or with a teacher when there is none");
+    remove("test_run_t.state");
     size_t sn_bytes;
     unsigned char *st = read_bytes("test_run_e.bin.state", &sn_bytes);
-    memset(st + 4 * 18, 0, 16); /* as written before the hashes existed */
+    memset(st + 4 * 18, 0, 32); /* as written before the hashes existed */
     write_bytes("test_run_e.bin.state", st, sn_bytes);
     free(st);
-    check(state_load("test_run_e.bin.state", &e, &o2, &r2, &tw, 6) == 0, "an older state file without hashes is still accepted (with a warning)");
+    check(state_load("test_run_e.bin.state", &e, &o2, &r_other, &tw, 6) == 0,
+          "an older state file without hashes is still accepted (with a warning)");
     optimizer_free(&o2);
     net_free(&e);
     remove("test_run_e.bin"), remove("test_run_e.bin.state"), remove("test_run.err");
@@ -1366,7 +1388,7 @@ static void test_fuzz(void) {
     Net sn = tiny_student();
     Optimizer o;
     optimizer_init(&o, OPT_ADAMW, sn.deit.num_params, 0.05f, 0, 0);
-    RunState rs = {1, 0, 6, 99, 1.0};
+    RunState rs = {1, 0, 6, 99, 1.0, 0, 0};
     TrainConfig sc = tiny_train_config("unused.bin");
     sc.epochs = 5;
     state_save("test_fuzz.state", &sn, &o, &rs, &sc);
@@ -1376,7 +1398,7 @@ static void test_fuzz(void) {
     for (int iter = 0; iter < 200; iter++) {
         size_t len = corrupt(buf, orig, n, (Corruption)(iter % NUM_CORRUPTIONS), 17, &r);
         write_bytes("test_fuzz.state", buf, len);
-        RunState back = {-1, 0, 0, 0, 0.0};
+        RunState back = {-1, 0, 0, 0, 0.0, 0, 0};
         FILE *saved = stderr;
         stderr = fopen("test_fuzz.err", "w");
         int rc = state_load("test_fuzz.state", &sn, &o, &back, &sc, 6);
