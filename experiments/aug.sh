@@ -12,8 +12,7 @@ AUG_RECIPE=$(echo "$RECIPE" | sed 's/--aug basic/--aug deit/')
 TEACHER=experiments/runs/teacher_resnet20_long_$BUDGET.bin
 echo "augmentation, budget $BUDGET: student $STUDENT, $EPOCHS epochs, recipe $AUG_RECIPE; teacher $TEACHER"
 echo "expected time on a 2-core machine: 70-90 min per row on one core, both rows at once with PARALLEL=1"
-EP20L=$([ "$BUDGET" = quick ] && echo 80 || echo 300) # as in teachers.sh
-run "teacher_resnet20_long_$BUDGET" "$EP20L" ./deit teacher --arch resnet20 $TEACHER_RECIPE --seed 1
+run "teacher_resnet20_long_$BUDGET" "$TEACHER_LONG_EPOCHS" ./deit teacher --arch resnet20 $TEACHER_RECIPE --seed 1
 none() { run "aug_${BUDGET}_none" "$EPOCHS" ./deit train $STUDENT $AUG_RECIPE --distill none --dist-token 0 --seed 1; }
 dist() { run "aug_${BUDGET}_hard_dist" "$EPOCHS" ./deit train $STUDENT $AUG_RECIPE --teacher "$TEACHER" --distill hard --dist-token 1 --seed 1; }
 if [ "${PARALLEL:-0}" = 1 ]; then THREADS_ARG="--threads 1"; none & dist; wait; else none; dist; fi

@@ -12,10 +12,11 @@
 . "$(dirname "$0")/lib.sh"
 . experiments/budgets.sh
 TEACHERS=${TEACHERS:-"resnet20 resnet20_long resnet56 resnet20w4 deit"}
+EP20L=$TEACHER_LONG_EPOCHS
 if [ "$BUDGET" = quick ]; then
-    EP56=15 EP20W4=6 EP20L=80
+    EP56=15 EP20W4=6
 else
-    EP56=160 EP20W4=160 EP20L=300
+    EP56=160 EP20W4=160
 fi
 echo "teachers, budget $BUDGET: student $STUDENT, $EPOCHS epochs"
 echo "teachers: resnet20 $TEACHER_EPOCHS epochs (table3's), resnet56 $EP56 epochs, resnet20w4 $EP20W4 epochs, resnet20_long $EP20L epochs, deit = table3's no-distillation student"
