@@ -1280,7 +1280,8 @@ static void test_faults(void) {
           "fault: a teacher with non-finite logits stops the run and keeps the previous checkpoint");
     net_free(&n);
     net_free(&bad);
-    remove("test_fault.bin"), remove("test_fault_skip.bin"), remove("test_fault_skip.bin.state");
+    remove("test_fault.bin"), remove("test_fault.bin.state");
+    remove("test_fault_skip.bin"), remove("test_fault_skip.bin.state");
 }
 
 static void test_determinism(void) {
