@@ -19,6 +19,7 @@ if [ "$BUDGET" = quick ]; then
     EPOCHS=${EPOCHS:-10}
     TEACHER_ARCH=resnet20 TEACHER_EPOCHS=30 TEACHER_NAME=teacher_resnet20
     TEACHER_LONG_EPOCHS=80 # ResNet-20 trained longer (teachers.sh's resnet20_long, aug.sh)
+    TEACHER_SHORT_EPOCHS=15 # and shorter (teachers.sh's resnet20_short)
     TEACHER_RECIPE="--batch 128"
     TABLE3_TIME="students about 3-3.5 h with PARALLEL=1 (70-90 min per row on one core), plus about 2.2 h for the teacher if it is not trained yet"
 else
@@ -27,6 +28,7 @@ else
     EPOCHS=${EPOCHS:-300}
     TEACHER_ARCH=resnet56 TEACHER_EPOCHS=160 TEACHER_NAME=teacher_resnet56_paper
     TEACHER_LONG_EPOCHS=300
+    TEACHER_SHORT_EPOCHS=40
     TEACHER_RECIPE="--batch 128"
     TABLE3_TIME="about 14 min per epoch per row at 60 img/s: 70 h per row, 12 days in all on 2 cores; scale by your machine's ./deit bench"
 fi
