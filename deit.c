@@ -89,6 +89,15 @@ static void *xmalloc(size_t bytes) {
     return p;
 }
 
+/* snprintf for file names: a name too long for buf is an error, not a silently shorter name. */
+static void path_printf(char *buf, size_t size, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    if (len < 0 || (size_t)len >= size) die("file name too long (over %zu characters): %.60s...", size - 1, buf);
+}
+
 static void *xcalloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p) die("out of memory allocating %zu x %zu bytes", n, size);
@@ -1112,18 +1121,19 @@ static void deit_backward(DeiT *m, int B) {
 }
 
 /* ---- Checkpoint file: 256 int32 header, then the parameters as float32, little-endian ----
-   Written to FILE.tmp and renamed over FILE, so a crash never leaves a half-written file. */
+   Written to FILE.tmp and renamed over FILE, so a killed or crashed run never leaves a
+   half-written FILE. (Standard C has no fsync: after a power loss the file system decides.) */
 static int host_is_little_endian(void) {
     const uint32_t one = 1;
     return *(const unsigned char *)&one == 1;
 }
 
-/* Can a file be created beside path? Creates and removes one (not write_file_atomic's temp
-   name). Training calls this before the first epoch, so that a mistyped --out directory fails
-   at once, not after an hour. */
+/* Can a file be created beside path? Creates and removes write_file_atomic's temp file
+   (path.tmp, which every checkpoint write overwrites anyway). Training calls this before the
+   first epoch, so that a mistyped --out directory fails at once, not after an hour. */
 static int check_writable(const char *path) {
     char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.check", path);
+    path_printf(tmp, sizeof(tmp), "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f) return report("%s: cannot open for writing: %s", tmp, strerror(errno));
     fclose(f);
@@ -1201,7 +1211,10 @@ static int read_floats_after_header(const char *path, float *data, size_t n, lon
                       path, file_bytes, expect, n);
     FILE *f = fopen(path, "rb");
     if (!f) return report("%s: cannot open: %s", path, strerror(errno));
-    fseek(f, HEADER_INTS * 4, SEEK_SET);
+    if (fseek(f, HEADER_INTS * 4, SEEK_SET) != 0) {
+        fclose(f);
+        return report("%s: cannot seek past the header", path);
+    }
     size_t got = fread(data, sizeof(float), n, f);
     fclose(f);
     if (got != n) return report("%s: short read (%zu of %zu floats)", path, got, n);
@@ -1336,7 +1349,9 @@ static void optimizer_step(Optimizer *o, float *params, const float *grads, cons
 
 /* Learning rate at a step: linear warmup from warmup_lr to lr, then cosine down to min_lr
    (or constant). Per step rather than per epoch as timm's scheduler in the reference (which also
-   adds 10 cooldown epochs at min_lr), so the rate changes smoothly within an epoch. */
+   adds 10 cooldown epochs at min_lr), so the rate changes smoothly within an epoch. The cosine
+   starts where the warmup ends; timm's runs from step 0 underneath the warmup, a difference of
+   warmup/epochs in the cosine's phase (5/300 in the paper's recipe). */
 typedef enum { SCHED_COSINE = 0, SCHED_CONSTANT = 1 } SchedType;
 
 static float lr_at(long step, long total_steps, long warmup_steps, float lr, float min_lr, float warmup_lr,
@@ -1415,10 +1430,10 @@ static void im2col(float *col, int ld, const float *in, int B, int b0, int nb, i
                     memset(dst, 0, sizeof(float) * wout);
                     continue;
                 }
-                const float *src = in + (((size_t)c * B + b) * hin + iy) * win - pad + kx;
+                const float *in_row = in + (((size_t)c * B + b) * hin + iy) * win;
                 for (int ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
-                if (stride == 1) memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo));
-                else for (int ox = lo; ox < hi; ox++) dst[ox] = src[ox * stride];
+                if (stride == 1 && hi > lo) memcpy(dst + lo, in_row + lo - pad + kx, sizeof(float) * (hi - lo));
+                else if (stride != 1) for (int ox = lo; ox < hi; ox++) dst[ox] = in_row[ox * stride - pad + kx];
                 for (int ox = hi; ox < wout; ox++) dst[ox] = 0.0f;
             }
     }
@@ -1440,11 +1455,13 @@ static void col2im(float *din, const float *dcol, int ld, int B, int b0, int nb,
                     for (int oy = 0; oy < hout; oy++, src += wout) {
                         int iy = oy * stride - pad + ky;
                         if (iy < 0 || iy >= hin) continue;
-                        float *dst = din + (((size_t)c * B + b) * hin + iy) * win - pad + kx;
-                        if (stride == 1) /* the common case, written so that it vectorizes */
-                            for (int ox = lo; ox < hi; ox++) dst[ox] += src[ox];
-                        else
-                            for (int ox = lo; ox < hi; ox++) dst[ox * stride] += src[ox];
+                        float *din_row = din + (((size_t)c * B + b) * hin + iy) * win;
+                        if (stride == 1 && hi > lo) { /* the common case, written so that it vectorizes */
+                            float *dst = din_row + lo - pad + kx; /* input column of ox = lo */
+                            for (int ox = lo; ox < hi; ox++) dst[ox - lo] += src[ox];
+                        } else if (stride != 1) {
+                            for (int ox = lo; ox < hi; ox++) din_row[ox * stride - pad + kx] += src[ox];
+                        }
                     }
             }
 }
@@ -2029,9 +2046,9 @@ static void dataset_free(Dataset *d) {
    CIFAR-100's train.bin sits beside it), CIFAR-100 when it has only train.bin. */
 static int dataset_is_cifar100(const char *dir) {
     char path[4096];
-    snprintf(path, sizeof(path), "%s/data_batch_1.bin", dir);
+    path_printf(path, sizeof(path), "%s/data_batch_1.bin", dir);
     if (file_exists(path)) return 0;
-    snprintf(path, sizeof(path), "%s/train.bin", dir);
+    path_printf(path, sizeof(path), "%s/train.bin", dir);
     return file_exists(path);
 }
 
@@ -2041,7 +2058,7 @@ static int dataset_load(Dataset *d, const char *dir, int train) {
     memset(d, 0, sizeof(*d));
     char path[4096];
     int cifar100 = dataset_is_cifar100(dir), cifar10 = !cifar100;
-    snprintf(path, sizeof(path), "%s/data_batch_1.bin", dir);
+    path_printf(path, sizeof(path), "%s/data_batch_1.bin", dir);
     if (cifar10 && !file_exists(path))
         return report("%s: no CIFAR-10 (data_batch_1.bin) or CIFAR-100 (train.bin) binary files here; "
                       "run ./cifar_download.sh or pass --data DIR", dir);
@@ -2051,18 +2068,18 @@ static int dataset_load(Dataset *d, const char *dir, int train) {
         memcpy(d->mean, mean, sizeof(mean)), memcpy(d->std, std, sizeof(std));
         if (train) {
             for (int i = 1; i <= 5; i++) {
-                snprintf(path, sizeof(path), "%s/data_batch_%d.bin", dir, i);
+                path_printf(path, sizeof(path), "%s/data_batch_%d.bin", dir, i);
                 if (cifar_read_file(d, path, 1)) { dataset_free(d); return -1; }
             }
         } else {
-            snprintf(path, sizeof(path), "%s/test_batch.bin", dir);
+            path_printf(path, sizeof(path), "%s/test_batch.bin", dir);
             if (cifar_read_file(d, path, 1)) { dataset_free(d); return -1; }
         }
     } else {
         static const float mean[3] = {0.5071f, 0.4865f, 0.4409f}, std[3] = {0.2673f, 0.2564f, 0.2762f};
         d->num_classes = 100, d->name = "CIFAR-100";
         memcpy(d->mean, mean, sizeof(mean)), memcpy(d->std, std, sizeof(std));
-        snprintf(path, sizeof(path), "%s/%s", dir, train ? "train.bin" : "test.bin");
+        path_printf(path, sizeof(path), "%s/%s", dir, train ? "train.bin" : "test.bin");
         if (cifar_read_file(d, path, 2)) { dataset_free(d); return -1; }
     }
     return 0;
@@ -2552,7 +2569,8 @@ static void evaluate(Net *net, const Dataset *d, int batch, EvalResult *r, float
 
 /* ---- 9.2 Progress on one line ------------------------------------------------------------- */
 /* Without POSIX isatty(): stderr is taken to be a terminal when it cannot be positioned
-   (ftell fails) and TERM names one; redirected to a file it gets plain lines. */
+   (ftell fails) and TERM names one; redirected to a file it gets plain lines. A pipe cannot be
+   told from a terminal this way: DEIT_PROGRESS=lines (or inline) overrides the guess. */
 static int stderr_is_terminal(void) {
     const char *term = getenv("TERM");
     const char *mode = getenv("DEIT_PROGRESS");
@@ -2687,8 +2705,6 @@ static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, con
     return read_floats_after_header(path, o->m, 2 * o->n, bytes);
 }
 
-/* Trains net (initialised or loaded by the caller) on the training split; teacher may be NULL.
-   Saves net to cfg->out and the training state to cfg->out + ".state" after every epoch. */
 /* ---- 9.5 The training loop ------------------------------------------------------------------ */
 
 /* What the teacher sees of a batch (B, 3, S, S): the batch itself, or, for a teacher trained at
@@ -2700,6 +2716,8 @@ static const float *teacher_input(float *buf, const float *images, int B, int S,
     return buf;
 }
 
+/* Trains net (initialised or loaded by the caller) on the training split; teacher may be NULL.
+   Saves net to cfg->out and the training state to cfg->out + ".state" after every epoch. */
 static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     if (check_writable(cfg->out)) return report("cannot write the checkpoint %s", cfg->out);
     Dataset train_set, test_set;
@@ -2726,10 +2744,10 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     optimizer_init(&opt, cfg->opt, net_num_params(net), cfg->weight_decay, cfg->momentum, cfg->nesterov);
     RunState rs = {0, 0, 0, 0, 0.0, dataset_hash(&train_set), teacher ? params_hash(teacher) : 0};
     char state_path[4096];
-    snprintf(state_path, sizeof(state_path), "%s.state", cfg->out);
+    path_printf(state_path, sizeof(state_path), "%s.state", cfg->out);
     if (cfg->resume) {
         char resume_state[4096];
-        snprintf(resume_state, sizeof(resume_state), "%s.state", cfg->resume);
+        path_printf(resume_state, sizeof(resume_state), "%s.state", cfg->resume);
         if (state_load(resume_state, net, &opt, &rs, cfg, steps_per_epoch)) die("cannot resume from %s", cfg->resume);
         opt.step = rs.step;
         if (net->kind == NET_DEIT) net->deit.rng.state = rs.rng;
@@ -2756,6 +2774,10 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     float *teacher_images = TS != S ? xmalloc(sizeof(float) * (size_t)B * 3 * TS * TS) : NULL;
     int inline_progress = stderr_is_terminal(), status = 0;
     long skipped = 0;
+    /* --skip-nonfinite on a ResNet: its forward pass updates BatchNorm's running statistics,
+       which live among the parameters, so a skipped step restores the parameters saved here. */
+    float *params_before_step = cfg->skip_nonfinite && net->kind == NET_RESNET
+                                    ? xmalloc(sizeof(float) * net_num_params(net)) : NULL;
     for (int epoch = rs.epochs_done; epoch < cfg->epochs && status == 0; epoch++) {
         memcpy(order, pool, sizeof(int) * n_train);
         if (cfg->shuffle) {
@@ -2782,18 +2804,25 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
                 }
             }
             lr = lr_at(rs.step, total_steps, warmup_steps, cfg->lr, cfg->min_lr, cfg->warmup_lr, cfg->sched);
+            if (params_before_step) memcpy(params_before_step, net_params(net), sizeof(float) * net_num_params(net));
             net_forward(net, images, B, 1);
             LossParts lp = net_loss_backward(net, targets, teacher_logits, cfg->distill, cfg->alpha, cfg->tau, B);
             const char *bad = !isfinite(lp.total) ? "loss" : (!all_finite(net_grads(net), net_num_params(net)) ? "gradient" : NULL);
-            if (bad && cfg->skip_nonfinite) { /* leave the weights as they are and go on */
+            if (bad && cfg->skip_nonfinite) {
+                /* leave the weights as they are and go on; the step still counts (for the
+                   schedule, --steps, the optimizer's step count and --resume), only the update
+                   is left out */
                 fprintf(stderr, "deit: warning: non-finite %s at epoch %d step %ld: step skipped (--skip-nonfinite)\n", bad,
-                        epoch + 1, rs.step);
+                        epoch + 1, rs.step + 1);
+                if (params_before_step) memcpy(net_params(net), params_before_step, sizeof(float) * net_num_params(net));
+                rs.step++;
+                opt.step++;
                 skipped++;
                 continue;
             }
             if (bad) {
                 report("non-finite %s (loss %g) at epoch %d, step %ld: stopping; %s keeps the last good epoch "
-                       "(--skip-nonfinite 1 skips such steps)", bad, lp.total, epoch + 1, rs.step, cfg->out);
+                       "(--skip-nonfinite 1 skips such steps)", bad, lp.total, epoch + 1, rs.step + 1, cfg->out);
                 status = -1;
                 break;
             }
@@ -2839,7 +2868,11 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
             else fprintf(log, ",,");
             if (test_now && net_has_dist(net)) fprintf(log, "%.2f", acc_dist);
             fprintf(log, ",%.2f,%.1f\n", ips, rs.elapsed);
-            fflush(log);
+            if (fflush(log) != 0 || ferror(log)) {
+                report("%s: cannot write the log (disk full?); stopping, the checkpoint keeps the previous epoch", cfg->log);
+                status = -1;
+                break;
+            }
         }
         if (net_save(net, cfg->out)) { status = -1; break; }
         rs.epochs_done = stopped_early ? epoch : epoch + 1;
@@ -2855,7 +2888,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     if (status == 0) fprintf(stderr, "deit: wrote %s (%.0f s of training)\n", cfg->out, rs.elapsed);
     if (skipped) fprintf(stderr, "deit: %ld step(s) skipped for non-finite values\n", skipped);
     if (log) fclose(log);
-    free(images), free(targets), free(labels), free(order), free(pool), free(teacher_images);
+    free(images), free(targets), free(labels), free(order), free(pool), free(teacher_images), free(params_before_step);
     optimizer_free(&opt);
     dataset_free(&train_set), dataset_free(&test_set);
     return status;
@@ -3519,7 +3552,7 @@ static int cmd_attention(const Options *o) {
     const uint8_t *pixels = d.images + (size_t)idx * CIFAR_PIXELS;
     char path[4096];
     int written = 0, pred = argmax(m->acts.logits_mean, C);
-    snprintf(path, sizeof(path), "%s/input.png", o->out);
+    path_printf(path, sizeof(path), "%s/input.png", o->out);
     overlay_image(rgb, pixels, CIFAR_SIDE, NULL, G, zoom);
     if (write_png(path, rgb, W, W)) return 1;
     written++;
@@ -3528,8 +3561,8 @@ static int cmd_attention(const Options *o) {
         for (int h = 0; h <= NH; h++) { /* h < NH: last layer, head h; h == NH: rollout */
             const float *row = h < NH ? att + ((((size_t)(L - 1)) * NH + h) * T + tok) * T : rollout + (size_t)tok * T;
             for (int p = 0; p < G * G; p++) heat[p] = row[first_patch + p];
-            if (h < NH) snprintf(path, sizeof(path), "%s/%s_last_layer_head%d.png", o->out, tname, h);
-            else snprintf(path, sizeof(path), "%s/%s_rollout.png", o->out, tname);
+            if (h < NH) path_printf(path, sizeof(path), "%s/%s_last_layer_head%d.png", o->out, tname, h);
+            else path_printf(path, sizeof(path), "%s/%s_rollout.png", o->out, tname);
             overlay_image(rgb, pixels, CIFAR_SIDE, heat, G, zoom);
             if (write_png(path, rgb, W, W)) return 1;
             written++;
@@ -3557,7 +3590,7 @@ static int cmd_bench(const Options *o);
    All binary files are raw little-endian arrays without header, except grads.bin. */
 static void write_raw(const char *dir, const char *name, const void *data, size_t bytes) {
     char path[4096];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    path_printf(path, sizeof(path), "%s/%s", dir, name);
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(data, 1, bytes, f) != bytes || fclose(f)) die("%s: cannot write", path);
 }
@@ -3612,7 +3645,7 @@ static int cmd_debug_state(const Options *o) {
     float *saved = xmalloc(sizeof(float) * n);
     memcpy(saved, params, sizeof(float) * n);
     memcpy(params, net_grads(&net), sizeof(float) * n);
-    snprintf(path, sizeof(path), "%s/grads.bin", o->dump);
+    path_printf(path, sizeof(path), "%s/grads.bin", o->dump);
     int rc = net_save(&net, path);
     memcpy(params, saved, sizeof(float) * n);
     printf("debug-state: %s, batch %d, distill %s: loss %.6f (base %.6f, distill %.6f); wrote %s/\n", o->ckpt, B,

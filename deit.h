@@ -138,8 +138,8 @@ typedef struct {
 #define TEACHER_MAX_STAGES 8
 typedef struct {
     int img_size, in_chans, num_classes;
-    int stages;                       /* S */
-    int blocks;                       /* B: basic blocks per stage */
+    int stages;                       /* number of stages (S in the checkpoint format) */
+    int blocks;                       /* basic blocks per stage (B in the checkpoint format) */
     int widths[TEACHER_MAX_STAGES];   /* channels of each stage */
 } TeacherConfig;
 
@@ -155,9 +155,12 @@ typedef struct {
     float *running_mean, *running_var;  /* (cout) running statistics, used in eval mode */
     float *dw, *dgamma, *dbeta;         /* their gradients */
     float *conv;                        /* (cout, B, hout, wout) convolution output */
-    float *out;                         /* (cout, B, hout, wout) BatchNorm output (ReLU in place) */
+    float *out;                         /* (cout, B, hout, wout) BatchNorm output, then in place: ReLU of it
+                                           (stem, conv1), ReLU of it + the shortcut (conv2: the block's
+                                           output), nothing (shortcut) */
     float *bn_mean, *bn_rstd;           /* (cout) batch statistics of the last training forward */
-    float *dout;                        /* gradient of out */
+    float *dout;                        /* gradient of out; conv2's is taken back through the block's ReLU
+                                           in place before it flows into BatchNorm */
 } ConvBN;
 
 /* relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); shortcut = 1x1 conv + BN or identity */

@@ -1252,6 +1252,24 @@ static void test_faults(void) {
     tc.out = "test_fault_skip.bin";
     check(train(&n, NULL, &tc) == 0, "fault: --skip-nonfinite skips such steps and the run completes");
     net_free(&n);
+    /* On a ResNet whose stem overflows, every step is non-finite. A skipped step also undoes
+       the forward pass's update of BatchNorm's running statistics (NaN here), and it still
+       counts: --steps stops after it, and --resume accepts the state. */
+    TeacherConfig rcfg = tiny_teacher_config();
+    rcfg.img_size = 32, rcfg.num_classes = 10;
+    Net r = {.kind = NET_RESNET};
+    teacher_build(&r.resnet, &rcfg);
+    teacher_init(&r.resnet, 2);
+    for (int i = 0; i < rcfg.widths[0] * 3 * 3 * 3; i++) r.resnet.stem.w[i] = 3e38f;
+    tc = tiny_train_config("test_fault_skip.bin");
+    tc.skip_nonfinite = 1, tc.max_steps = 3; /* stops in the middle of epoch 1 (6 steps) */
+    check(train(&r, NULL, &tc) == 0 && all_finite(r.resnet.params_memory, r.resnet.num_params),
+          "fault: --skip-nonfinite on a ResNet keeps BatchNorm's running statistics finite");
+    net_free(&r);
+    int loaded = net_load(&r, "test_fault_skip.bin");
+    tc.max_steps = 0, tc.resume = "test_fault_skip.bin";
+    check(loaded == 0 && train(&r, NULL, &tc) == 0, "fault: a run of skipped steps stops at --steps 3 and resumes from there");
+    if (loaded == 0) net_free(&r);
     /* the checkpoint cannot be written (its temporary path is a directory): reported, run stops,
        previous file untouched */
     n = tiny_student();
@@ -1449,7 +1467,7 @@ static void test_fuzz(void) {
 
 /* ---- 10. the command line, run as a user would (needs ./deit built: make test does it) ------- */
 static int run(const char *cmd) {
-    char full[1024];
+    char full[8192];
     snprintf(full, sizeof(full), "%s > test_cli.out 2>&1", cmd);
     return system(full);
 }
@@ -1479,6 +1497,12 @@ static void test_cli(void) {
     check(run("./deit train --lr -1") != 0 && output_has("out of range"), "out-of-range flag: clear error");
     check(run("./deit train --batch 2.5") != 0 && output_has("not a whole number"), "fractional integer flag: clear error");
     check(run("./deit train --data no_such_dir --steps 1") != 0 && output_has("no_such_dir"), "missing data directory named in the error");
+    char long_out[4200 + 64];
+    memset(long_out, 'x', 4200);
+    snprintf(long_out + 4200, 64, ".bin");
+    char cmd_long[4400];
+    snprintf(cmd_long, sizeof(cmd_long), "./deit train --dim 16 --depth 1 --heads 2 --patch 8 --data test_data_tmp --steps 1 --out %s", long_out);
+    check(run(cmd_long) != 0 && output_has("file name too long"), "a file name longer than the path buffers: clear error");
     check(run("./deit train --distill soft --data test_data_tmp") != 0 && output_has("needs --teacher"), "--distill without --teacher: clear error");
     check(run("./deit teacher --arch resnet8 --epochs 1 --batch 10 --data test_data_tmp --out test_cli_t.bin --log test_cli_t.csv") == 0 &&
               file_exists("test_cli_t.bin") && file_exists("test_cli_t.bin.state"),
