@@ -375,6 +375,19 @@ static void test_losses(void) {
     float st[2] = {1.0f, 0.0f}, te[2] = {0.0f, 1.0f};
     double ps0 = 1 / (1 + exp(-1.0)), kl = ps0 * log(ps0 / (1 - ps0)) + (1 - ps0) * log((1 - ps0) / ps0);
     check(fabs(distill_soft_forward(st, te, 1.0f, 1, 2) - kl / 2) < 1e-6, "soft distillation known value %.5f", kl / 2);
+    /* tau = 2: softmax of logits / 2, times tau^2 / (B C) */
+    double q0 = 1 / (1 + exp(-0.5)), kl2 = (1 - q0) * log((1 - q0) / q0) + q0 * log(q0 / (1 - q0));
+    check(fabs(distill_soft_forward(st, te, 2.0f, 1, 2) - 4 * kl2 / 2) < 1e-6, "soft distillation with tau 2: %.5f", 4 * kl2 / 2);
+    /* hard distillation with alpha 0.3, one row, by hand: the class head learns the label (0),
+       the distillation head the teacher's argmax (2); total = 0.7 CE(cls) + 0.3 CE(dist) */
+    float cls3[3] = {1, 0, 0}, dist3[3] = {0, 2, 0}, y[3] = {1, 0, 0}, tl[3] = {0, 0, 5}, d1[3] = {0}, d2[3] = {0}, hard[3];
+    LossParts h = deit_loss(d1, d2, hard, cls3, dist3, y, tl, DISTILL_HARD, 0.3f, 1.0f, 1, 3);
+    double e = exp(1.0), e2 = exp(2.0), base = log(e + 2) - 1, kd = log(2 + e2);
+    check(fabs(h.base - base) < 1e-6 && fabs(h.distill - kd) < 1e-6 && fabs(h.total - (0.7 * base + 0.3 * kd)) < 1e-6,
+          "hard distillation, alpha 0.3, known value: 0.7 x %.4f + 0.3 x %.4f", base, kd);
+    check(fabs(d1[0] - 0.7 * (e / (e + 2) - 1)) < 1e-6 && fabs(d1[2] - 0.7 / (e + 2)) < 1e-6 &&
+              fabs(d2[2] - 0.3 * (1 / (2 + e2) - 1)) < 1e-6 && fabs(d2[1] - 0.3 * e2 / (2 + e2)) < 1e-6,
+          "hard distillation gradients: (1 - alpha)(p - y) into the class head, alpha (p - y_teacher) into the distillation head");
 }
 
 /* ---- 5. the whole model -------------------------------------------------------------------- */
@@ -516,17 +529,38 @@ static void test_checkpoint(void) {
         DeiT m, m2;
         deit_build(&m, &cfg);
         deit_init(&m, 3);
+        /* the format's tensor order, each size written out for this config: tensor i is filled
+           with i + 1 through its named pointer, and the file must hold them in this order */
+        size_t D = 8, K = 3 * 4 * 4, L = 2, H = 16, C = 5, T = 1 + dist + 4;
+        struct { float *p; size_t n; } order[] = {
+            {m.params.patch_w, D * K}, {m.params.patch_b, D}, {m.params.cls_token, D}, {m.params.dist_token, dist * D},
+            {m.params.pos_embed, T * D}, {m.params.ln1_w, L * D}, {m.params.ln1_b, L * D},
+            {m.params.qkv_w, L * 3 * D * D}, {m.params.qkv_b, L * 3 * D}, {m.params.proj_w, L * D * D},
+            {m.params.proj_b, L * D}, {m.params.ln2_w, L * D}, {m.params.ln2_b, L * D}, {m.params.fc1_w, L * H * D},
+            {m.params.fc1_b, L * H}, {m.params.fc2_w, L * D * H}, {m.params.fc2_b, L * D}, {m.params.lnf_w, D},
+            {m.params.lnf_b, D}, {m.params.head_w, C * D}, {m.params.head_b, C}, {m.params.head_dist_w, dist * C * D},
+            {m.params.head_dist_b, dist * C}};
+        int num_order = (int)(sizeof(order) / sizeof(order[0]));
+        for (int i = 0; i < num_order; i++)
+            for (size_t j = 0; j < order[i].n; j++) order[i].p[j] = (float)(i + 1);
         check(deit_save(&m, path) == 0, "checkpoint written (dist=%d)", dist);
         size_t n;
         unsigned char *bytes = read_bytes(path, &n);
         int32_t h[HEADER_INTS];
         memcpy(h, bytes, sizeof(h));
-        check(n == 1024 + 4 * m.num_params && h[0] == 20201223 && h[1] == 1 && h[6] == 8 && h[10] == dist && h[11] == 0,
-              "checkpoint layout: 1024-byte header (magic, version, sizes) + 4 x %zu parameter bytes", m.num_params);
-        /* the tensor order of the format: patch_w first, then patch_b, cls_token, ... head last */
-        check(!memcmp(bytes + 1024, m.params.patch_w, 4) && !memcmp(bytes + 1024 + 4 * m.tensors[2].offset, m.params.cls_token, 4) &&
-                  !memcmp(bytes + n - 4 * (dist ? 5 : 5), m.params_memory + m.num_params - 5, 20),
-              "checkpoint tensors in the documented order");
+        check(n == 1024 + 4 * m.num_params && h[0] == 20201223 && h[1] == 1 && h[2] == 8 && h[3] == 4 && h[4] == 3 &&
+                  h[5] == 5 && h[6] == 8 && h[7] == 2 && h[8] == 2 && h[9] == 16 && h[10] == dist && h[11] == 0,
+              "checkpoint layout: 1024-byte header (magic, version, img, patch, chans, classes, dim, depth, heads, "
+              "mlp, dist) + 4 x %zu parameter bytes", m.num_params);
+        size_t pos = 1024;
+        int in_order = 1;
+        for (int i = 0; i < num_order; i++)
+            for (size_t j = 0; j < order[i].n && pos + 4 <= n; j++, pos += 4) {
+                float v;
+                memcpy(&v, bytes + pos, 4);
+                in_order &= v == (float)(i + 1);
+            }
+        check(in_order && pos == n, "checkpoint tensors in the documented order, patch_w first, head_dist_b last (dist=%d)", dist);
         check(deit_load(&m2, path) == 0 && m2.num_params == m.num_params &&
                   !memcmp(m.params_memory, m2.params_memory, sizeof(float) * m.num_params) &&
                   !memcmp(&m.config, &m2.config, sizeof(DeiTConfig)),
@@ -833,6 +867,21 @@ static void test_loaders(void) {
     dataset_free(&d);
     check(dataset_load(&d, test_dir, 0) == 0 && d.n == 20, "CIFAR-10 test split read (20 records)");
     dataset_free(&d);
+    { /* a different data_batch_5: its records come last, in order */
+        unsigned char rec5[12 * (1 + CIFAR_PIXELS)];
+        for (int r = 0; r < 12; r++) {
+            rec5[r * (1 + CIFAR_PIXELS)] = (unsigned char)((r + 5) % 10);
+            memset(rec5 + r * (1 + CIFAR_PIXELS) + 1, 200 + r, CIFAR_PIXELS);
+        }
+        char path5[512];
+        snprintf(path5, sizeof(path5), "%s/data_batch_5.bin", test_dir);
+        write_bytes(path5, rec5, sizeof(rec5));
+        check(dataset_load(&d, test_dir, 1) == 0 && d.labels[48 + 3] == 8 && d.images[(size_t)(48 + 3) * CIFAR_PIXELS + 5] == 203 &&
+                  d.labels[47] == 7 && d.images[(size_t)3 * CIFAR_PIXELS + 5] == (unsigned char)((3 * 31 + 5 * 7) & 255),
+              "CIFAR-10 loader: data_batch_1..5 in order (file 5's records at 48..59)");
+        dataset_free(&d);
+        write_tiny_cifar10(12);
+    }
     char path[512];
     snprintf(path, sizeof(path), "%s/data_batch_3.bin", test_dir);
     unsigned char junk[100] = {0};
@@ -949,6 +998,12 @@ static void test_optimizers(void) {
           "AdamW first step: decoupled decay on weights only, then lr * sign(g)");
     optimizer_step(&o, p, g, t, 2, 0.01f); /* same gradient again: still exactly lr * sign(g) per step */
     check(fabsf(p[2] - (0.5f - 0.02f)) < 1e-6f, "AdamW second step with the same gradient moves lr again (bias correction)");
+    /* third step with the opposite gradient: the moments by hand (betas 0.9, 0.999) */
+    float g3[3] = {-0.5f, 0.25f, -2.0f};
+    double gb = 2.0, m3 = 0.1 * gb * (0.81 + 0.9) - 0.1 * gb, v3 = 0.001 * gb * gb * (0.998001 + 0.999 + 1);
+    double bias3 = 0.48 - 0.01 * (m3 / (1 - 0.729)) / (sqrt(v3 / (1 - pow(0.999, 3))) + 1e-8);
+    optimizer_step(&o, p, g3, t, 2, 0.01f);
+    check(fabs(p[2] - bias3) < 1e-6, "AdamW third step, gradient reversed: %.6f by hand (sign-SGD would give 0.49)", bias3);
     optimizer_free(&o);
     float q[3] = {1.0f, -2.0f, 0.5f};
     optimizer_init(&o, OPT_SGD, 3, 0.1f, 0.9f, 0);
@@ -969,8 +1024,9 @@ static void test_optimizers(void) {
               fabsf(lr_at(10, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_COSINE) - 1.0f) < 1e-6f &&
               fabsf(lr_at(55, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_COSINE) - 0.55f) < 1e-6f &&
               fabsf(lr_at(100, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_COSINE) - 0.1f) < 1e-6f &&
-              lr_at(70, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_CONSTANT) == 1.0f,
-          "schedule: linear warmup, cosine from lr to min_lr, constant");
+              lr_at(70, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_CONSTANT) == 1.0f &&
+              fabsf(lr_at(5, 100, 10, 1.0f, 0.1f, 0.2f, SCHED_COSINE) - 0.6f) < 1e-6f,
+          "schedule: linear warmup from warmup_lr, cosine from lr to min_lr, constant");
 }
 
 static TrainConfig tiny_train_config(const char *out) {
@@ -1050,6 +1106,7 @@ static void test_train_and_resume(void) {
     log_text[log_bytes ? log_n : 0] = 0;
     free(log_bytes);
     int rows = 0, tested[4] = {0}, lines = 0, nine_cells = 0;
+    double train_loss[4] = {0};
     for (char *line = strtok(log_text, "\n"); line; line = strtok(NULL, "\n")) {
         int ep, commas = 0;
         char *cell = line;
@@ -1058,10 +1115,15 @@ static void test_train_and_resume(void) {
         lines++, nine_cells += all_commas == 8; /* the header's 9 columns, tested or not */
         if (sscanf(line, "%d,", &ep) != 1 || ep < 1 || ep > 3) continue;
         rows++;
+        long step_col;
+        double lr_col;
+        if (sscanf(line, "%d,%ld,%lf,%lf,", &ep, &step_col, &lr_col, &train_loss[ep]) != 4) train_loss[ep] = -1;
         while (commas < 4 && *cell) commas += *cell++ == ',';
         tested[ep] = *cell != ',' && *cell != 0; /* the test_acc cell is not empty */
     }
     check(rows == 3 && !tested[1] && tested[2] && tested[3], "--eval-every 2 over 3 epochs: test accuracy logged after epochs 2 and 3 only");
+    check(train_loss[1] > 0 && train_loss[3] > 0 && train_loss[3] < train_loss[1],
+          "train: it learns: the logged train loss falls from epoch 1 to 3 (%.4f -> %.4f)", train_loss[1], train_loss[3]);
     check(lines == 4 && nine_cells == 4, "--eval-every log: every line has the header's 9 cells, untested epochs too (%d of %d)", nine_cells, lines);
     free(log_text);
     net_free(&f);
@@ -1266,6 +1328,13 @@ static void test_faults(void) {
     check(train(&r, NULL, &tc) == 0 && all_finite(r.resnet.params_memory, r.resnet.num_params),
           "fault: --skip-nonfinite on a ResNet keeps BatchNorm's running statistics finite");
     net_free(&r);
+    size_t state_n;
+    unsigned char *state_bytes = read_bytes("test_fault_skip.bin.state", &state_n);
+    int32_t sh[HEADER_INTS] = {0};
+    if (state_bytes && state_n >= sizeof(sh)) memcpy(sh, state_bytes, sizeof(sh));
+    free(state_bytes);
+    check(sh[3] == 0 && sh[4] == 3 && sh[5] == 0 && sh[17] == 3,
+          "fault: the 3 skipped steps count: the state says epoch 1, step 3 (%d, %d, %d)", sh[3], sh[4], sh[17]);
     int loaded = net_load(&r, "test_fault_skip.bin");
     tc.max_steps = 0, tc.resume = "test_fault_skip.bin";
     check(loaded == 0 && train(&r, NULL, &tc) == 0, "fault: a run of skipped steps stops at --steps 3 and resumes from there");
