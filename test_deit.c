@@ -1255,6 +1255,19 @@ static void test_analysis(void) {
         for (int i = 0; i < 7 * 7 * D; i++) worst = fabs(big[i] - 0.25) > worst ? fabs(big[i] - 0.25) : worst;
         check(worst < 1e-6, "%s resize of a constant embedding stays constant (max dev %.1e)", bicubic ? "bicubic" : "bilinear", worst);
     }
+    /* known values: a ramp 0..3 from 4 to 8 samples, pixel centres aligned (align_corners=False,
+       PyTorch's default); bilinear clamps at the ends. Bicubic (Keys, a = -0.75 as in PyTorch):
+       sample 3 sits at source 1.25, weights of sources 0..3 = w(1.25), w(0.25), w(0.75), w(1.75)
+       = -0.105469, 0.878906, 0.261719, -0.035156, so 0.878906 + 2 x 0.261719 - 3 x 0.035156 =
+       1.296875 (a = -0.75 does not reproduce a ramp exactly; a = -0.5 would give 1.25) */
+    float ramp[4] = {0, 1, 2, 3}, up[8];
+    const float up_bilinear[8] = {0, 0.25f, 0.75f, 1.25f, 1.75f, 2.25f, 2.75f, 3};
+    resize_1d(up, ramp, 4, 8, 1, 0);
+    double worst_lin = 0;
+    for (int i = 0; i < 8; i++) worst_lin = fmax(worst_lin, fabs(up[i] - up_bilinear[i]));
+    resize_1d(up, ramp, 4, 8, 1, 1);
+    check(worst_lin < 1e-6 && fabs(up[3] - 1.296875) < 1e-5 && fabs(up[4] - 1.703125) < 1e-5,
+          "resize_1d 4 -> 8: bilinear {0, .25, .75, ..., 2.75, 3}; bicubic 1.296875, 1.703125 in the middle");
     /* a smooth image up to 48 pixels and back to 32 (what a 32-pixel teacher sees of a 48-pixel batch) */
     float *im32 = zeros(3 * 32 * 32), *im48 = zeros(3 * 48 * 48), *back = zeros(3 * 32 * 32);
     for (int c = 0; c < 3; c++)
@@ -1563,8 +1576,8 @@ static void test_cli(void) {
     check(run("./deit") != 0 && output_has("commands:") && output_has("train"), "./deit alone prints usage with its commands, exit != 0");
     check(run("./deit train --bogus 1") != 0 && output_has("unknown option '--bogus'"), "unknown flag: clear error");
     check(run("./deit train --epochs abc") != 0 && output_has("'abc' is not a number"), "malformed number: clear error");
-    check(run("./deit train --lr -1") != 0 && output_has("out of range"), "out-of-range flag: clear error");
-    check(run("./deit train --batch 2.5") != 0 && output_has("not a whole number"), "fractional integer flag: clear error");
+    check(run("./deit train --lr -1") != 0 && output_has("option --lr: -1 is out of range"), "out-of-range flag: clear error naming it");
+    check(run("./deit train --batch 2.5") != 0 && output_has("option --batch: '2.5' is not a whole number"), "fractional integer flag: clear error naming it");
     check(run("./deit train --data no_such_dir --steps 1") != 0 && output_has("no_such_dir"), "missing data directory named in the error");
     char long_out[4200 + 64];
     memset(long_out, 'x', 4200);
@@ -1653,7 +1666,7 @@ static void test_cli(void) {
           "--teacher with --distill none: a warning says the teacher is not used");
     remove("test_cli_none.bin"), remove("test_cli_none.bin.state");
     check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 10 --lr 1e-4 --min-lr 1e-3 "
-              "--data test_data_tmp") != 0 && output_has("--min-lr"),
+              "--data test_data_tmp") != 0 && output_has("is above the learning rate"),
           "--min-lr above --lr: clear error");
     check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 4 --steps 1 --data test_data_tmp "
               "--out test_cli_b4.bin") == 0 && output_has("lr 3.91e-06 (min 3.91e-06"),
