@@ -1303,6 +1303,39 @@ static void test_analysis(void) {
     deit_free(&m), deit_free(&m48);
 }
 
+/* evaluate(): a student whose class head always says 7 and whose distillation head says 3
+   more loudly, on the 20 test records (two of each class), in batches of 7, 7 and 6 */
+static void test_evaluate(void) {
+    make_test_dir();
+    write_tiny_cifar10(12);
+    Dataset d;
+    if (dataset_load(&d, test_dir, 0)) {
+        check(0, "evaluate: test split loads");
+        return;
+    }
+    Net n = tiny_student();
+    ParameterTensors *p = &n.deit.params;
+    memset(p->head_w, 0, sizeof(float) * 10 * n.deit.config.dim);
+    memset(p->head_dist_w, 0, sizeof(float) * 10 * n.deit.config.dim);
+    memset(p->head_b, 0, sizeof(float) * 10), memset(p->head_dist_b, 0, sizeof(float) * 10);
+    p->head_b[7] = 5.0f, p->head_dist_b[3] = 10.0f;
+    EvalResult r;
+    float *logits = zeros((size_t)d.n * 10);
+    evaluate(&n, &d, 7, &r, logits);
+    int confusion_ok = 1, logits_ok = 1;
+    for (int t = 0; t < 10; t++)
+        for (int c = 0; c < 10; c++) confusion_ok &= r.confusion[t * 10 + c] == (c == 3 ? 2 : 0);
+    for (int i = 0; i < d.n; i++)
+        for (int c = 0; c < 10; c++) logits_ok &= fabsf(logits[i * 10 + c] - (c == 3 ? 5.0f : c == 7 ? 2.5f : 0.0f)) < 1e-5f;
+    check(r.n == 20 && r.correct[HEAD_CLS] == 2 && r.correct[HEAD_DIST] == 2 && r.correct[HEAD_MEAN] == 2,
+          "evaluate: 2 of 20 right per head (each head names one class; two records of each class)");
+    check(confusion_ok, "evaluate: confusion matrix of the averaged heads: every true class predicted 3, twice");
+    check(logits_ok, "evaluate: the logits written are the heads' average (3: 5, 7: 2.5), all 20 rows over partial batches");
+    free(logits), free(r.confusion);
+    net_free(&n);
+    dataset_free(&d);
+}
+
 /* ---- 11. robustness: faults lose no work, corrupted inputs give clean errors, determinism ---- */
 static int file_equals(const char *path, const char *text) {
     size_t n;
@@ -1730,6 +1763,7 @@ int main(void) {
     test_augmentation();
     printf("== training ==\n");
     test_train_and_resume();
+    test_evaluate();
     printf("== looking inside ==\n");
     test_analysis();
     printf("== robustness ==\n");
