@@ -1331,7 +1331,7 @@ static void test_evaluate(void) {
           "evaluate: 2 of 20 right per head (each head names one class; two records of each class)");
     check(confusion_ok, "evaluate: confusion matrix of the averaged heads: every true class predicted 3, twice");
     check(logits_ok, "evaluate: the logits written are the heads' average (3: 5, 7: 2.5), all 20 rows over partial batches");
-    free(logits), free(r.confusion);
+    free(r.confusion); /* logits came from zeros(): freed at exit */
     net_free(&n);
     dataset_free(&d);
 }
