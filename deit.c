@@ -912,9 +912,10 @@ static void trunc_normal(float *x, size_t n, float std, Rng *rng) {
     }
 }
 
-/* Init as the reference: linear weights (the patch embedding included: it is a linear map
-   here), class/distillation tokens and position embedding ~ trunc normal(0.02); biases 0;
-   LayerNorm weight 1, bias 0. */
+/* Init as the reference: linear weights, class/distillation tokens and position embedding ~
+   trunc normal(0.02); biases 0; LayerNorm weight 1, bias 0. One difference: the patch embedding
+   is a linear map here and is initialised like the others; the reference's is a Conv2d that
+   keeps PyTorch's default, uniform(+-1/sqrt(fan_in)) (+-0.14 for 4x4x3 patches). */
 static void deit_init(DeiT *m, uint64_t seed) {
     Rng rng;
     rng_seed(&rng, seed);
@@ -1128,10 +1129,19 @@ static int host_is_little_endian(void) {
     return *(const unsigned char *)&one == 1;
 }
 
-/* Can a file be created beside path? Creates and removes write_file_atomic's temp file
-   (path.tmp, which every checkpoint write overwrites anyway). Training calls this before the
-   first epoch, so that a mistyped --out directory fails at once, not after an hour. */
+/* Can a file be created beside path, and path then be replaced by it? Creates and removes
+   write_file_atomic's temp file (path.tmp, which every checkpoint write overwrites anyway), and
+   refuses an empty name or an existing directory (the rename would fail). Training calls this
+   before the first epoch, so that a mistyped --out fails at once, not after an hour. */
 static int check_writable(const char *path) {
+    if (!path[0]) return report("the output file name is empty");
+    FILE *existing = fopen(path, "rb");
+    if (existing) { /* a directory opens for reading on Linux, but reading it fails (EISDIR) */
+        int unreadable = getc(existing) == EOF && ferror(existing);
+        int err = errno;
+        fclose(existing);
+        if (unreadable) return report("%s: cannot be replaced by a checkpoint: %s", path, strerror(err));
+    }
     char tmp[4096];
     path_printf(tmp, sizeof(tmp), "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
@@ -1141,8 +1151,14 @@ static int check_writable(const char *path) {
     return 0;
 }
 
+/* Writes header + data to path.tmp, then renames it over path: a crash leaves the old file
+   whole. Weights or moments that are not finite are never written (every reader refuses them). */
 static int write_file_atomic(const char *path, const int32_t *header, const float *data, size_t n) {
     if (!host_is_little_endian()) return report("%s: this program writes little-endian files only", path);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(data[i]))
+            return report("%s: not written: value %zu (a weight; in a .state file, an optimizer moment) is not a finite "
+                          "number; the file was left as it was", path, i);
     size_t len = strlen(path);
     char *tmp = xmalloc(len + 5);
     memcpy(tmp, path, len);
@@ -1369,6 +1385,8 @@ static float lr_at(long step, long total_steps, long warmup_steps, float lr, flo
  * The paper's best teachers are convnets: their inductive bias is what the distillation token
  * passes on to the transformer. Here: a 3x3 stem conv + BN + ReLU, S stages of B basic blocks
  * (stride 2 at the first block of stages 2..S), global average pooling, a linear classifier.
+ * Where a block changes the shape, its shortcut is a 1x1 conv + BN (He et al.'s option B, as
+ * torchvision's `downsample`); their CIFAR nets use option A (identity, zero-padded channels).
  * All activations are channel-major (C, B, H, W).
  * ========================================================================================== */
 
@@ -2001,7 +2019,10 @@ static int file_exists(const char *path) {
 }
 
 /* Appends the records of one file; label_bytes is 1 (CIFAR-10) or 2 (CIFAR-100). */
-static int cifar_read_file(Dataset *d, const char *path, int label_bytes) {
+/* Reads one CIFAR binary file (records of label_bytes labels + 3072 pixels), appending to d.
+   Any whole number of records loads (the tests use tiny files); a count other than the
+   official file's (expected) gets a warning, as a cut download rarely ends on a record. */
+static int cifar_read_file(Dataset *d, const char *path, int label_bytes, int expected) {
     FILE *f = fopen(path, "rb");
     if (!f) return report("%s: cannot open: %s (get the data with ./cifar_download.sh)", path, strerror(errno));
     long bytes, rec = label_bytes + CIFAR_PIXELS;
@@ -2011,6 +2032,8 @@ static int cifar_read_file(Dataset *d, const char *path, int label_bytes) {
         return report("%s: size %ld bytes is not a whole number of %ld-byte records: truncated or not CIFAR binary", path, bytes, rec);
     }
     int count = (int)(bytes / rec);
+    if (count != expected)
+        fprintf(stderr, "deit: warning: %s holds %d images, the official file %d (a subset, or cut short?)\n", path, count, expected);
     d->images = realloc(d->images, (size_t)(d->n + count) * CIFAR_PIXELS);
     d->labels = realloc(d->labels, (size_t)(d->n + count));
     if (!d->images || !d->labels) die("out of memory reading %s", path);
@@ -2069,18 +2092,18 @@ static int dataset_load(Dataset *d, const char *dir, int train) {
         if (train) {
             for (int i = 1; i <= 5; i++) {
                 path_printf(path, sizeof(path), "%s/data_batch_%d.bin", dir, i);
-                if (cifar_read_file(d, path, 1)) { dataset_free(d); return -1; }
+                if (cifar_read_file(d, path, 1, 10000)) { dataset_free(d); return -1; }
             }
         } else {
             path_printf(path, sizeof(path), "%s/test_batch.bin", dir);
-            if (cifar_read_file(d, path, 1)) { dataset_free(d); return -1; }
+            if (cifar_read_file(d, path, 1, 10000)) { dataset_free(d); return -1; }
         }
     } else {
         static const float mean[3] = {0.5071f, 0.4865f, 0.4409f}, std[3] = {0.2673f, 0.2564f, 0.2762f};
         d->num_classes = 100, d->name = "CIFAR-100";
         memcpy(d->mean, mean, sizeof(mean)), memcpy(d->std, std, sizeof(std));
         path_printf(path, sizeof(path), "%s/%s", dir, train ? "train.bin" : "test.bin");
-        if (cifar_read_file(d, path, 2)) { dataset_free(d); return -1; }
+        if (cifar_read_file(d, path, 2, train ? 50000 : 10000)) { dataset_free(d); return -1; }
     }
     return 0;
 }
@@ -2110,7 +2133,9 @@ static void shuffle(int *x, int n, Rng *rng) { /* Fisher-Yates */
 
 /* ---- 8.1 Augmentation settings ------------------------------------------------------------- */
 typedef struct {
-    int crop_flip;          /* random 32x32 crop of the image padded by 4, horizontal flip */
+    int crop_flip;          /* random 32x32 crop of the image padded by 4, horizontal flip: the
+                               CIFAR crop, also under --aug deit (DeiT, on ImageNet, uses
+                               RandomResizedCrop instead) */
     int randaug_ops;        /* RandAugment: ops per image (0 = off) */
     float randaug_mag;      /* RandAugment magnitude (0..10), with noise of std 0.5 */
     float erase_prob;       /* random erasing probability */
@@ -2122,8 +2147,8 @@ typedef struct {
 /* ---- 8.2 RandAugment (Cubuk et al. 2020) on one uint8 image (3, 32, 32) ---------------------
    The "increasing" op set of timm's rand-m9-mstd0.5-inc1, which DeiT uses. Each op is applied
    with probability 0.5 at magnitude m ~ N(9, 0.5) clipped to [0, 10], level = m / 10.
-   Differences from timm, for simplicity: geometric ops resample bilinearly (timm picks bilinear
-   or bicubic at random) and fill with grey 128 (timm: the mean colour).                        */
+   Differences from timm, for simplicity: geometric ops resample bilinearly (DeiT's timm setup
+   resamples bicubically) and fill with grey 128 (timm: the mean colour).                       */
 #define SIDE CIFAR_SIDE
 #define PLANE (SIDE * SIDE)
 static uint8_t clamp_u8(float v) { return (uint8_t)(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v + 0.5f)); }
@@ -2697,12 +2722,21 @@ static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, con
     if (h[3] < 0 || h[3] > c->epochs || h[17] < 0 || h[17] >= steps_per_epoch ||
         step != (long)h[3] * steps_per_epoch + h[17])
         return report("%s: epochs done %d, step %ld and step in epoch %d are inconsistent", path, h[3], step, h[17]);
+    if (h[16] < 0) return report("%s: negative training time %d s: corrupt", path, h[16]);
+    if (net->kind == NET_DEIT && u64_from(h, 6) == 0) /* xorshift stays 0 from 0: drop path would stop */
+        return report("%s: drop-path random state is 0: corrupt", path);
+    for (int i = 26; i < HEADER_INTS; i++)
+        if (h[i] != 0) return report("%s: header entry %d is %d, expected 0 (reserved): corrupt or a newer format", path, i, h[i]);
     s->epochs_done = h[3];
     s->step_in_epoch = h[17];
     s->step = step;
     s->rng = u64_from(h, 6);
     s->elapsed = h[16];
-    return read_floats_after_header(path, o->m, 2 * o->n, bytes);
+    if (read_floats_after_header(path, o->m, 2 * o->n, bytes)) return -1;
+    if (o->type == OPT_ADAMW) /* v is a running mean of squares */
+        for (size_t i = 0; i < o->n; i++)
+            if (o->v[i] < 0.0f) return report("%s: AdamW second moment %zu is negative (%g): corrupt", path, i, o->v[i]);
+    return 0;
 }
 
 /* ---- 9.5 The training loop ------------------------------------------------------------------ */
@@ -2751,6 +2785,15 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
         if (state_load(resume_state, net, &opt, &rs, cfg, steps_per_epoch)) die("cannot resume from %s", cfg->resume);
         opt.step = rs.step;
         if (net->kind == NET_DEIT) net->deit.rng.state = rs.rng;
+        if (rs.epochs_done >= cfg->epochs || (cfg->max_steps > 0 && rs.step >= cfg->max_steps)) {
+            /* nothing to train: leave the checkpoint, its state and the log as they are */
+            fprintf(stderr, "deit: %s is already at epoch %d of %d, step %ld%s: nothing to do\n", cfg->resume, rs.epochs_done,
+                    cfg->epochs, rs.step, rs.epochs_done >= cfg->epochs ? " (finished)" : " (--steps reached)");
+            optimizer_free(&opt);
+            free(pool);
+            dataset_free(&train_set), dataset_free(&test_set);
+            return 0;
+        }
         fprintf(stderr, "deit: resuming %s after epoch %d (step %ld)\n", cfg->resume, rs.epochs_done, rs.step);
         if (rs.step_in_epoch) fprintf(stderr, "deit: continuing epoch %d at its step %d\n", rs.epochs_done + 1, rs.step_in_epoch + 1);
     }
@@ -2758,7 +2801,8 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     if (cfg->log) {
         log = fopen(cfg->log, cfg->resume ? "a" : "w");
         if (!log) die("%s: cannot open log for writing: %s", cfg->log, strerror(errno));
-        if (!cfg->resume) fprintf(log, "epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s\n");
+        if (fseek(log, 0, SEEK_END) == 0 && ftell(log) == 0) /* a new file (also when resuming into a new --log) */
+            fprintf(log, "epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s\n");
         fflush(log);
     }
     fprintf(stderr, "deit: training on %d %s images (%d steps of %d per epoch, %d epochs), testing on %d, %d thread(s)\n",
@@ -3147,8 +3191,13 @@ static void parse_flags(int argc, char **argv, unsigned cmd) {
         if (end == v || *end || errno || !isfinite(x)) die("option %s: '%s' is not a number", f->name, v);
         if (x < f->lo || x > f->hi) die("option %s: %s is out of range [%g, %g]", f->name, v, f->lo, f->hi);
         if ((f->type == F_INT || f->type == F_LONG) && x != floor(x)) die("option %s: '%s' is not a whole number", f->name, v);
-        if (f->type == F_INT) *(int *)f->value = (int)x;
-        else if (f->type == F_LONG) *(long *)f->value = (long)x;
+        /* a whole number written out in digits is read exactly (a double holds only 53 bits:
+           --seed 9007199254740993 would become ...992); "1e3" and the like go through strtod */
+        errno = 0;
+        long long whole = strtoll(v, &end, 10);
+        if (*end || errno) whole = (long long)x;
+        if (f->type == F_INT) *(int *)f->value = (int)whole;
+        else if (f->type == F_LONG) *(long *)f->value = (long)whole;
         else *(float *)f->value = (float)x;
     }
 }
@@ -3255,8 +3304,21 @@ static void print_config(const TrainConfig *c) {
             c->aug.cutmix_alpha, c->aug.label_smoothing);
 }
 
+/* An output that names an input would overwrite it (compared by name: a typo's usual form). */
+static void refuse_same_file(const char *out, const char *out_flag, const char *in, const char *in_flag) {
+    if (out && in && !strcmp(out, in)) die("%s %s is also the %s file: it would be overwritten", out_flag, out, in_flag);
+}
+
 static int cmd_train(const Options *o, int is_teacher) {
     TrainConfig cfg = train_config(o, is_teacher);
+    char out_state[4096];
+    path_printf(out_state, sizeof(out_state), "%s.state", cfg.out);
+    refuse_same_file(cfg.out, "--out", o->teacher, "--teacher");
+    const char *checkpoints[] = {cfg.out, out_state, o->init, o->resume, o->teacher};
+    const char *checkpoint_flags[] = {"--out", "--out .state", "--init", "--resume", "--teacher"};
+    for (int i = 0; i < 5; i++) refuse_same_file(o->log, "--log", checkpoints[i], checkpoint_flags[i]);
+    if (o->pos_interp && strcmp(o->pos_interp, "bicubic") && strcmp(o->pos_interp, "bilinear"))
+        die("--pos-interp must be bicubic or bilinear, not '%s'", o->pos_interp);
     Net net, teacher;
     memset(&teacher, 0, sizeof(teacher));
     int classes = data_num_classes(o->data);
@@ -3283,11 +3345,7 @@ static int cmd_train(const Options *o, int is_teacher) {
         deit_init(&net.deit, cfg.seed);
     }
     if (o->img_size && net_img_size(&net) != o->img_size) { /* fine-tune at another resolution */
-        int bicubic = 1;
-        if (o->pos_interp && strcmp(o->pos_interp, "bicubic")) {
-            if (strcmp(o->pos_interp, "bilinear")) die("--pos-interp must be bicubic or bilinear, not '%s'", o->pos_interp);
-            bicubic = 0;
-        }
+        int bicubic = !o->pos_interp || !strcmp(o->pos_interp, "bicubic"); /* checked above */
         Net resized = {.kind = net.kind};
         if (net.kind == NET_DEIT) {
             if (o->img_size % net.deit.config.patch_size) die("--img-size %d is not divisible by the patch size %d", o->img_size,
@@ -3336,12 +3394,24 @@ static int cmd_train(const Options *o, int is_teacher) {
 
 static int cmd_eval(const Options *o) {
     if (!o->ckpt) die("eval needs --ckpt FILE");
+    refuse_same_file(o->logits, "--logits", o->ckpt, "--ckpt");
     Net net;
     if (net_load(&net, o->ckpt)) return 1;
+    FILE *logits_file = NULL; /* opened before the evaluation, so that a bad name fails at once */
+    if (o->logits && !(logits_file = fopen(o->logits, "wb"))) {
+        report("%s: cannot open for writing: %s", o->logits, strerror(errno));
+        net_free(&net);
+        return 1;
+    }
     Dataset test;
-    if (dataset_load(&test, o->data, 0)) return 1;
+    int data_ok = dataset_load(&test, o->data, 0) == 0;
+    if (!data_ok || net_fits_data(&net, &test, o->ckpt)) {
+        if (data_ok) dataset_free(&test);
+        if (logits_file) fclose(logits_file), remove(o->logits);
+        net_free(&net);
+        return 1;
+    }
     int C = test.num_classes;
-    if (net_fits_data(&net, &test, o->ckpt)) return 1;
     float *logits = o->logits ? xmalloc(sizeof(float) * (size_t)test.n * C) : NULL;
     EvalResult r;
     double t0 = now_seconds();
@@ -3372,9 +3442,8 @@ static int cmd_eval(const Options *o) {
         printf("\n");
     }
     if (logits) {
-        FILE *f = fopen(o->logits, "wb");
-        if (!f || fwrite(logits, sizeof(float), (size_t)test.n * C, f) != (size_t)test.n * C || fclose(f))
-            die("%s: cannot write logits", o->logits);
+        int ok = fwrite(logits, sizeof(float), (size_t)test.n * C, logits_file) == (size_t)test.n * C;
+        if (fclose(logits_file) != 0 || !ok) die("%s: cannot write the logits (disk full?)", o->logits);
         printf("wrote %s: float32 logits (%d, %d)\n", o->logits, test.n, C);
         free(logits);
     }
@@ -3482,9 +3551,26 @@ static void predict(int *preds[3], Net *net, const Dataset *d, int n, int batch)
 }
 
 /* Paper Table 4: how often two classifiers disagree on the test set. */
+/* Loads every checkpoint named on the command line once and checks it fits the data: a bad
+   last file then fails at once, not after the others have run over the test set. */
+static int check_checkpoint_files(const Options *o, const Dataset *d) {
+    for (int f = 0; f < o->num_files; f++) {
+        Net net;
+        if (net_load(&net, o->files[f])) return -1;
+        int fits = net_fits_data(&net, d, o->files[f]) == 0;
+        net_free(&net);
+        if (!fits) return -1;
+    }
+    return 0;
+}
+
 static int cmd_compare(const Options *o) {
     if (o->num_files < 1) die("compare needs checkpoint files: ./deit compare A.bin B.bin ...");
     Dataset d = load_test_or_die(o->data);
+    if (check_checkpoint_files(o, &d)) {
+        dataset_free(&d);
+        return 1;
+    }
     int n = o->limit > 0 && o->limit < d.n ? o->limit : d.n, max_entries = 1 + 3 * o->num_files, k = 1;
     int **pred = xmalloc(sizeof(int *) * max_entries);
     char (*name)[96] = xmalloc(sizeof(*name) * max_entries);
@@ -3493,8 +3579,7 @@ static int cmd_compare(const Options *o) {
     snprintf(name[0], sizeof(name[0]), "ground truth");
     for (int f = 0; f < o->num_files; f++) {
         Net net;
-        if (net_load(&net, o->files[f])) return 1;
-        if (net_fits_data(&net, &d, o->files[f])) return 1;
+        if (net_load(&net, o->files[f])) return 1; /* checked above; only a file changed meanwhile fails here */
         int *p[3];
         for (int h = 0; h < 3; h++) p[h] = xmalloc(sizeof(int) * n);
         predict(p, &net, &d, n, pick_int(o->batch, 100));
@@ -3601,7 +3686,7 @@ static int cmd_debug_state(const Options *o) {
     memset(&teacher, 0, sizeof(teacher));
     if (net_load(&net, o->ckpt)) return 1;
     int B = pick_int(o->batch, 4), C = net_num_classes(&net), S = net_img_size(&net);
-    int chans = net.kind == NET_DEIT ? net.deit.config.in_chans : net.resnet.config.in_chans;
+    int chans = net_in_chans(&net);
     DistillType type = o->teacher ? DISTILL_HARD : DISTILL_NONE; /* as for train */
     if (o->distill) {
         type = DISTILL_NONE;
@@ -3611,7 +3696,10 @@ static int cmd_debug_state(const Options *o) {
     if (type != DISTILL_NONE) {
         if (!o->teacher) die("--distill %s needs --teacher FILE", distill_names[type]);
         if (net_load(&teacher, o->teacher)) return 1;
-        if (net_num_classes(&teacher) != C || net_img_size(&teacher) != S) die("%s: teacher shape differs from the model's", o->teacher);
+        if (net_num_classes(&teacher) != C || net_img_size(&teacher) != S || net_in_chans(&teacher) != chans)
+            die("%s: the teacher takes %d-channel %dx%d images and predicts %d classes; %s: %d-channel %dx%d, %d classes", o->teacher,
+                net_in_chans(&teacher), net_img_size(&teacher), net_img_size(&teacher), net_num_classes(&teacher), o->ckpt, chans,
+                S, S, C);
     }
     Rng rng;
     rng_seed(&rng, (uint64_t)o->seed);
@@ -3806,6 +3894,11 @@ static double inference_speed(Net *net, int B, int R) {
    DeiT-Ti/S/B and the teachers on 32x32 images, and the test accuracy of the checkpoints given. */
 static int bench_table(const Options *o) {
     int B = pick_int(o->batch, 64), R = o->repeats;
+    Dataset d = {0};
+    if (o->num_files) { /* the data and every file are checked before minutes of timing */
+        d = load_test_or_die(o->data);
+        if (check_checkpoint_files(o, &d)) return 1;
+    }
     printf("| model | parameters | inference img/s (batch %d, %d thread(s)) | CIFAR test accuracy |\n| --- | --- | --- | --- |\n", B,
            num_threads());
     for (size_t i = 0; i < sizeof(model_presets) / sizeof(model_presets[0]); i++) {
@@ -3828,10 +3921,9 @@ static int bench_table(const Options *o) {
         net_free(&net);
     }
     if (o->num_files) {
-        Dataset d = load_test_or_die(o->data);
         for (int f = 0; f < o->num_files; f++) {
             Net net;
-            if (net_load(&net, o->files[f]) || net_fits_data(&net, &d, o->files[f])) return 1;
+            if (net_load(&net, o->files[f])) return 1;
             EvalResult r;
             evaluate(&net, &d, B, &r, NULL);
             printf("| %s | %.2fM | %.1f | %.2f%% |\n", o->files[f], net_num_params(&net) / 1e6, inference_speed(&net, B, R),
@@ -3846,6 +3938,12 @@ static int bench_table(const Options *o) {
 
 static int cmd_bench(const Options *o) {
     if (o->table) return bench_table(o);
+    if (o->num_files) die("bench: checkpoint files (%s...) are measured only with --table 1", o->files[0]);
+    TeacherConfig tc; /* the teacher architecture: --teacher NAME or --arch NAME, checked before any timing */
+    const char *arch = o->teacher ? o->teacher : o->arch;
+    if (o->teacher && strcmp(o->arch, "resnet20") && strcmp(o->arch, o->teacher))
+        die("bench: --teacher %s and --arch %s name two teachers; give one", o->teacher, o->arch);
+    if (teacher_preset(&tc, arch)) die("the teacher must be resnet8, resnet20, resnet56 or resnet20w4, not '%s'", arch);
     int B = pick_int(o->batch, 64), R = o->repeats;
     Options with_dist = *o; /* the benchmark's student has the distillation token unless told otherwise */
     with_dist.dist_token = pick_int(o->dist_token, 1);
@@ -3872,9 +3970,6 @@ static int cmd_bench(const Options *o) {
     deit_init(&net.deit, 1);
     bench_net(&net, B, R, deit_flops_per_image(&c), "student");
     net_free(&net);
-    TeacherConfig tc;
-    const char *arch = o->teacher ? o->teacher : o->arch;
-    if (teacher_preset(&tc, arch)) die("the teacher must be resnet8, resnet20, resnet56 or resnet20w4, not '%s'", arch);
     net.kind = NET_RESNET;
     teacher_build(&net.resnet, &tc);
     teacher_init(&net.resnet, 1);

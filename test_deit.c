@@ -1165,6 +1165,32 @@ static void test_train_and_resume(void) {
               state_load("test_run_t.state", &e, &o2, &r_none, &te, 6) != 0,
           "resume refuses a state saved with another teacher, or with a teacher when there is none");
     remove("test_run_t.state");
+    /* corrupt fields of a valid state file, one at a time: each is refused (the untouched copy loads) */
+    {
+        size_t good_n;
+        unsigned char *good = read_bytes("test_run_e.bin.state", &good_n);
+        const char *what[5] = {"nothing (control)", "AdamW second moment -1", "drop-path rng state 0", "reserved entry 30 = 7",
+                               "training time -5 s"};
+        int result[5];
+        for (int k = 0; k < 5; k++) {
+            unsigned char *bad = xmalloc(good_n);
+            memcpy(bad, good, good_n);
+            int32_t i32;
+            float f32 = -1.0f;
+            if (k == 1) memcpy(bad + good_n - 4, &f32, 4); /* the last float is the last v */
+            if (k == 2) memset(bad + 4 * 6, 0, 8);
+            if (k == 3) i32 = 7, memcpy(bad + 4 * 30, &i32, 4);
+            if (k == 4) i32 = -5, memcpy(bad + 4 * 16, &i32, 4);
+            write_bytes("test_run_x.state", bad, good_n);
+            free(bad);
+            RunState rx = r2;
+            result[k] = state_load("test_run_x.state", &e, &o2, &rx, &te, 6);
+        }
+        free(good);
+        for (int k = 0; k < 5; k++)
+            check(k == 0 ? result[k] == 0 : result[k] != 0, "resume: a state file with %s is %s", what[k], k ? "refused" : "accepted");
+        remove("test_run_x.state");
+    }
     size_t sn_bytes;
     unsigned char *st = read_bytes("test_run_e.bin.state", &sn_bytes);
     memset(st + 4 * 18, 0, 32); /* as written before the hashes existed */
@@ -1356,9 +1382,21 @@ static void test_faults(void) {
     TrainConfig tc = tiny_train_config("test_fault.bin");
     check(train(&n, NULL, &tc) != 0 && file_equals("test_fault.bin", "previous good checkpoint"),
           "fault: non-finite loss stops the run and keeps the previous checkpoint");
+    /* --skip-nonfinite on the same model: the steps with an infinite loss are skipped, but the
+       others have gradients near 1e38 whose squares overflow AdamW's second moment: the state
+       would be unresumable, so it is not written and the run stops */
     tc.skip_nonfinite = 1;
     tc.out = "test_fault_skip.bin";
-    check(train(&n, NULL, &tc) == 0, "fault: --skip-nonfinite skips such steps and the run completes");
+    remove("test_fault_skip.bin.state");
+    check(train(&n, NULL, &tc) != 0 && !file_exists("test_fault_skip.bin.state"),
+          "fault: --skip-nonfinite, but AdamW's moments overflow: the run stops, no unloadable state is written");
+    net_free(&n);
+    remove("test_fault_skip.bin");
+    /* a patch embedding of 3e38 makes every step's loss NaN: all skipped, the run completes */
+    n = tiny_student();
+    for (int i = 0; i < n.deit.config.dim * 3 * 8 * 8; i++) n.deit.params.patch_w[i] = 3e38f;
+    check(train(&n, NULL, &tc) == 0 && file_exists("test_fault_skip.bin.state"),
+          "fault: --skip-nonfinite skips every non-finite step and the run completes");
     net_free(&n);
     /* On a ResNet whose stem overflows, every step is non-finite. A skipped step also undoes
        the forward pass's update of BatchNorm's running statistics (NaN here), and it still
@@ -1397,6 +1435,15 @@ static void test_faults(void) {
     tc.out = "no_such_dir/x.bin";
     n = tiny_student();
     check(train(&n, NULL, &tc) != 0, "fault: checkpoint into a missing directory is reported");
+    net_free(&n);
+    /* non-finite weights are never written: every reader would refuse the file */
+    n = tiny_student();
+    n.deit.params_memory[3] = NAN;
+    check(deit_save(&n.deit, "test_fault.bin") != 0 && file_equals("test_fault.bin", "previous good checkpoint"),
+          "fault: a checkpoint with a NaN weight is not written; the previous file stays");
+    n.deit.params_memory[3] = INFINITY;
+    check(deit_save(&n.deit, "test_fault.bin") != 0 && file_equals("test_fault.bin", "previous good checkpoint"),
+          "fault: ... nor one with an infinite weight");
     net_free(&n);
     /* a teacher whose logits are NaN stops the run at once instead of handing the student
        argmax-of-NaN targets (always class 0) */
@@ -1639,9 +1686,17 @@ static void test_cli(void) {
     check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 3 --batch 10 --data test_data_tmp --resume test_cli_s.bin") != 0 &&
               output_has("resume with the same flags"),
           "--resume with different flags is refused");
-    check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 2 --batch 10 --data test_data_tmp --teacher test_cli_t.bin "
-              "--distill hard --resume test_cli_s.bin") == 0 && output_has("after epoch 2"),
-          "--resume of a finished run has nothing left to do");
+    {
+        size_t before_n, after_n;
+        unsigned char *before = read_bytes("test_cli_s.bin", &before_n);
+        int rc = run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 2 --batch 10 --data test_data_tmp --teacher test_cli_t.bin "
+                     "--distill hard --resume test_cli_s.bin");
+        unsigned char *after = read_bytes("test_cli_s.bin", &after_n);
+        check(rc == 0 && output_has("already at epoch 2 of 2") && output_has("nothing to do") && !output_has("wrote") && before &&
+                  after && before_n == after_n && !memcmp(before, after, before_n),
+              "--resume of a finished run has nothing left to do and leaves the checkpoint as it was");
+        free(before), free(after);
+    }
     /* kill -9 in the middle of a run, resume, and compare with an uninterrupted run (1 thread) */
     const char *args = "./deit train --dim 32 --depth 2 --heads 2 --patch 4 --epochs 40 --batch 10 --threads 1 --seed 3 "
                        "--data test_data_tmp";
@@ -1698,6 +1753,86 @@ static void test_cli(void) {
               output_has("--teacher test_cli_t.bin is not used"),
           "--teacher with --distill none: a warning says the teacher is not used");
     remove("test_cli_none.bin"), remove("test_cli_none.bin.state");
+    /* outputs that cannot be written, or that would overwrite an input, fail before any training */
+    const char *tiny = "./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 10 --data test_data_tmp";
+    snprintf(cmd, sizeof(cmd), "%s --out test_data_tmp --log test_cli_dir.csv", tiny);
+    check(run(cmd) != 0 && output_has("test_data_tmp: cannot be replaced by a checkpoint") && !output_has("epoch 1") &&
+              !file_exists("test_cli_dir.csv"),
+          "--out naming a directory fails before training");
+    snprintf(cmd, sizeof(cmd), "%s --out ''", tiny);
+    check(run(cmd) != 0 && output_has("output file name is empty") && !output_has("epoch 1"), "--out '' fails before training");
+    size_t t_n, t2_n;
+    unsigned char *t_before = read_bytes("test_cli_t.bin", &t_n);
+    snprintf(cmd, sizeof(cmd), "%s --teacher test_cli_t.bin --out test_cli_t.bin", tiny);
+    int same_rc = run(cmd), same_msg = output_has("--out test_cli_t.bin is also the --teacher file");
+    snprintf(cmd, sizeof(cmd), "%s --teacher test_cli_t.bin --out test_cli_l.bin --log test_cli_t.bin", tiny);
+    int log_rc = run(cmd), log_msg = output_has("--log test_cli_t.bin is also the --teacher file");
+    int logits_rc = run("./deit eval --ckpt test_cli_t.bin --logits test_cli_t.bin --data test_data_tmp");
+    int logits_msg = output_has("--logits test_cli_t.bin is also the --ckpt file");
+    unsigned char *t_after = read_bytes("test_cli_t.bin", &t2_n);
+    check(same_rc != 0 && same_msg && log_rc != 0 && log_msg && logits_rc != 0 && logits_msg && t_before && t_after &&
+              t_n == t2_n && !memcmp(t_before, t_after, t_n),
+          "--out or --log naming the --teacher, --logits naming the --ckpt: refused, the file untouched");
+    free(t_before), free(t_after);
+    check(run("./deit eval --ckpt test_cli_t.bin --logits no_such_dir/l.bin --data test_data_tmp") != 0 &&
+              output_has("no_such_dir/l.bin: cannot open for writing") && !output_has("accuracy"),
+          "eval --logits into a missing directory fails before evaluating");
+    snprintf(cmd, sizeof(cmd), "%s --pos-interp bogus --steps 1 --out test_cli_pi.bin", tiny);
+    check(run(cmd) != 0 && output_has("--pos-interp must be bicubic or bilinear") && !file_exists("test_cli_pi.bin"),
+          "--pos-interp with a bad value is refused even when nothing is resized");
+    /* integer flags are read exactly: two seeds that one double cannot tell apart give two runs */
+    snprintf(cmd, sizeof(cmd), "%s --steps 1 --seed 9007199254740993 --out test_cli_seed1.bin", tiny);
+    int seed_rc = run(cmd);
+    snprintf(cmd, sizeof(cmd), "%s --steps 1 --seed 9007199254740992 --out test_cli_seed2.bin", tiny);
+    seed_rc |= run(cmd);
+    size_t s1_n, s2_n;
+    unsigned char *s1 = read_bytes("test_cli_seed1.bin", &s1_n), *s2 = read_bytes("test_cli_seed2.bin", &s2_n);
+    check(seed_rc == 0 && s1 && s2 && s1_n == s2_n && memcmp(s1, s2, s1_n) != 0,
+          "--seed 2^53 + 1 and 2^53 start different runs (read as integers, not through a double)");
+    free(s1), free(s2);
+    /* --resume with --steps already reached: nothing to do, no log row, checkpoint untouched;
+       resuming into a new --log starts it with the header */
+    snprintf(cmd, sizeof(cmd), "%s --resume test_cli_seed1.bin --steps 1 --seed 9007199254740993 --log test_cli_r.csv", tiny);
+    s1 = read_bytes("test_cli_seed1.bin", &s1_n);
+    int noop_rc = run(cmd), noop_msg = output_has("(--steps reached): nothing to do");
+    s2 = read_bytes("test_cli_seed1.bin", &s2_n);
+    check(noop_rc == 0 && noop_msg && !file_exists("test_cli_r.csv") && s1 && s2 && s1_n == s2_n && !memcmp(s1, s2, s1_n),
+          "--resume with --steps already reached does nothing (no log row, checkpoint untouched)");
+    free(s1), free(s2);
+    snprintf(cmd, sizeof(cmd), "%s --resume test_cli_seed1.bin --steps 2 --seed 9007199254740993 --log test_cli_r.csv", tiny);
+    csv = NULL;
+    if (run(cmd) == 0) csv = read_bytes("test_cli_r.csv", &n);
+    check(csv && n > 40 && !memcmp(csv, "epoch,step,lr,train_loss,test_acc", 33) && output_has("the official file 10000"),
+          "--resume into a new --log writes the CSV header first; small data files get a warning");
+    free(csv);
+    remove("test_cli_r.csv"), remove("test_cli_seed1.bin"), remove("test_cli_seed1.bin.state");
+    remove("test_cli_seed2.bin"), remove("test_cli_seed2.bin.state");
+    /* debug-state with a teacher that takes other images than the model: refused (it once read
+       past the image buffer) */
+    {
+        DeiTConfig one = tiny_config(1);
+        one.img_size = 32, one.patch_size = 8, one.num_classes = 10, one.in_chans = 1;
+        DeiT m1;
+        deit_build(&m1, &one);
+        deit_init(&m1, 1);
+        deit_save(&m1, "test_cli_1ch.bin");
+        deit_free(&m1);
+        if (system("mkdir -p test_cli_dump") != 0) printf("could not create test_cli_dump\n");
+        check(run("./deit debug-state --ckpt test_cli_1ch.bin --teacher test_cli_t.bin --dump test_cli_dump") != 0 &&
+                  output_has("takes 3-channel 32x32 images") && !file_exists("test_cli_dump/teacher_logits.f32"),
+              "debug-state: a 3-channel teacher for a 1-channel student is refused");
+        if (system("rm -rf test_cli_dump") != 0) printf("could not remove test_cli_dump\n");
+        remove("test_cli_1ch.bin");
+    }
+    /* bench checks its arguments before minutes of timing */
+    check(run("./deit bench --dim 16 --depth 1 --heads 2 --batch 2 --repeats 1 --teacher resnet99") != 0 &&
+              output_has("not 'resnet99'") && !output_has("student:"),
+          "bench: an unknown teacher fails before the student is timed");
+    check(run("./deit bench --dim 16 --depth 1 --heads 2 --batch 2 --repeats 1 test_cli_t.bin") != 0 && output_has("only with --table 1"),
+          "bench: checkpoint files without --table 1 are an error, not ignored");
+    check(run("./deit bench --table 1 --batch 2 --repeats 1 --data test_data_tmp test_cli_t.bin no_such.bin") != 0 &&
+              output_has("no_such.bin") && !output_has("DeiT-tiny"),
+          "bench --table 1: a bad checkpoint file fails before the timing");
     check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 10 --lr 1e-4 --min-lr 1e-3 "
               "--data test_data_tmp") != 0 && output_has("is above the learning rate"),
           "--min-lr above --lr: clear error");
@@ -1720,7 +1855,7 @@ static void test_cli(void) {
 /* ============================================================================================ */
 int main(void) {
     (void)deit_main; /* the command line is tested by running ./deit itself (test_cli) */
-    printf("(lines \"deit: error: ...\" below are the messages of inputs the tests expect to be rejected)\n");
+    printf("(lines \"deit: error: ...\" and \"deit: warning: ...\" below are messages the tests expect: rejected inputs, tiny data files)\n");
     rng_seed(&test_rng, 1234);
     printf("== matmul ==\n");
     test_matmul();
