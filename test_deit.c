@@ -401,11 +401,14 @@ typedef struct {
     DeiT *m;
     float *images, *targets, *teacher;
     int B, type;
+    int train;         /* 1: training mode, with drop path */
+    uint64_t rng_state; /* the drop-path rng before the forward: every probe draws the same masks */
 } ModelCtx;
 
 static double probe_model(void *p) {
     ModelCtx *c = p;
-    deit_forward(c->m, c->images, c->B, 0);
+    c->m->rng.state = c->rng_state;
+    deit_forward(c->m, c->images, c->B, c->train);
     float scratch[256];
     int dist = c->m->config.dist_token;
     return deit_loss(NULL, NULL, scratch, c->m->acts.logits, dist ? c->m->acts.logits_dist : NULL, c->targets,
@@ -446,6 +449,43 @@ static void test_model_gradients(int dist, DistillType type) {
         for (size_t i = 0; i < m.tensors[21].size; i++) s += fabs(m.grads.head_dist_w[i]);
         check(s == 0.0, "with --distill none the distillation head receives no gradient");
     }
+    deit_free(&m);
+}
+
+/* Drop path in the whole model: with rate 0.5 in training mode some residual branches are
+   dropped (scale 0) and the others scaled by 1 / keep = 2; the gradients must follow the same
+   masks (a swapped scale1/scale2 in the backward fails here, not in the eval-mode check above). */
+static void test_model_gradients_drop_path(void) {
+    DeiTConfig cfg = tiny_config(1);
+    DeiT m;
+    deit_build(&m, &cfg);
+    deit_init(&m, 43);
+    for (size_t i = 0; i < m.num_params; i++) m.params_memory[i] += 0.3f * rng_normal(&test_rng);
+    m.drop_path = 0.5f;
+    int B = 4, labels[4] = {1, 4, 0, 2};
+    ModelCtx c = {.m = &m, .B = B, .type = DISTILL_HARD, .train = 1};
+    c.images = rand_tensor((size_t)B * 3 * 64, 1), c.targets = zeros(B * 5), c.teacher = rand_tensor(B * 5, 2);
+    smooth_targets(c.targets, labels, 0.1f, B, 5);
+    rng_seed(&m.rng, 7);
+    c.rng_state = m.rng.state;
+    deit_forward(&m, c.images, B, 1);
+    int dropped = 0, doubled = 0, kept = 0; /* block l drops at rate 0.5 * l / (depth - 1): block 0 never */
+    for (int i = 0; i < cfg.depth * 2 * B; i++)
+        dropped += m.acts.drop_scale[i] == 0.0f, doubled += m.acts.drop_scale[i] == 2.0f, kept += m.acts.drop_scale[i] == 1.0f;
+    deit_zero_grad(&m);
+    deit_loss_backward_start(&m, c.targets, c.teacher, DISTILL_HARD, 0.5f, 2.0f, B);
+    deit_backward(&m, B);
+    double worst = 0;
+    const char *worst_name = "";
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const TensorInfo *ti = &m.tensors[t];
+        if (ti->size == 0) continue;
+        double e = grad_error(m.params_memory + ti->offset, m.grads_memory + ti->offset, ti->size, probe_model, &c, 1e-2f, 1e-2, 12);
+        if (e > worst) worst = e, worst_name = ti->name;
+    }
+    check(dropped > 0 && doubled > 0 && kept == 2 * B && dropped + doubled + kept == cfg.depth * 2 * B && worst < 2e-2,
+          "gradcheck with drop path 0.5 (training mode): %d branches dropped, %d scaled by 2, worst %s rel err %.2e", dropped,
+          doubled, worst_name, worst);
     deit_free(&m);
 }
 
@@ -1213,6 +1253,17 @@ static void test_train_and_resume(void) {
     td.epochs = 1, td.distill = DISTILL_HARD, td.out = "test_run_d.bin";
     check(train(&a, &t, &td) == 0 && !memcmp(before, t.resnet.params_memory, sizeof(float) * t.resnet.num_params),
           "hard distillation run; the teacher (eval mode) is not modified");
+    /* the teacher really reaches the loss: the same start and seed with and without it differ */
+    Net with_t = tiny_student(), without_t = tiny_student();
+    TrainConfig tn = td;
+    tn.distill = DISTILL_NONE, tn.out = "test_run_n.bin";
+    td.out = "test_run_h.bin";
+    int rc_h = train(&with_t, &t, &td), rc_n = train(&without_t, NULL, &tn);
+    check(rc_h == 0 && rc_n == 0 &&
+              memcmp(with_t.deit.params.head_dist_w, without_t.deit.params.head_dist_w, sizeof(float) * with_t.deit.tensors[21].size),
+          "hard distillation changes the distillation head's training (same start and seed, with vs without the teacher)");
+    net_free(&with_t), net_free(&without_t);
+    remove("test_run_h.bin"), remove("test_run_h.bin.state"), remove("test_run_n.bin"), remove("test_run_n.bin.state");
     remove("test_run_a.bin"), remove("test_run_a.bin.state"), remove("test_run_b.bin"), remove("test_run_b.bin.state");
     remove("test_run_d.bin"), remove("test_run_d.bin.state");
     free(before);
@@ -1429,8 +1480,14 @@ static void test_faults(void) {
     tc = tiny_train_config("test_fault.bin");
     if (system("mkdir -p test_fault.bin.tmp") != 0) die("mkdir failed");
     check(train(&n, NULL, &tc) != 0 && file_equals("test_fault.bin", "previous good checkpoint"),
-          "fault: a failed checkpoint write is reported, stops the run, and leaves the previous file");
+          "fault: a checkpoint that cannot be written is reported before training; the previous file stays");
+    check(deit_save(&n.deit, "test_fault.bin") != 0 && file_equals("test_fault.bin", "previous good checkpoint"),
+          "fault: write_file_atomic: the temp file cannot be opened: reported, the previous file stays");
     if (system("rmdir test_fault.bin.tmp") != 0) die("rmdir failed");
+    if (system("mkdir -p test_fault_dir/sub") != 0) die("mkdir failed");
+    check(deit_save(&n.deit, "test_fault_dir") != 0 && !file_exists("test_fault_dir.tmp") && file_exists("test_fault_dir/sub"),
+          "fault: write_file_atomic: the rename fails (a directory is in the way): reported, the temp file removed");
+    if (system("rm -rf test_fault_dir") != 0) die("rm failed");
     net_free(&n);
     tc.out = "no_such_dir/x.bin";
     n = tiny_student();
@@ -1466,17 +1523,21 @@ static void test_faults(void) {
 
 static void test_determinism(void) {
     /* same seed and thread count: bit-identical; 1 vs 2 threads: equal to float tolerance */
-    Net a = tiny_student(), b = tiny_student(), c = tiny_student();
+    Net a = tiny_student(), b = tiny_student(), c = tiny_student(), fresh = tiny_student();
     TrainConfig tc = tiny_train_config("test_det.bin");
     int threads = num_threads();
     set_threads(2);
-    train(&a, NULL, &tc);
-    train(&b, NULL, &tc);
+    int two = num_threads() == 2; /* 1 without OpenMP (the sanitizer build) */
+    int rc = train(&a, NULL, &tc);
+    rc |= train(&b, NULL, &tc);
     set_threads(1);
-    train(&c, NULL, &tc);
+    rc |= train(&c, NULL, &tc);
     set_threads(threads);
-    check(!memcmp(a.deit.params_memory, b.deit.params_memory, sizeof(float) * a.deit.num_params),
-          "determinism: the same seed and thread count give bit-identical weights");
+    check(rc == 0 && memcmp(a.deit.params_memory, fresh.deit.params_memory, sizeof(float) * a.deit.num_params) != 0 &&
+              !memcmp(a.deit.params_memory, b.deit.params_memory, sizeof(float) * a.deit.num_params),
+          "determinism: the same seed and thread count give bit-identical (trained) weights");
+    net_free(&fresh);
+    if (!two) printf("       (built without OpenMP: the 1 vs 2 threads check below compares two 1-thread runs)\n");
     double worst = 0;
     for (size_t i = 0; i < a.deit.num_params; i++) {
         double e = fabs(a.deit.params_memory[i] - c.deit.params_memory[i]);
@@ -1527,14 +1588,16 @@ static void test_fuzz(void) {
     DeiT m;
     deit_build(&m, &cfg);
     deit_init(&m, 1);
-    deit_save(&m, "test_fuzz_s.bin");
+    int saved_ok = deit_save(&m, "test_fuzz_s.bin") == 0;
     deit_free(&m);
     TeacherConfig tcfg = tiny_teacher_config();
     Teacher tt;
     teacher_build(&tt, &tcfg);
     teacher_init(&tt, 1);
-    teacher_save(&tt, "test_fuzz_t.bin");
+    saved_ok &= teacher_save(&tt, "test_fuzz_t.bin") == 0;
     teacher_free(&tt);
+    check(saved_ok, "fuzz: the pristine student and teacher checkpoints are written");
+    if (!saved_ok) return;
     const char *sources[] = {"test_fuzz_s.bin", "test_fuzz_t.bin"};
     int rejected[NUM_CORRUPTIONS] = {0}, accepted[NUM_CORRUPTIONS] = {0}, inconsistent = 0, total = 0;
     for (int s = 0; s < 2; s++) {
@@ -1572,8 +1635,10 @@ static void test_fuzz(void) {
     RunState rs = {1, 0, 6, 99, 1.0, 0, 0};
     TrainConfig sc = tiny_train_config("unused.bin");
     sc.epochs = 5;
-    state_save("test_fuzz.state", &sn, &o, &rs, &sc);
-    size_t n;
+    RunState pristine = rs;
+    check(state_save("test_fuzz.state", &sn, &o, &rs, &sc) == 0 && state_load("test_fuzz.state", &sn, &o, &pristine, &sc, 6) == 0,
+          "fuzz: the pristine training-state file loads (the control for the corruptions below)");
+    size_t n = 0;
     unsigned char *orig = read_bytes("test_fuzz.state", &n), *buf = xmalloc(n + 64);
     int state_bad = 0, state_total = 0;
     for (int iter = 0; iter < 200; iter++) {
@@ -1624,6 +1689,7 @@ static void test_fuzz(void) {
           data_rejected);
     free(orig), free(buf);
     remove_test_files();
+    remove(test_dir);
     remove("test_fuzz_s.bin"), remove("test_fuzz_t.bin"), remove("test_fuzz.bin"), remove("test_fuzz.state"), remove("test_fuzz.err");
 }
 
@@ -1634,16 +1700,27 @@ static int run(const char *cmd) {
     return system(full);
 }
 
-static int output_has(const char *text) {
-    size_t n;
+static char *output_text(void) { /* the last command's output as a string ("" if none) */
+    size_t n = 0;
     unsigned char *out = read_bytes("test_cli.out", &n);
-    if (!out) return 0;
     char *s = xmalloc(n + 1);
-    memcpy(s, out, n);
-    s[n] = 0;
+    if (out) memcpy(s, out, n);
+    s[out ? n : 0] = 0;
+    free(out);
+    return s;
+}
+
+static int output_has(const char *text) {
+    char *s = output_text();
     int found = strstr(s, text) != NULL;
-    free(s), free(out);
+    free(s);
     return found;
+}
+
+static int csv_lines(const unsigned char *csv, size_t n) {
+    int lines = 0;
+    for (size_t i = 0; i < n; i++) lines += csv[i] == '\n';
+    return lines;
 }
 
 static void test_cli(void) {
@@ -1671,7 +1748,9 @@ static void test_cli(void) {
           "./deit teacher trains, writes checkpoint and state");
     size_t n = 0;
     unsigned char *csv = read_bytes("test_cli_t.csv", &n);
-    check(csv && n > 20 && !memcmp(csv, "epoch,step,lr,train_loss,test_acc", 33), "teacher CSV log has its header and a row");
+    check(csv && n > 33 && !memcmp(csv, "epoch,step,lr,train_loss,test_acc", 33) && csv_lines(csv, n) == 2 &&
+              !memcmp((const unsigned char *)memchr(csv, '\n', n) + 1, "1,6,", 4),
+          "teacher CSV log: the header, then one row for epoch 1 (6 steps)");
     free(csv);
     check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 2 --batch 10 --data test_data_tmp --teacher test_cli_t.bin "
               "--distill hard --out test_cli_s.bin") == 0 && output_has("distill hard"),
@@ -1698,13 +1777,14 @@ static void test_cli(void) {
         free(before), free(after);
     }
     /* kill -9 in the middle of a run, resume, and compare with an uninterrupted run (1 thread) */
+    remove("test_cli_kill.bin"), remove("test_cli_kill.bin.state"); /* a stale state would end the wait below at once */
     const char *args = "./deit train --dim 32 --depth 2 --heads 2 --patch 4 --epochs 40 --batch 10 --threads 1 --seed 3 "
                        "--data test_data_tmp";
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), "%s --out test_cli_full.bin", args);
     int full_rc = run(cmd);
     snprintf(cmd, sizeof(cmd),
-             "%s --out test_cli_kill.bin & pid=$!; while [ ! -f test_cli_kill.bin.state ]; do sleep 0.01; done; "
+             "%s --out test_cli_kill.bin & pid=$!; while kill -0 $pid 2>/dev/null && [ ! -f test_cli_kill.bin.state ]; do sleep 0.01; done; "
              "kill -9 $pid; wait $pid; echo killed",
              args);
     run(cmd);
@@ -1721,9 +1801,26 @@ static void test_cli(void) {
     remove("test_cli_full.bin"), remove("test_cli_full.bin.state"), remove("test_cli_kill.bin"), remove("test_cli_kill.bin.state");
     check(run("./deit tokens --ckpt test_cli_s.bin --data test_data_tmp") == 0 && output_has("after block 1") && output_has("learned embeddings"),
           "./deit tokens prints the token similarity per block");
-    check(run("./deit compare test_cli_s.bin test_cli_t.bin --data test_data_tmp") == 0 && output_has("ground truth") &&
-              output_has("test_cli_s.bin dist") && output_has(" 0.00"),
-          "./deit compare prints the disagreement matrix (students as three heads)");
+    /* compare's first row (ground truth vs each classifier) is 100 - the accuracies eval prints */
+    double acc[4] = {-1, -1, -1, -1}, row0[5] = {-1, -1, -1, -1, -1};
+    char *text = NULL, *at = NULL;
+    if (run("./deit eval --ckpt test_cli_s.bin --data test_data_tmp") == 0 && (text = output_text()) &&
+        (at = strstr(text, "accuracy: ")))
+        sscanf(at, "accuracy: %lf%% (heads averaged), class head %lf%%, distillation head %lf%%", &acc[0], &acc[1], &acc[2]);
+    free(text);
+    if (run("./deit eval --ckpt test_cli_t.bin --data test_data_tmp") == 0 && (text = output_text()) && (at = strstr(text, "accuracy: ")))
+        sscanf(at, "accuracy: %lf%%", &acc[3]);
+    free(text);
+    int compare_rc = run("./deit compare test_cli_s.bin test_cli_t.bin --data test_data_tmp");
+    text = output_text();
+    if ((at = strstr(text, "\n  [0]  ")))
+        sscanf(at, "\n  [0]  %lf %lf %lf %lf %lf", &row0[0], &row0[1], &row0[2], &row0[3], &row0[4]);
+    free(text);
+    check(compare_rc == 0 && output_has("test_cli_s.bin dist") && acc[3] >= 0 && row0[0] == 0.0 &&
+              fabs(row0[1] - (100 - acc[1])) < 0.006 && fabs(row0[2] - (100 - acc[2])) < 0.006 &&
+              fabs(row0[3] - (100 - acc[0])) < 0.006 && fabs(row0[4] - (100 - acc[3])) < 0.006,
+          "./deit compare: ground truth vs class/dist/avg head and teacher = 100 - eval's accuracies (%.2f %.2f %.2f %.2f)", row0[1],
+          row0[2], row0[3], row0[4]);
     check(run("mkdir -p test_cli_att && ./deit attention --ckpt test_cli_s.bin --image 5 --out test_cli_att --data test_data_tmp") == 0 &&
               file_exists("test_cli_att/cls_rollout.png") && file_exists("test_cli_att/dist_last_layer_head1.png"),
           "./deit attention writes the maps as PNG files");
@@ -1802,7 +1899,8 @@ static void test_cli(void) {
     snprintf(cmd, sizeof(cmd), "%s --resume test_cli_seed1.bin --steps 2 --seed 9007199254740993 --log test_cli_r.csv", tiny);
     csv = NULL;
     if (run(cmd) == 0) csv = read_bytes("test_cli_r.csv", &n);
-    check(csv && n > 40 && !memcmp(csv, "epoch,step,lr,train_loss,test_acc", 33) && output_has("the official file 10000"),
+    check(csv && n > 33 && !memcmp(csv, "epoch,step,lr,train_loss,test_acc", 33) && csv_lines(csv, n) == 2 &&
+              !memcmp((const unsigned char *)memchr(csv, '\n', n) + 1, "1,2,", 4) && output_has("the official file 10000"),
           "--resume into a new --log writes the CSV header first; small data files get a warning");
     free(csv);
     remove("test_cli_r.csv"), remove("test_cli_seed1.bin"), remove("test_cli_seed1.bin.state");
@@ -1873,6 +1971,7 @@ int main(void) {
     printf("== the whole model ==\n");
     for (int dist = 0; dist <= 1; dist++)
         for (int type = 0; type <= 2; type++) test_model_gradients(dist, (DistillType)type);
+    test_model_gradients_drop_path();
     test_model_behaviour();
     test_checkpoint();
     printf("== optimizers ==\n");
