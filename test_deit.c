@@ -999,6 +999,8 @@ static void test_augmentation(void) {
     make_batch(a1, 32, targets, labels, &d, idx, B, &deit, 1, 77);
     make_batch(a2, 32, targets, labels, &d, idx, B, &deit, 1, 77);
     check(!memcmp(a1, a2, sizeof(float) * B * CIFAR_PIXELS), "augmentation is reproducible from its seed");
+    make_batch(a2, 32, targets, labels, &d, idx, B, &deit, 1, 78);
+    check(memcmp(a1, a2, sizeof(float) * B * CIFAR_PIXELS) != 0, "... and another seed gives another batch");
     /* mixup with a known lambda: the mixed image is the convex combination of the pair */
     Rng r;
     rng_seed(&r, 9);
@@ -1021,6 +1023,57 @@ static void test_augmentation(void) {
     memcpy(img, orig, sizeof(img));
     randaug_op(img, 2, 0.5f, &r);
     check(img[5] == 255 - orig[5], "invert");
+    /* the value ops at level 0.5, pixel by pixel */
+    int posterize = 1, solarize = 1, solarize_add = 1, autocontrast = 1;
+    memcpy(img, orig, sizeof(img));
+    randaug_op(img, 4, 0.5f, &r); /* keep 4 - 2 = 2 bits */
+    for (int i = 0; i < CIFAR_PIXELS; i++) posterize &= img[i] == (orig[i] & 0xC0);
+    memcpy(img, orig, sizeof(img));
+    randaug_op(img, 5, 0.5f, &r); /* threshold 128 */
+    for (int i = 0; i < CIFAR_PIXELS; i++) solarize &= img[i] == (orig[i] >= 128 ? 255 - orig[i] : orig[i]);
+    memcpy(img, orig, sizeof(img));
+    randaug_op(img, 6, 0.5f, &r); /* + 55 below 128 */
+    for (int i = 0; i < CIFAR_PIXELS; i++) solarize_add &= img[i] == (orig[i] < 128 ? orig[i] + 55 : orig[i]);
+    uint8_t narrow[CIFAR_PIXELS];
+    for (int i = 0; i < CIFAR_PIXELS; i++) narrow[i] = (uint8_t)(100 + (i % 51)); /* 100..150 in every channel */
+    memcpy(img, narrow, sizeof(img));
+    randaug_op(img, 0, 0.5f, &r);
+    for (int i = 0; i < CIFAR_PIXELS; i++) autocontrast &= img[i] == clamp_u8((narrow[i] - 100) * 255.0f / 50.0f);
+    check(posterize && solarize && solarize_add && autocontrast,
+          "posterize (2 bits), solarize (threshold 128), solarize-add (+55), autocontrast (100..150 -> 0..255) at level 0.5");
+    /* brightness at level 0.5 scales every pixel by 1 +- 0.45; translate-x at level 5/18 shifts by 4 pixels */
+    memcpy(img, orig, sizeof(img));
+    randaug_op(img, 9, 0.5f, &r);
+    int darker = 1, brighter = 1;
+    for (int i = 0; i < CIFAR_PIXELS; i++)
+        darker &= img[i] == clamp_u8(orig[i] * 0.55f), brighter &= img[i] == clamp_u8(orig[i] * 1.45f);
+    memcpy(img, orig, sizeof(img));
+    randaug_op(img, 13, 5.0f / 18.0f, &r);
+    int left = 1, right = 1;
+    for (int ch = 0; ch < 3; ch++)
+        for (int y = 0; y < 32; y++)
+            for (int x = 4; x < 28; x++) {
+                int v = img[ch * 1024 + y * 32 + x];
+                left &= abs(v - orig[ch * 1024 + y * 32 + x + 4]) <= 1, right &= abs(v - orig[ch * 1024 + y * 32 + x - 4]) <= 1;
+            }
+    check((darker ^ brighter) && (left ^ right), "brightness scales by 0.55 or 1.45; translate-x moves the image by 4 pixels");
+    /* random erasing: one rectangle of normal noise, the same in every channel, 2%..1/3 of the image */
+    int erase_ok = 1;
+    for (int trial = 0; trial < 50; trial++) {
+        float *e = zeros(3 * 1024);
+        random_erase(e, 3, 32, &r);
+        int y0 = 32, y1 = -1, x0 = 32, x1 = -1, count[3] = {0};
+        for (int ch = 0; ch < 3; ch++)
+            for (int i = 0; i < 1024; i++)
+                if (e[ch * 1024 + i] != 0.0f) {
+                    count[ch]++;
+                    int y = i / 32, x = i % 32;
+                    y0 = y < y0 ? y : y0, y1 = y > y1 ? y : y1, x0 = x < x0 ? x : x0, x1 = x > x1 ? x : x1;
+                }
+        int area = (y1 - y0 + 1) * (x1 - x0 + 1);
+        erase_ok &= count[0] == area && count[1] == area && count[2] == area && area >= 12 && area <= 400;
+    }
+    check(erase_ok, "random erasing: one rectangle, the same in all 3 channels, 2%%..1/3 of the 32x32 image (50 draws)");
     free(a1), free(a2), free(images), free(targets);
     dataset_free(&d);
 }
