@@ -715,7 +715,8 @@ static void test_batchnorm(void) {
     /* eval mode uses the running statistics */
     float rm[1] = {1.0f}, rv[1] = {4.0f}, g[1] = {2.0f}, b[1] = {0.5f}, x[2] = {3.0f, -1.0f}, y[2], mm[1], rs[1];
     batchnorm_forward(y, mm, rs, rm, rv, x, g, b, 1, 2, 0);
-    check(fabsf(y[0] - (2.0f * 2.0f / sqrtf(4.0f + 1e-5f) + 0.5f)) < 1e-5f && rm[0] == 1.0f,
+    check(fabsf(y[0] - (2.0f * 2.0f / sqrtf(4.0f + 1e-5f) + 0.5f)) < 1e-5f &&
+              fabsf(y[1] - (2.0f * -2.0f / sqrtf(4.0f + 1e-5f) + 0.5f)) < 1e-5f && rm[0] == 1.0f && rv[0] == 4.0f,
           "batchnorm eval mode normalises with the running statistics and leaves them unchanged");
 }
 
@@ -1009,6 +1010,31 @@ static void test_augmentation(void) {
     float lam = mixup_cutmix(im, tg, 2, 3, 2, 2, 0.8f, 0.0f, &r);
     check(fabsf(im[0] - (lam * 0 + (1 - lam) * 12)) < 1e-4f && fabsf(tg[0] - lam) < 1e-6f && fabsf(tg[1] - (1 - lam)) < 1e-6f,
           "mixup blends image b with image B-1-b and the targets by the same lambda (%.3f)", lam);
+    /* 4 constant images (image b is all b, label b): mixup pairs b with 3 - b everywhere; CutMix
+       pastes a box of image 3 - b whose share of the pixels is 1 - lambda, in images and targets */
+    int mix_ok = 1, cut_ok = 1, cut_partial = 0;
+    for (int trial = 0; trial < 20; trial++) {
+        float im4[4 * 64], tg4[4 * 4] = {0};
+        for (int b = 0; b < 4; b++) {
+            for (int i = 0; i < 64; i++) im4[b * 64 + i] = (float)b;
+            memset(tg4 + b * 4, 0, 4 * sizeof(float));
+            tg4[b * 4 + b] = 1;
+        }
+        int cutmix = trial % 2;
+        float l4 = mixup_cutmix(im4, tg4, 4, 1, 8, 4, cutmix ? 0.0f : 0.8f, cutmix ? 1.0f : 0.0f, &r);
+        if (!cutmix) {
+            for (int i = 0; i < 64; i++) mix_ok &= fabsf(im4[64 + i] - (l4 * 1 + (1 - l4) * 2)) < 1e-5f;
+            mix_ok &= fabsf(tg4[4 + 1] - l4) < 1e-6f && fabsf(tg4[4 + 2] - (1 - l4)) < 1e-6f && tg4[4 + 0] == 0;
+        } else {
+            int pasted = 0;
+            for (int i = 0; i < 64; i++) pasted += im4[i] == 3.0f, cut_ok &= im4[i] == 0.0f || im4[i] == 3.0f;
+            cut_ok &= fabsf(pasted / 64.0f - (1 - l4)) < 1e-6f && fabsf(tg4[0] - l4) < 1e-6f && fabsf(tg4[3] - (1 - l4)) < 1e-6f;
+            cut_partial += pasted > 0 && pasted < 64;
+        }
+    }
+    check(mix_ok, "mixup on 4 images: image 1 = lambda x1 + (1 - lambda) x2, targets weighted alike (10 draws)");
+    check(cut_ok && cut_partial > 0, "CutMix: the pasted share of the pixels is 1 - lambda, the target weights match (10 draws, %d partial boxes)",
+          cut_partial);
     /* RandAugment ops keep a uniform image's shape; level-0 geometric ops are the identity */
     uint8_t img[CIFAR_PIXELS], orig[CIFAR_PIXELS];
     for (int i = 0; i < CIFAR_PIXELS; i++) orig[i] = (uint8_t)((i * 13) & 255);
@@ -1350,6 +1376,24 @@ static void test_analysis(void) {
         worst = fabs(s - 1) > worst ? fabs(s - 1) : worst;
     }
     check(worst < 1e-5, "attention rollout rows sum to 1 (max |sum - 1| = %.1e)", worst);
+    /* the same rollout computed here: A'_l = (mean over heads of A_l + I) / 2, R = A'_2 A'_1 A'_0 */
+    double ref[25], ap[25], next[25];
+    for (int i = 0; i < 25; i++) ref[i] = i % 6 == 0; /* identity */
+    for (int l = 0; l < L; l++) {
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j < T; j++)
+                ap[i * T + j] = 0.5 * (att[((l * NH + 0) * T + i) * T + j] + att[((l * NH + 1) * T + i) * T + j]) / 2 + 0.5 * (i == j);
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j < T; j++) {
+                next[i * T + j] = 0;
+                for (int k = 0; k < T; k++) next[i * T + j] += ap[i * T + k] * ref[k * T + j];
+            }
+        memcpy(ref, next, sizeof(ref));
+    }
+    double worst_ref = 0;
+    for (int i = 0; i < 25; i++) worst_ref = fmax(worst_ref, fabs(roll[i] - ref[i]));
+    check(worst_ref < 1e-6, "attention rollout of 3 layers x 2 heads = the product of head-averaged, residual-mixed maps (max diff %.1e)",
+          worst_ref);
     /* a 1-layer rollout of uniform attention: 0.5 I + 0.5 / T */
     float uni[25];
     for (int j = 0; j < 25; j++) uni[j] = 0.2f;
