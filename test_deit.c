@@ -1361,6 +1361,42 @@ static void test_train_and_resume(void) {
 }
 
 /* ---- 10. looking inside: the analysis helpers ------------------------------------------------ */
+/* Reads a PNG as a decoder would: chunk CRCs, zlib stored blocks (BFINAL, LEN = ~NLEN), the
+   Adler-32 of the inflated bytes (computed here), and those bytes = filter 0 + each RGB row. */
+static uint32_t be32(const unsigned char *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static int png_valid(const char *path, const unsigned char *rgb, int w, int h, int *blocks) {
+    size_t n, at = 8, raw_n = (size_t)h * (w * 3 + 1), got = 0;
+    unsigned char *png = read_bytes(path, &n), *raw = xmalloc(raw_n + 1);
+    int ok = png && n > 8 && !memcmp(png, "\x89PNG\r\n\x1a\n", 8), seen_end = 0;
+    unsigned char *z = NULL;
+    size_t z_n = 0;
+    while (ok && !seen_end && at + 12 <= n) {
+        uint32_t len = be32(png + at);
+        ok = at + 12 + len <= n && crc32_update(0, png + at + 4, 4 + len) == be32(png + at + 8 + len);
+        if (ok && !memcmp(png + at + 4, "IHDR", 4)) ok = be32(png + at + 8) == (uint32_t)w && be32(png + at + 12) == (uint32_t)h;
+        if (ok && !memcmp(png + at + 4, "IDAT", 4)) z = png + at + 8, z_n = len;
+        seen_end = !memcmp(png + at + 4, "IEND", 4);
+        at += 12 + len;
+    }
+    ok = ok && seen_end && at == n && z && z_n > 6 && z[0] == 0x78 && (z[0] * 256 + z[1]) % 31 == 0;
+    size_t zp = 2;
+    *blocks = 0;
+    for (int last = 0; ok && !last;) {
+        last = z[zp] & 1;
+        ok = (z[zp] >> 1) == 0 && zp + 5 <= z_n; /* stored block */
+        size_t len = z[zp + 1] | (size_t)z[zp + 2] << 8, nlen = z[zp + 3] | (size_t)z[zp + 4] << 8;
+        ok = ok && (len ^ 0xFFFF) == nlen && zp + 5 + len <= z_n && got + len <= raw_n;
+        if (ok) memcpy(raw + got, z + zp + 5, len), got += len, zp += 5 + len, ++*blocks;
+    }
+    uint32_t a = 1, b = 0;
+    for (size_t i = 0; i < got; i++) a = (a + raw[i]) % 65521, b = (b + a) % 65521;
+    ok = ok && got == raw_n && zp + 4 == z_n && be32(z + zp) == (b << 16 | a);
+    for (int y = 0; ok && y < h; y++)
+        ok = raw[(size_t)y * (w * 3 + 1)] == 0 && !memcmp(raw + (size_t)y * (w * 3 + 1) + 1, rgb + (size_t)y * w * 3, (size_t)w * 3);
+    free(png), free(raw);
+    return ok;
+}
+
 static void test_analysis(void) {
     float a[5] = {1, -2, 3, 0.5f, 4}, b[5];
     for (int i = 0; i < 5; i++) b[i] = 3 * a[i];
@@ -1425,6 +1461,15 @@ static void test_analysis(void) {
     check(ok, "PNG layout: signature, IHDR %dx%d, chunk CRC, zlib stored block with the pixels (%zu bytes)", w, h, n);
     check(crc32_update(0, (const unsigned char *)"123456789", 9) == 0xCBF43926u, "CRC-32 check value of \"123456789\"");
     free(png);
+    /* decoded as a reader would, small and large (several 65535-byte stored blocks, as --zoom 8 writes) */
+    int big_w = 256, big_h = 256, blocks_small = 0, blocks_big = 0;
+    unsigned char *big_rgb = xmalloc((size_t)big_w * big_h * 3);
+    for (size_t j = 0; j < (size_t)big_w * big_h * 3; j++) big_rgb[j] = (unsigned char)(j * 7 + j / 1000);
+    int small_ok = png_valid("test_img.png", rgb, w, h, &blocks_small);
+    int big_ok = write_png("test_img.png", big_rgb, big_w, big_h) == 0 && png_valid("test_img.png", big_rgb, big_w, big_h, &blocks_big);
+    check(small_ok && big_ok && blocks_small == 1 && blocks_big == 4,
+          "PNG decodes: chunk CRCs, stored blocks (1 for 7x3, %d for 256x256), Adler-32, filter 0 + the RGB rows", blocks_big);
+    free(big_rgb);
     remove("test_img.png");
     /* resizing: to the same size is the identity, a constant stays constant, both modes */
     int D = 3, G = 4;
