@@ -2813,7 +2813,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     int *labels = xmalloc(sizeof(int) * B), *order = xmalloc(sizeof(int) * n_train);
     /* A teacher trained at another resolution (a student fine-tuned at 48x48 from a 32x32 teacher)
        sees the same augmented batch resized back to its own size: a ResNet-20 trained on 32x32
-       images scores 87% there but 55% on the same images upsampled to 48x48. */
+       images has never seen objects 1.5x larger, and its labels on upsampled images are poor. */
     int TS = teacher ? net_img_size(teacher) : S;
     float *teacher_images = TS != S ? xmalloc(sizeof(float) * (size_t)B * 3 * TS * TS) : NULL;
     int inline_progress = stderr_is_terminal(), status = 0;
