@@ -9,11 +9,17 @@
 #
 # Re-running skips finished rows and resumes an interrupted one. Set ROWS="none hard" (etc.) to
 # run only some rows, and PARALLEL=1 to run two rows at a time with one thread each (faster on
-# a 2-core machine than one row with two threads).
+# a 2-core machine than one row with two threads). SEED=2 (etc.) trains the students again with
+# another seed, as runs t3_<budget>_<row>_seed2 and table table3_<budget>_seed2.md, from the same
+# (seed-1) teacher: the spread between seeds is the noise a row's difference must beat.
 . "$(dirname "$0")/lib.sh"
 
 . experiments/budgets.sh
 ROWS=${ROWS:-"teacher none soft hard_cls hard_dist"}
+SEED=${SEED:-1}
+case "$SEED" in *[!0-9]* | "") echo "SEED must be a whole number, not '$SEED'" >&2; exit 2 ;; esac
+SFX="" # run and table names of seed 1 have no suffix
+[ "$SEED" != 1 ] && SFX="_seed$SEED"
 
 echo "table3, budget $BUDGET: student $STUDENT, $EPOCHS epochs; teacher $TEACHER_ARCH $TEACHER_EPOCHS epochs"
 echo "expected time on a 2-core machine: $TABLE3_TIME"
@@ -22,11 +28,11 @@ TEACHER=experiments/runs/$TEACHER_NAME.bin
 row() {
     case $1 in
     teacher) run "$TEACHER_NAME" "$TEACHER_EPOCHS" ./deit teacher --arch "$TEACHER_ARCH" $TEACHER_RECIPE --seed 1 ;;
-    none) run "t3_${BUDGET}_none" "$EPOCHS" ./deit train $STUDENT $RECIPE --distill none --dist-token 0 --seed 1 ;;
+    none) run "t3_${BUDGET}_none$SFX" "$EPOCHS" ./deit train $STUDENT $RECIPE --distill none --dist-token 0 --seed "$SEED" ;;
     # soft: the paper's "usual distillation" row used tau 3 and lambda (--alpha) 0.1
-    soft) run "t3_${BUDGET}_soft" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill soft --alpha 0.1 --tau 3 --dist-token 0 --seed 1 ;;
-    hard_cls) run "t3_${BUDGET}_hard_cls" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 0 --seed 1 ;;
-    hard_dist) run "t3_${BUDGET}_hard_dist" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 1 --seed 1 ;;
+    soft) run "t3_${BUDGET}_soft$SFX" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill soft --alpha 0.1 --tau 3 --dist-token 0 --seed "$SEED" ;;
+    hard_cls) run "t3_${BUDGET}_hard_cls$SFX" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 0 --seed "$SEED" ;;
+    hard_dist) run "t3_${BUDGET}_hard_dist$SFX" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 1 --seed "$SEED" ;;
     *) echo "unknown row $1" >&2; exit 2 ;;
     esac
 }
@@ -47,33 +53,35 @@ else
 fi
 
 # ---- the table ------------------------------------------------------------------------------
-res=experiments/results/table3_$BUDGET.md
+res=experiments/results/table3_$BUDGET$SFX.md
 cell() { [ -f "experiments/logs/$1.csv" ] && acc "$1" "$2" || echo "not run"; }
 {
     echo "# Table 3 on CIFAR-10 ($BUDGET budget)"
     echo
-    echo "Student: \`$STUDENT\`, $EPOCHS epochs, recipe \`$RECIPE\`, seed 1."
+    echo "Student: \`$STUDENT\`, $EPOCHS epochs, recipe \`$RECIPE\`, seed $SEED${SFX:+ (the teacher: seed 1)}."
     echo "Teacher: $TEACHER_ARCH, $TEACHER_EPOCHS epochs (\`$TEACHER_RECIPE\`)."
-    echo "Produced by \`BUDGET=$BUDGET experiments/table3.sh\`; numbers are the test accuracy (%) after the last epoch."
+    echo "Produced by \`${SFX:+SEED=$SEED }BUDGET=$BUDGET experiments/table3.sh\`; numbers are the test accuracy (%) after the last epoch."
     echo
     echo "| method | class token | distillation token | test acc. (%) | train minutes |"
     echo "| --- | --- | --- | --- | --- |"
     echo "| teacher ($TEACHER_ARCH) | | | $(cell "$TEACHER_NAME" 5) | $(minutes "$TEACHER_NAME" 2>/dev/null || echo -) |"
-    echo "| no distillation | yes | no | $(cell "t3_${BUDGET}_none" 5) | $(minutes "t3_${BUDGET}_none" 2>/dev/null || echo -) |"
-    echo "| usual (soft) distillation | yes | no | $(cell "t3_${BUDGET}_soft" 5) | $(minutes "t3_${BUDGET}_soft" 2>/dev/null || echo -) |"
-    echo "| hard distillation | yes | no | $(cell "t3_${BUDGET}_hard_cls" 5) | $(minutes "t3_${BUDGET}_hard_cls" 2>/dev/null || echo -) |"
-    echo "| DeiT: class embedding (class head) | yes | yes | $(cell "t3_${BUDGET}_hard_dist" 6) | $(minutes "t3_${BUDGET}_hard_dist" 2>/dev/null || echo -) |"
-    echo "| DeiT: distillation embedding (dist. head) | yes | yes | $(cell "t3_${BUDGET}_hard_dist" 7) | |"
-    echo "| DeiT: class + distillation (both heads) | yes | yes | $(cell "t3_${BUDGET}_hard_dist" 5) | |"
+    echo "| no distillation | yes | no | $(cell "t3_${BUDGET}_none$SFX" 5) | $(minutes "t3_${BUDGET}_none$SFX" 2>/dev/null || echo -) |"
+    echo "| usual (soft) distillation | yes | no | $(cell "t3_${BUDGET}_soft$SFX" 5) | $(minutes "t3_${BUDGET}_soft$SFX" 2>/dev/null || echo -) |"
+    echo "| hard distillation | yes | no | $(cell "t3_${BUDGET}_hard_cls$SFX" 5) | $(minutes "t3_${BUDGET}_hard_cls$SFX" 2>/dev/null || echo -) |"
+    echo "| DeiT: class embedding (class head) | yes | yes | $(cell "t3_${BUDGET}_hard_dist$SFX" 6) | $(minutes "t3_${BUDGET}_hard_dist$SFX" 2>/dev/null || echo -) |"
+    echo "| DeiT: distillation embedding (dist. head) | yes | yes | $(cell "t3_${BUDGET}_hard_dist$SFX" 7) | |"
+    echo "| DeiT: class + distillation (both heads) | yes | yes | $(cell "t3_${BUDGET}_hard_dist$SFX" 5) | |"
 } > "$res"
 cat "$res"
 
 # ---- the learning curves ----------------------------------------------------------------------
 set --
-for spec in "no distillation=t3_${BUDGET}_none" "soft=t3_${BUDGET}_soft" "hard (class token)=t3_${BUDGET}_hard_cls" \
-    "DeiT class head=t3_${BUDGET}_hard_dist:6" "DeiT dist. head=t3_${BUDGET}_hard_dist:7" "DeiT both heads=t3_${BUDGET}_hard_dist"; do
+for spec in "no distillation=t3_${BUDGET}_none$SFX" "soft=t3_${BUDGET}_soft$SFX" "hard (class token)=t3_${BUDGET}_hard_cls$SFX" \
+    "DeiT class head=t3_${BUDGET}_hard_dist$SFX:6" "DeiT dist. head=t3_${BUDGET}_hard_dist$SFX:7" "DeiT both heads=t3_${BUDGET}_hard_dist$SFX"; do
     label=${spec%%=*} run_col=${spec#*=} rname=${run_col%%:*}
     col=5; [ "$rname" != "$run_col" ] && col=${run_col#*:}
     [ -f "experiments/logs/$rname.csv" ] && set -- "$@" "$label=experiments/logs/$rname.csv:$col"
 done
-[ $# -gt 0 ] && experiments/plot.sh "experiments/results/table3_$BUDGET.svg" "Table 3 on CIFAR-10, $BUDGET budget ($EPOCHS epochs)" "$@"
+if [ $# -gt 0 ]; then
+    experiments/plot.sh "experiments/results/table3_$BUDGET$SFX.svg" "Table 3 on CIFAR-10, $BUDGET budget ($EPOCHS epochs${SFX:+, seed $SEED})" "$@"
+fi
