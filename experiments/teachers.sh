@@ -21,7 +21,7 @@ else
 fi
 echo "teachers, budget $BUDGET: student $STUDENT, $EPOCHS epochs"
 echo "teachers: resnet20 $TEACHER_EPOCHS epochs (table3's), resnet56 $EP56 epochs, resnet20w4 $EP20W4 epochs, resnet20_long $EP20L epochs, resnet20_short $EP20S epochs, deit = table3's no-distillation student"
-echo "expected time on a 2-core machine (measured at the quick budget, see experiments/logs/teacher_*.csv): ResNet-20 about 4.5 min per epoch, ResNet-56 about 30 and ResNet-20x4 65-77 (3x and 16x ResNet-20's FLOPs per image); each student row 75-170 min, longer with a bigger teacher (ResNet-20x4's student: 35-45 min per epoch)"
+echo "expected time on a 2-core machine (measured at the quick budget, see experiments/logs/teacher_*.csv): ResNet-20 about 4.5 min per epoch, ResNet-56 about 30 and ResNet-20x4 65-77 (3x and 16x ResNet-20's FLOPs per image); each student row 75-170 min, longer with a bigger teacher (ResNet-20x4's student: 13 min per epoch on a fast machine, 35-45 on a slow one)"
 
 teacher_file() {
     case $1 in
