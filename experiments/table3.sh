@@ -20,6 +20,7 @@ SEED=${SEED:-1}
 case "$SEED" in *[!0-9]* | "") echo "SEED must be a whole number, not '$SEED'" >&2; exit 2 ;; esac
 SFX="" # run and table names of seed 1 have no suffix
 [ "$SEED" != 1 ] && SFX="_seed$SEED"
+t3() { echo "t3_${BUDGET}_$1$SFX"; } # t3 ROW: the run (checkpoint and log) name of a student row
 
 echo "table3, budget $BUDGET: student $STUDENT, $EPOCHS epochs; teacher $TEACHER_ARCH $TEACHER_EPOCHS epochs"
 echo "expected time on a 2-core machine: $TABLE3_TIME"
@@ -28,11 +29,11 @@ TEACHER=experiments/runs/$TEACHER_NAME.bin
 row() {
     case $1 in
     teacher) run "$TEACHER_NAME" "$TEACHER_EPOCHS" ./deit teacher --arch "$TEACHER_ARCH" $TEACHER_RECIPE --seed 1 ;;
-    none) run "t3_${BUDGET}_none$SFX" "$EPOCHS" ./deit train $STUDENT $RECIPE --distill none --dist-token 0 --seed "$SEED" ;;
+    none) run "$(t3 none)" "$EPOCHS" ./deit train $STUDENT $RECIPE --distill none --dist-token 0 --seed "$SEED" ;;
     # soft: the paper's "usual distillation" row used tau 3 and lambda (--alpha) 0.1
-    soft) run "t3_${BUDGET}_soft$SFX" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill soft --alpha 0.1 --tau 3 --dist-token 0 --seed "$SEED" ;;
-    hard_cls) run "t3_${BUDGET}_hard_cls$SFX" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 0 --seed "$SEED" ;;
-    hard_dist) run "t3_${BUDGET}_hard_dist$SFX" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 1 --seed "$SEED" ;;
+    soft) run "$(t3 soft)" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill soft --alpha 0.1 --tau 3 --dist-token 0 --seed "$SEED" ;;
+    hard_cls) run "$(t3 hard_cls)" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 0 --seed "$SEED" ;;
+    hard_dist) run "$(t3 hard_dist)" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$TEACHER" --distill hard --dist-token 1 --seed "$SEED" ;;
     *) echo "unknown row $1" >&2; exit 2 ;;
     esac
 }
@@ -65,19 +66,19 @@ cell() { [ -f "experiments/logs/$1.csv" ] && acc "$1" "$2" || echo "not run"; }
     echo "| method | class token | distillation token | test acc. (%) | train minutes |"
     echo "| --- | --- | --- | --- | --- |"
     echo "| teacher ($TEACHER_ARCH) | | | $(cell "$TEACHER_NAME" 5) | $(minutes "$TEACHER_NAME" 2>/dev/null || echo -) |"
-    echo "| no distillation | yes | no | $(cell "t3_${BUDGET}_none$SFX" 5) | $(minutes "t3_${BUDGET}_none$SFX" 2>/dev/null || echo -) |"
-    echo "| usual (soft) distillation | yes | no | $(cell "t3_${BUDGET}_soft$SFX" 5) | $(minutes "t3_${BUDGET}_soft$SFX" 2>/dev/null || echo -) |"
-    echo "| hard distillation | yes | no | $(cell "t3_${BUDGET}_hard_cls$SFX" 5) | $(minutes "t3_${BUDGET}_hard_cls$SFX" 2>/dev/null || echo -) |"
-    echo "| DeiT: class embedding (class head) | yes | yes | $(cell "t3_${BUDGET}_hard_dist$SFX" 6) | $(minutes "t3_${BUDGET}_hard_dist$SFX" 2>/dev/null || echo -) |"
-    echo "| DeiT: distillation embedding (dist. head) | yes | yes | $(cell "t3_${BUDGET}_hard_dist$SFX" 7) | |"
-    echo "| DeiT: class + distillation (both heads) | yes | yes | $(cell "t3_${BUDGET}_hard_dist$SFX" 5) | |"
+    echo "| no distillation | yes | no | $(cell "$(t3 none)" 5) | $(minutes "$(t3 none)" 2>/dev/null || echo -) |"
+    echo "| usual (soft) distillation | yes | no | $(cell "$(t3 soft)" 5) | $(minutes "$(t3 soft)" 2>/dev/null || echo -) |"
+    echo "| hard distillation | yes | no | $(cell "$(t3 hard_cls)" 5) | $(minutes "$(t3 hard_cls)" 2>/dev/null || echo -) |"
+    echo "| DeiT: class embedding (class head) | yes | yes | $(cell "$(t3 hard_dist)" 6) | $(minutes "$(t3 hard_dist)" 2>/dev/null || echo -) |"
+    echo "| DeiT: distillation embedding (dist. head) | yes | yes | $(cell "$(t3 hard_dist)" 7) | |"
+    echo "| DeiT: class + distillation (both heads) | yes | yes | $(cell "$(t3 hard_dist)" 5) | |"
 } > "$res"
 cat "$res"
 
 # ---- the learning curves ----------------------------------------------------------------------
 set --
-for spec in "no distillation=t3_${BUDGET}_none$SFX" "soft=t3_${BUDGET}_soft$SFX" "hard (class token)=t3_${BUDGET}_hard_cls$SFX" \
-    "DeiT class head=t3_${BUDGET}_hard_dist$SFX:6" "DeiT dist. head=t3_${BUDGET}_hard_dist$SFX:7" "DeiT both heads=t3_${BUDGET}_hard_dist$SFX"; do
+for spec in "no distillation=$(t3 none)" "soft=$(t3 soft)" "hard (class token)=$(t3 hard_cls)" \
+    "DeiT class head=$(t3 hard_dist):6" "DeiT dist. head=$(t3 hard_dist):7" "DeiT both heads=$(t3 hard_dist)"; do
     label=${spec%%=*} run_col=${spec#*=} rname=${run_col%%:*}
     col=5; [ "$rname" != "$run_col" ] && col=${run_col#*:}
     [ -f "experiments/logs/$rname.csv" ] && set -- "$@" "$label=experiments/logs/$rname.csv:$col"
