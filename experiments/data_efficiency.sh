@@ -7,26 +7,27 @@
 #
 #   BUDGET=quick PARALLEL=1 experiments/data_efficiency.sh
 # FRACTIONS="10 25" picks the fractions, KINDS=none (or dist) one of the two rows of each.
+# SEED=2 (etc.) trains the rows again with another seed, from the same (seed-1) teacher, as runs
+# de_<budget>_<kind>_<percent>_seed2 and table data_efficiency_<budget>_seed2.md; its 100% rows
+# are table3's of that seed (SEED=2 experiments/table3.sh).
 . "$(dirname "$0")/lib.sh"
 . experiments/budgets.sh
+seed_suffix
 TEACHER=experiments/runs/$TEACHER_NAME.bin
 [ -f "$TEACHER" ] || { echo "no teacher $TEACHER: run experiments/table3.sh (ROWS=teacher) first" >&2; exit 1; }
 FRACTIONS=${FRACTIONS:-"10 25 50 100"}
-echo "data efficiency, budget $BUDGET: student $STUDENT, $EPOCHS epochs' worth of steps per row"
+echo "data efficiency, budget $BUDGET: student $STUDENT, $EPOCHS epochs' worth of steps per row, seed $SEED"
 echo "expected time on a 2-core machine: each row costs as much as a table3 row ($TABLE3_TIME)"
 
+# name PERCENT none|dist: the run (checkpoint and log) name of a row; the 100% rows are table3's
+name() { [ "$1" = 100 ] && echo "t3_${BUDGET}_$([ "$2" = none ] && echo none || echo hard_dist)$SFX" || echo "de_${BUDGET}_$2_$1$SFX"; }
 row() { # row PERCENT none|dist
     pct=$1 kind=$2 n=$((50000 * $1 / 100))
     ep=$((EPOCHS * 100 / pct)) wu=$((100 / pct))
-    if [ "$pct" = 100 ]; then
-        name=t3_${BUDGET}_$([ "$kind" = none ] && echo none || echo hard_dist)
-    else
-        name=de_${BUDGET}_${kind}_$pct
-    fi
     if [ "$kind" = none ]; then
-        run "$name" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" --distill none --dist-token 0 --seed 1
+        run "$(name "$pct" none)" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" --distill none --dist-token 0 --seed "$SEED"
     else
-        run "$name" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" --teacher "$TEACHER" --distill hard --dist-token 1 --seed 1
+        run "$(name "$pct" dist)" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" --teacher "$TEACHER" --distill hard --dist-token 1 --seed "$SEED"
     fi
 }
 KINDS=${KINDS:-"none dist"}
@@ -39,21 +40,20 @@ for pct in $FRACTIONS; do
     fi
 done
 
-res=experiments/results/data_efficiency_$BUDGET.md
-name() { [ "$1" = 100 ] && echo "t3_${BUDGET}_$([ "$2" = none ] && echo none || echo hard_dist)" || echo "de_${BUDGET}_$2_$1"; }
+res=experiments/results/data_efficiency_$BUDGET$SFX.md
 {
     echo "# Data efficiency on CIFAR-10 ($BUDGET budget)"
     echo
-    echo "Student: \`$STUDENT\`, recipe \`$RECIPE\`, seed 1; every row makes the optimizer steps of $EPOCHS epochs on"
-    echo "the full set (epochs = $EPOCHS x 100 / percent). Teacher: $TEACHER_ARCH. Produced by \`BUDGET=$BUDGET experiments/data_efficiency.sh\`."
+    echo "Student: \`$STUDENT\`, recipe \`$RECIPE\`, seed $SEED${SFX:+ (the teacher: seed 1)}; every row makes the optimizer steps of $EPOCHS epochs on"
+    echo "the full set (epochs = $EPOCHS x 100 / percent). Teacher: $TEACHER_ARCH. Produced by \`${SFX:+SEED=$SEED }BUDGET=$BUDGET experiments/data_efficiency.sh\`."
     echo
     echo "| training images | epochs | no distillation | DeiT (class + distillation token) | gain |"
     echo "| --- | --- | --- | --- | --- |"
     for pct in 10 25 50 100; do
-        a=$(f=experiments/logs/$(name $pct none).csv; [ -f "$f" ] && acc "$(name $pct none)" 5 || echo -)
-        b=$(f=experiments/logs/$(name $pct dist).csv; [ -f "$f" ] && acc "$(name $pct dist)" 5 || echo -)
-        g=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.2f", b - a }')
-        echo "| $((50000 * pct / 100)) ($pct%) | $((EPOCHS * 100 / pct)) | $a | $b | $g |"
+        ep=$((EPOCHS * 100 / pct))
+        a=$(final "$(name $pct none)" 5 "$ep") b=$(final "$(name $pct dist)" 5 "$ep")
+        g=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/) print "-"; else printf "%+.2f", b - a }')
+        echo "| $((50000 * pct / 100)) ($pct%) | $ep | $a | $b | $g |"
     done
 } > "$res"
 cat "$res"
@@ -66,5 +66,5 @@ for pct in 10 25 50 100; do
         [ -f "experiments/logs/$n.csv" ] && set -- "$@" "$([ $kind = none ] && echo "no distillation" || echo DeiT) $pct%=experiments/logs/$n.csv:5:$((100 / pct))"
     done
 done
-[ $# -gt 0 ] && XLABEL="full-data epochs" experiments/plot.sh "experiments/results/data_efficiency_$BUDGET.svg" \
-    "Data efficiency on CIFAR-10, $BUDGET budget" "$@"
+[ $# -gt 0 ] && XLABEL="full-data epochs" experiments/plot.sh "experiments/results/data_efficiency_$BUDGET$SFX.svg" \
+    "Data efficiency on CIFAR-10, $BUDGET budget${SFX:+, seed $SEED}" "$@"

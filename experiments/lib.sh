@@ -56,9 +56,31 @@ run() {
     tail -n 2 "$out" | sed "s/^/   /"
 }
 
+# seed_suffix: checks SEED (default 1), the students' --seed, and sets SFX, the suffix of the
+# run and table names of another seed ("" for seed 1, "_seed2" for 2): the spread between
+# seeds is the noise a difference between rows has to beat. table3.sh and data_efficiency.sh.
+seed_suffix() {
+    SEED=${SEED:-1}
+    case "$SEED" in *[!0-9]* | "") echo "SEED must be a whole number, not '$SEED'" >&2; exit 2 ;; esac
+    SFX=""
+    [ "$SEED" != 1 ] && SFX="_seed$SEED"
+    return 0
+}
+
 # acc NAME COLUMN: the last epoch's value of a log column (5 = averaged heads, 6 = class, 7 = dist)
 acc() {
     awk -F, -v c="$2" 'NR > 1 { v = $c } END { print (v == "" ? "-" : v) }' "experiments/logs/$1.csv"
+}
+
+# final NAME COLUMN EPOCHS: a row's result for a table: the last epoch's value of a log column once
+# the log has all EPOCHS epochs; before that "V (epoch E of EPOCHS, unfinished)", V being the
+# last value logged (tested at epoch E); "not run" without a log
+final() {
+    [ -f "experiments/logs/$1.csv" ] || { echo "not run"; return 0; }
+    awk -F, -v c="$2" -v n="$3" 'NR > 1 { if ($1 + 0 > e) e = $1 + 0; if ($c != "") { v = $c; ve = $1 + 0 } }
+        END { if (e >= n) print (v == "" ? "-" : v)
+              else if (v == "") printf "- (epoch %d of %d, unfinished)\n", e, n
+              else printf "%s (epoch %d of %d, unfinished)\n", v, ve, n }' "experiments/logs/$1.csv"
 }
 
 # minutes NAME: wall-clock minutes of training in a log (last elapsed_s)

@@ -16,10 +16,7 @@
 
 . experiments/budgets.sh
 ROWS=${ROWS:-"teacher none soft hard_cls hard_dist"}
-SEED=${SEED:-1}
-case "$SEED" in *[!0-9]* | "") echo "SEED must be a whole number, not '$SEED'" >&2; exit 2 ;; esac
-SFX="" # run and table names of seed 1 have no suffix
-[ "$SEED" != 1 ] && SFX="_seed$SEED"
+seed_suffix # SEED, and SFX: run and table names of seed 1 have no suffix
 t3() { echo "t3_${BUDGET}_$1$SFX"; } # t3 ROW: the run (checkpoint and log) name of a student row
 
 echo "table3, budget $BUDGET: student $STUDENT, $EPOCHS epochs; teacher $TEACHER_ARCH $TEACHER_EPOCHS epochs"
@@ -55,7 +52,7 @@ fi
 
 # ---- the table ------------------------------------------------------------------------------
 res=experiments/results/table3_$BUDGET$SFX.md
-cell() { [ -f "experiments/logs/$1.csv" ] && acc "$1" "$2" || echo "not run"; }
+cell() { final "$1" "$2" "$EPOCHS"; } # cell RUN COLUMN: a student row's result
 {
     echo "# Table 3 on CIFAR-10 ($BUDGET budget)"
     echo
@@ -65,7 +62,7 @@ cell() { [ -f "experiments/logs/$1.csv" ] && acc "$1" "$2" || echo "not run"; }
     echo
     echo "| method | class token | distillation token | test acc. (%) | train minutes |"
     echo "| --- | --- | --- | --- | --- |"
-    echo "| teacher ($TEACHER_ARCH) | | | $(cell "$TEACHER_NAME" 5) | $(minutes "$TEACHER_NAME" 2>/dev/null || echo -) |"
+    echo "| teacher ($TEACHER_ARCH) | | | $(final "$TEACHER_NAME" 5 "$TEACHER_EPOCHS") | $(minutes "$TEACHER_NAME" 2>/dev/null || echo -) |"
     echo "| no distillation | yes | no | $(cell "$(t3 none)" 5) | $(minutes "$(t3 none)" 2>/dev/null || echo -) |"
     echo "| usual (soft) distillation | yes | no | $(cell "$(t3 soft)" 5) | $(minutes "$(t3 soft)" 2>/dev/null || echo -) |"
     echo "| hard distillation | yes | no | $(cell "$(t3 hard_cls)" 5) | $(minutes "$(t3 hard_cls)" 2>/dev/null || echo -) |"

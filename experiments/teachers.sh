@@ -78,9 +78,7 @@ res=experiments/results/teachers_$BUDGET.md
         sn=$(student_name "$t")
         ta=$([ -f "experiments/logs/$tn.csv" ] && acc "$tn" 5 || echo "not run")
         te=$(last_epoch "experiments/logs/$tn.csv"); [ "$te" = 0 ] && te=-
-        sa=$([ -f "experiments/logs/$sn.csv" ] && acc "$sn" 5 || echo "not run")
-        se=$(last_epoch "experiments/logs/$sn.csv")   # an unfinished row says how far it got
-        [ "$se" -gt 0 ] && [ "$se" -lt "$EPOCHS" ] && sa="$sa (epoch $se of $EPOCHS, unfinished)"
+        sa=$(final "$sn" 5 "$EPOCHS") # an unfinished row says how far it got
         echo "| $t | $te | $ta | $sa |"
     done
 } > "$res"
