@@ -24,11 +24,9 @@ name() { [ "$1" = 100 ] && echo "t3_${BUDGET}_$([ "$2" = none ] && echo none || 
 row() { # row PERCENT none|dist
     pct=$1 kind=$2 n=$((50000 * $1 / 100))
     ep=$((EPOCHS * 100 / pct)) wu=$((100 / pct))
-    if [ "$kind" = none ]; then
-        run "$(name "$pct" none)" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" --distill none --dist-token 0 --seed "$SEED"
-    else
-        run "$(name "$pct" dist)" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" --teacher "$TEACHER" --distill hard --dist-token 1 --seed "$SEED"
-    fi
+    distill="--teacher $TEACHER --distill hard --dist-token 1"
+    [ "$kind" = none ] && distill="--distill none --dist-token 0"
+    run "$(name "$pct" "$kind")" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" $distill --seed "$SEED"
 }
 KINDS=${KINDS:-"none dist"}
 for pct in $FRACTIONS; do
