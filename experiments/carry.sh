@@ -5,10 +5,10 @@
 #                                     experiments/carry/ (tracked), to be committed
 #   experiments/carry.sh --drop NAME  delete NAME's carried copy (once the run has finished)
 #
-# Runs write their checkpoints to experiments/runs/, which git ignores; a session on a fresh
+# Runs write their checkpoints to experiments/runs/, which git ignores; a run on a fresh
 # machine starts without them. lib.sh's run() looks in experiments/carry/ when runs/ has no
-# state for a row and resumes from the carried copy, so a row that did not finish in one
-# session continues in the next with the same command. Only carry small runs (a ResNet-20
+# state for a row and resumes from the carried copy, so a row that did not finish on one
+# machine continues on the next with the same command. Only carry small runs (a ResNet-20
 # checkpoint and state are about 2 MB); the logs travel in experiments/logs/ as usual.
 set -eu
 cd "$(dirname "$0")/.."
