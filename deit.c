@@ -1,25 +1,26 @@
 /*
  * deit.c - DeiT (Touvron et al., "Training data-efficient image transformers & distillation
- * through attention", ICML 2021) in one file of C: the vision transformer with class and
- * distillation tokens, every layer's forward and hand-written backward, the losses of the
- * paper, a ResNet teacher, AdamW/SGD, the CIFAR loader with DeiT's augmentations, and a CLI.
+ * through attention", ICML 2021) in one file of C: the vision transformer with a class and a
+ * distillation token, every layer's forward and hand-written backward, the paper's losses, a
+ * CNN teacher, AdamW/SGD, the CIFAR loader with DeiT's augmentations, and a command line.
  *
  *   cc -O3 deit.c -lm -o deit        (or: make, for OpenMP and -march=native)
  *
- * Read it in this order, which is the paper's:
- *   1. utilities (checked I/O, random numbers, optional OpenMP)
- *   2. the matmul: the one routine where the time goes, and linear layers built on it
- *   3. the vision transformer, layer by layer: patch embedding, class + distillation tokens and
- *      position embedding, LayerNorm, multi-head self-attention, MLP with GELU, residual with
- *      stochastic depth, the two heads
- *   4. the losses: cross-entropy (label smoothing, soft targets) and distillation (soft, hard)
- *   5. the model: parameters, init, forward, backward, checkpoint file
- *   6. optimizers and the learning-rate schedule
- *   7. the teacher: a CIFAR ResNet (convolution via im2col, BatchNorm, ReLU, pooling)
- *   8. data: CIFAR loader and augmentation
- *   9. training and evaluation, training state and resume
- *  10. looking inside: token similarity, disagreement, attention maps
- *  11. the command line
+ * The file has three parts. Read Part I; the other two are there when you need them.
+ *
+ *   Part I   The paper. Everything a training run needs, top to bottom in the paper's order:
+ *            tensors and the naive matmul; each layer's forward/backward pair; the model with
+ *            its class + distillation tokens; the losses (none / soft / hard distillation);
+ *            the teacher CNN; AdamW/SGD with warmup + cosine; the CIFAR loader and DeiT's
+ *            augmentations; checkpoints; the training loop and evaluation.
+ *   Part II  Making it fast. The packed, cache-blocked matmul that replaces the naive one
+ *            (./deit --matmul naive|fast picks; fast is the default).
+ *   Part III The workshop. Validation of untrusted files, the resume state, progress lines,
+ *            the paper's analyses (token similarity, disagreement, attention maps as PNG),
+ *            the command line and the benchmark.
+ *
+ * Part I reaches into Parts II and III only through a few functions declared under "Hooks"
+ * below, each named for what it does (matmul_fast, run_begin, run_step_done, ...).
  *
  * Conventions (as in llm.c): a layer is a pair  name_forward(out, ..., inp, ..., sizes)  and
  * name_backward(dinp, ..., dout, ..., sizes); backward functions ACCUMULATE (+=) into their
@@ -37,6 +38,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+
+/* ############################################################################################
+ *
+ *  PART I: THE PAPER
+ *
+ *  A DeiT is a ViT (Dosovitskiy et al.) with one more token: the distillation token, which
+ *  learns from a teacher's predictions through attention as the class token learns from the
+ *  labels. Here, in order: utilities (I.1); the matmul in its naive form, on which every
+ *  layer is built (I.2); the transformer's layers (I.3); the model with its two tokens and
+ *  two heads (I.4); the losses of Sec. 4 of the paper (I.5); the convnet teacher (I.6); the
+ *  optimizers and schedule (I.7); CIFAR and DeiT's augmentations (I.8); checkpoints (I.9);
+ *  training and evaluation (I.10). Every backward has its derivation in a comment above it.
+ *
+ * ########################################################################################## */
 
 /* ============================================================================================
  * 1. Utilities
@@ -168,154 +184,48 @@ static float rng_beta(Rng *r, float a) {
  * a row stride and a column stride:  A(i,k) = A[i*a_rs + k*a_cs],  B(k,j) = B[k*b_rs + j*b_cs].
  * ========================================================================================== */
 
-/* The reference: three loops, obviously right. The tests compare matmul() against it. */
-static void matmul_reference(float *C, int ldc, const float *A, int a_rs, int a_cs,
-                             const float *B, int b_rs, int b_cs, int M, int N, int K) {
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) {
-            double sum = 0.0;
-            for (int k = 0; k < K; k++)
-                sum += (double)A[(size_t)i * a_rs + (size_t)k * a_cs] * B[(size_t)k * b_rs + (size_t)j * b_cs];
-            C[(size_t)i * ldc + j] += (float)sum;
-        }
-}
-
-/* The fast one. Four tricks, all plain C that the compiler turns into vector instructions:
- *
- * 1. Register tile. The innermost routine (micro_kernel) computes a small MR x NR block of C
- *    in a local array `acc`. For each k it loads MR numbers of A and NR numbers of B and does
- *    MR*NR multiply-adds: every number loaded is used MR or NR times. With constant MR and NR
- *    the compiler keeps `acc` in vector registers and vectorizes the j loop (NR wide).
- * 2. Packing. Before the kernel runs, the part of A it needs is copied into "panels" of MR
- *    rows laid out k by k (MR consecutive floats per k), and B into panels of NR columns (NR
- *    consecutive floats per k). The kernel then reads both with unit stride, whatever the
- *    strides (transposes) of the original operands: this is what lets one routine serve the
- *    forward pass and both backward products. Edges are padded with zeros, so the kernel
- *    always computes a full tile and only the valid part is added to C.
- * 3. Cache blocking. K is cut in slices of KC so a packed A block (MC x KC) stays in L2 and a
- *    B panel (KC x NR) in L1 while they are reused; N is cut in slices of NC so packed B fits
- *    in L3.
- * 4. No copy where none is needed: a full B panel whose rows are already contiguous is read
- *    in place (b_direct below), and so is a full group of MR rows of A whose rows are
- *    contiguous (a_direct): the kernel then reads A(i,k) at a[k + i*a_rs] instead of
- *    a[k*MR + i]. Packing is a copy that does no arithmetic; for a skinny product (a few
- *    hundred rows) skipping it was worth up to 2x.
- *    The packing loops themselves run k outer, panel width inner, so every store goes to
- *    consecutive addresses; the other order (one source row at a time, stores MR or NR apart)
- *    measured 3x slower when the source is transposed.
- * Threads (OpenMP) split the tiles of C; no two threads ever write the same element of C, so
- * the backward products are race-free and the result does not depend on the thread count.
- */
-#define MR 6
-#define NR 32
-#define KC 256
-#define MC 72  /* a multiple of MR */
-#define NC 4096 /* a multiple of NR */
-
-/* C tile (m <= MR rows, n <= NR columns) += A panel (MR x kc) * B panel (kc x NR).
-   A(i,k) = a[k*a_k + i*a_i]: a packed panel has a_k = MR, a_i = 1; A read in place a_k = 1,
-   a_i = its row stride. B(k,j) = b[k*ldb + j]. */
-static void micro_kernel(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb,
-                         float *restrict c, int ldc, int m, int n) {
-    float acc[MR][NR] = {{0}};
-    for (int k = 0; k < kc; k++) {
-        for (int i = 0; i < MR; i++) {
-            float aik = a[(size_t)k * a_k + (size_t)i * a_i];
-            for (int j = 0; j < NR; j++) acc[i][j] += aik * b[(size_t)k * ldb + j];
-        }
-    }
-    if (m == MR && n == NR) {
-        for (int i = 0; i < MR; i++)
-            for (int j = 0; j < NR; j++) c[(size_t)i * ldc + j] += acc[i][j];
+/* The naive matmul: the textbook three loops. Their order changes the speed, not the result:
+   the innermost loop should walk memory with unit stride, so that every cache line loaded is
+   used whole and the compiler can vectorize. When B's rows are contiguous (b_cs == 1), the
+   order i-k-j does that: row i of C gets row k of B times A(i,k), for k = 0..K-1. When B is
+   read transposed (its columns contiguous), the order i-j-k does: C(i,j) is the dot product of
+   row i of A and column j of B. (The textbook i-j-k with B's rows contiguous reads B a column
+   at a time, N floats apart: about 20x slower; ./deit bench shows all three.)              */
+static void matmul_naive(float *C, int ldc, const float *A, int a_rs, int a_cs,
+                         const float *B, int b_rs, int b_cs, int M, int N, int K) {
+    if (b_cs == 1) {
+        for (int i = 0; i < M; i++)
+            for (int k = 0; k < K; k++) {
+                float a_ik = A[(size_t)i * a_rs + (size_t)k * a_cs];
+                const float *b_row = B + (size_t)k * b_rs;
+                float *c_row = C + (size_t)i * ldc;
+                for (int j = 0; j < N; j++) c_row[j] += a_ik * b_row[j];
+            }
     } else {
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < n; j++) c[(size_t)i * ldc + j] += acc[i][j];
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                float sum = 0.0f;
+                for (int k = 0; k < K; k++) sum += A[(size_t)i * a_rs + (size_t)k * a_cs] * B[(size_t)k * b_rs + (size_t)j * b_cs];
+                C[(size_t)i * ldc + j] += sum;
+            }
     }
 }
 
-/* A[i0 .. i0+m) x [k0 .. k0+kc) into panels of MR rows (MR numbers per k), zero padded. */
-static void pack_a(float *restrict dst, const float *A, int a_rs, int a_cs, int i0, int m, int k0, int kc) {
-    for (int p = 0; p < m; p += MR, dst += (size_t)MR * kc) {
-        int rows = m - p < MR ? m - p : MR;
-        if (rows < MR) memset(dst, 0, sizeof(float) * MR * kc);
-        const float *src = A + (size_t)(i0 + p) * a_rs + (size_t)k0 * a_cs;
-        for (int k = 0; k < kc; k++)
-            for (int i = 0; i < rows; i++) dst[k * MR + i] = src[(size_t)i * a_rs + (size_t)k * a_cs];
-    }
-}
-
-/* One panel: B[k0 .. k0+kc) x [j0 .. j0+n) as kc rows of NR numbers, zero padded. */
-static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs, int k0, int kc, int j0, int n) {
-    const float *src = B + (size_t)k0 * b_rs + (size_t)j0 * b_cs;
-    if (b_rs == 1 && n == NR) { /* a full panel of a transposed B: written out so that the
-                                   compiler sees the constant trip count and the unit k stride */
-        for (int k = 0; k < kc; k++)
-            for (int j = 0; j < NR; j++) dst[k * NR + j] = src[(size_t)j * b_cs + k];
-        return;
-    }
-    if (n < NR) memset(dst, 0, sizeof(float) * NR * kc);
-    for (int k = 0; k < kc; k++)
-        for (int j = 0; j < n; j++) dst[k * NR + j] = src[(size_t)k * b_rs + (size_t)j * b_cs];
-}
-
-static float *matmul_packed_b; /* KC x NC, allocated once */
+/* Every product of the program goes through here. One switch picks the implementation:
+   the naive loops above, or matmul_fast (Part II), which gives the same numbers up to float
+   rounding, 50x sooner. --matmul naive|fast sets it; make debug builds with naive as default,
+   so that stepping into linear_backward in gdb lands in the three loops above.             */
+#ifndef DEIT_MATMUL_FAST
+#define DEIT_MATMUL_FAST 1
+#endif
+static int matmul_use_fast = DEIT_MATMUL_FAST;
+static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs, /* hook: Part II */
+                        const float *B, int b_rs, int b_cs, int M, int N, int K);
 
 static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
                    const float *B, int b_rs, int b_cs, int M, int N, int K) {
-    if (M <= 0 || N <= 0 || K <= 0) return;
-    if (!matmul_packed_b) matmul_packed_b = xmalloc(sizeof(float) * KC * NC);
-    float *bp = matmul_packed_b;
-    /* Trick 4: when B's rows are contiguous (b_cs == 1), the kernel reads a full B panel where
-       it lies, with row stride b_rs; only panels that are transposed or cut short are packed.
-       Likewise for A's rows (a_cs == 1): only a last group of fewer than MR rows is packed. */
-    int b_direct = (b_cs == 1), a_direct = (a_cs == 1);
-    for (int j0 = 0; j0 < N; j0 += NC) {
-        int nc = N - j0 < NC ? N - j0 : NC;
-        int n_panels = (nc + NR - 1) / NR;
-        for (int k0 = 0; k0 < K; k0 += KC) {
-            int kc = K - k0 < KC ? K - k0 : KC;
-            OMP(omp parallel for schedule(static))
-            for (int q = 0; q < n_panels; q++) {
-                int n = nc - q * NR < NR ? nc - q * NR : NR;
-                if (!b_direct || n < NR) pack_b_panel(bp + (size_t)q * NR * kc, B, b_rs, b_cs, k0, kc, j0 + q * NR, n);
-            }
-            /* Work items: (block of MC rows) x (group of G B panels). Each packs its A block (or
-               just its last rows, when A is read in place). G = 4 reuses a packed A block over
-               four panels; a small product (a convolution's weight gradient: 16 rows, 5
-               panels) gets G = 1, so that it still splits evenly over the threads. */
-            int n_blocks = (M + MC - 1) / MC;
-            int G = n_blocks * ((n_panels + 3) / 4) >= 16 ? 4 : 1;
-            int n_groups = (n_panels + G - 1) / G;
-            OMP(omp parallel)
-            {
-                _Alignas(64) float ap[MC * KC];
-                int packed_block = -1;
-                OMP(omp for schedule(static))
-                for (int w = 0; w < n_blocks * n_groups; w++) {
-                    int blk = w / n_groups, grp = w % n_groups;
-                    int i0 = blk * MC, m = M - i0 < MC ? M - i0 : MC;
-                    if (packed_block != blk) {
-                        int first = a_direct ? m / MR * MR : 0; /* rows before it are read in place */
-                        if (first < m) pack_a(ap + (size_t)first * kc, A, a_rs, a_cs, i0 + first, m - first, k0, kc);
-                        packed_block = blk;
-                    }
-                    int q_end = (grp + 1) * G < n_panels ? (grp + 1) * G : n_panels;
-                    for (int q = grp * G; q < q_end; q++) {
-                        int jn = nc - q * NR < NR ? nc - q * NR : NR;
-                        int direct = b_direct && jn == NR;
-                        const float *b = direct ? B + (size_t)k0 * b_rs + j0 + q * NR : bp + (size_t)q * NR * kc;
-                        for (int p = 0; p < m; p += MR) {
-                            int im = m - p < MR ? m - p : MR;
-                            int in_place = a_direct && im == MR;
-                            const float *a = in_place ? A + (size_t)(i0 + p) * a_rs + k0 : ap + (size_t)p * kc;
-                            micro_kernel(kc, a, in_place ? 1 : MR, in_place ? a_rs : 1, b, direct ? b_rs : NR,
-                                         C + (size_t)(i0 + p) * ldc + j0 + q * NR, ldc, im, jn);
-                        }
-                    }
-                }
-            }
-        }
-    }
+    if (matmul_use_fast) matmul_fast(C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+    else matmul_naive(C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
 }
 
 /* Linear layer, y = x W^T + b, with W stored (out, in) as in PyTorch.
@@ -663,136 +573,6 @@ static void select_token_backward(float *dx, const float *dout, int t, int B, in
 }
 
 /* ============================================================================================
- * 4. Losses (paper Sec. 4 "Distillation through attention")
- * ========================================================================================== */
-
-/* log softmax(x / tau) of one row of C logits, into out (in double: the losses are sums of
-   small differences, and the gradient checks see their rounding). */
-static void log_softmax_row(double *out, const float *x, float tau, int C) {
-    double maxv = -DBL_MAX, sum = 0.0;
-    for (int c = 0; c < C; c++) maxv = x[c] / (double)tau > maxv ? x[c] / (double)tau : maxv;
-    for (int c = 0; c < C; c++) sum += exp(x[c] / (double)tau - maxv);
-    double lse = maxv + log(sum);
-    for (int c = 0; c < C; c++) out[c] = x[c] / (double)tau - lse;
-}
-
-/* Targets for cross-entropy: label smoothing eps puts 1 - eps + eps/C on the label and eps/C
-   on every other class (so each row sums to 1). eps = 0 gives one-hot targets. */
-static void smooth_targets(float *targets, const int *labels, float eps, int B, int C) {
-    for (int b = 0; b < B; b++)
-        for (int c = 0; c < C; c++) targets[(size_t)b * C + c] = eps / C + (c == labels[b] ? 1.0f - eps : 0.0f);
-}
-
-/* Hard distillation target: the teacher's decision y_t = argmax of its logits, one-hot. */
-static void hard_targets(float *targets, const float *teacher_logits, int B, int C) {
-    for (int b = 0; b < B; b++) {
-        const float *t = teacher_logits + (size_t)b * C;
-        int best = 0;
-        for (int c = 1; c < C; c++) if (t[c] > t[best]) best = c;
-        for (int c = 0; c < C; c++) targets[(size_t)b * C + c] = (c == best) ? 1.0f : 0.0f;
-    }
-}
-
-/* ---- Cross-entropy with a target distribution (one-hot, smoothed, or mixed by mixup/cutmix)
-   loss = mean over b of  - sum_c target[b,c] log softmax(logits[b])_c
-   dlogits[b] = (softmax(logits[b]) - target[b]) / B     (targets sum to 1)                */
-static double cross_entropy_forward(const float *logits, const float *targets, int B, int C) {
-    double *logp = xmalloc(sizeof(double) * C);
-    double loss = 0.0;
-    for (int b = 0; b < B; b++) {
-        log_softmax_row(logp, logits + (size_t)b * C, 1.0f, C);
-        for (int c = 0; c < C; c++) loss -= (double)targets[(size_t)b * C + c] * logp[c];
-    }
-    free(logp);
-    return loss / B;
-}
-
-static void cross_entropy_backward(float *dlogits, const float *logits, const float *targets, float dloss,
-                                   int B, int C) {
-    double *logp = xmalloc(sizeof(double) * C);
-    for (int b = 0; b < B; b++) {
-        log_softmax_row(logp, logits + (size_t)b * C, 1.0f, C);
-        for (int c = 0; c < C; c++)
-            dlogits[(size_t)b * C + c] += dloss * (float)(exp(logp[c]) - targets[(size_t)b * C + c]) / B;
-    }
-    free(logp);
-}
-
-/* ---- Soft distillation (Hinton et al.; the KL term of the paper's Eq. 2), as in the
-   reference implementation:
-   loss = tau^2 / (B C) * sum_{b,c} p_t (log p_t - log p_s),  p = softmax(logits / tau)
-   (KL(teacher || student); dividing by all B*C logits is the reference's normalisation).
-   dloss/dstudent[b,c] = tau / (B C) * (p_s - p_t)                                          */
-static double distill_soft_forward(const float *student, const float *teacher, float tau, int B, int C) {
-    double *ls = xmalloc(sizeof(double) * C), *lt = xmalloc(sizeof(double) * C);
-    double kl = 0.0;
-    for (int b = 0; b < B; b++) {
-        log_softmax_row(ls, student + (size_t)b * C, tau, C);
-        log_softmax_row(lt, teacher + (size_t)b * C, tau, C);
-        for (int c = 0; c < C; c++) kl += exp(lt[c]) * (lt[c] - ls[c]);
-    }
-    free(ls);
-    free(lt);
-    return kl * tau * tau / ((double)B * C);
-}
-
-static void distill_soft_backward(float *dstudent, const float *student, const float *teacher, float tau,
-                                  float dloss, int B, int C) {
-    double *ls = xmalloc(sizeof(double) * C), *lt = xmalloc(sizeof(double) * C);
-    for (int b = 0; b < B; b++) {
-        log_softmax_row(ls, student + (size_t)b * C, tau, C);
-        log_softmax_row(lt, teacher + (size_t)b * C, tau, C);
-        for (int c = 0; c < C; c++)
-            dstudent[(size_t)b * C + c] += dloss * tau / ((float)B * C) * (float)(exp(ls[c]) - exp(lt[c]));
-    }
-    free(ls);
-    free(lt);
-}
-
-/* ---- DeiT's loss: base on the class head, distillation on the distillation head ----------
-   alpha is the paper's lambda (--alpha; not mixup's alpha); head, head_dist and teacher are
-   logits (the paper's Z_s and Z_t):
-     none: loss = CE(head, targets)
-     soft: loss = (1 - alpha) CE(head, targets) + alpha * soft(head_dist, teacher)      (Eq. 2)
-     hard: loss = (1 - alpha) CE(head, targets) + alpha * CE(head_dist, argmax teacher) (Eq. 3)
-   Eq. 3 fixes the weights at 1/2 and 1/2: the default alpha = 0.5. Label smoothing applies to
-   the true labels only; the teacher's y_t stays one-hot, as in the reference code.
-   Without a distillation token the distillation term uses the class head as well.          */
-typedef enum { DISTILL_NONE = 0, DISTILL_SOFT = 1, DISTILL_HARD = 2 } DistillType;
-static const char *distill_names[] = {"none", "soft", "hard"};
-
-typedef struct {
-    double total, base, distill; /* in double: they are averages of many terms */
-} LossParts;
-
-/* Computes the loss and ADDS its gradient wrt the logits into dlogits / dlogits_dist.
-   hard must hold B*C floats: it receives the hard-distillation targets. */
-static LossParts deit_loss(float *dlogits, float *dlogits_dist, float *hard, const float *logits,
-                           const float *logits_dist, const float *targets, const float *teacher_logits,
-                           DistillType type, float alpha, float tau, int B, int C) {
-    LossParts p = {0, 0, 0};
-    const float *kd_logits = logits_dist ? logits_dist : logits; /* head receiving distillation */
-    float *kd_dlogits = logits_dist ? dlogits_dist : dlogits;
-    p.base = cross_entropy_forward(logits, targets, B, C);
-    if (type == DISTILL_NONE || !teacher_logits) {
-        p.total = p.base;
-        if (dlogits) cross_entropy_backward(dlogits, logits, targets, 1.0f, B, C);
-        return p;
-    }
-    if (type == DISTILL_SOFT) {
-        p.distill = distill_soft_forward(kd_logits, teacher_logits, tau, B, C);
-        if (dlogits) distill_soft_backward(kd_dlogits, kd_logits, teacher_logits, tau, alpha, B, C);
-    } else {
-        hard_targets(hard, teacher_logits, B, C);
-        p.distill = cross_entropy_forward(kd_logits, hard, B, C);
-        if (dlogits) cross_entropy_backward(kd_dlogits, kd_logits, hard, alpha, B, C);
-    }
-    if (dlogits) cross_entropy_backward(dlogits, logits, targets, 1.0f - alpha, B, C);
-    p.total = (1.0 - alpha) * p.base + alpha * p.distill;
-    return p;
-}
-
-/* ============================================================================================
  * 5. The model: DeiT = ViT + distillation token
  * ========================================================================================== */
 
@@ -822,23 +602,6 @@ static int deit_preset(DeiTConfig *cfg, const char *name) {
     return -1;
 }
 
-/* A configuration is sane when every size is in range and the products cannot overflow. */
-static int deit_config_check(const DeiTConfig *c, const char *what) {
-    if (c->img_size < 1 || c->img_size > 4096) return report("%s: img_size %d out of range [1, 4096]", what, c->img_size);
-    if (c->patch_size < 1 || c->patch_size > c->img_size) return report("%s: patch_size %d out of range [1, img_size]", what, c->patch_size);
-    if (c->img_size % c->patch_size) return report("%s: img_size %d is not divisible by patch_size %d", what, c->img_size, c->patch_size);
-    if (c->in_chans < 1 || c->in_chans > 64) return report("%s: in_chans %d out of range [1, 64]", what, c->in_chans);
-    if (c->num_classes < 2 || c->num_classes > 100000) return report("%s: num_classes %d out of range [2, 100000]", what, c->num_classes);
-    if (c->dim < 1 || c->dim > 16384) return report("%s: dim %d out of range [1, 16384]", what, c->dim);
-    if (c->depth < 1 || c->depth > 1000) return report("%s: depth %d out of range [1, 1000]", what, c->depth);
-    if (c->heads < 1 || c->heads > c->dim || c->dim % c->heads) return report("%s: dim %d is not divisible by heads %d", what, c->dim, c->heads);
-    if (c->mlp_hidden < 1 || c->mlp_hidden > 65536) return report("%s: mlp_hidden %d out of range [1, 65536]", what, c->mlp_hidden);
-    if (c->dist_token != 0 && c->dist_token != 1) return report("%s: dist_token must be 0 or 1, not %d", what, c->dist_token);
-    int g = c->img_size / c->patch_size;
-    if ((long long)g * g > 65536) return report("%s: %d patches is too many", what, g * g);
-    if ((long long)c->in_chans * c->patch_size * c->patch_size > (1 << 24)) return report("%s: patch too large", what);
-    return 0;
-}
 
 /* The table of parameter tensors, in checkpoint order: name, offset (filled below), size,
    decay, trainable. decay = 1 marks the tensors AdamW's weight decay applies to: the weight
@@ -1053,16 +816,6 @@ static void deit_zero_grad(DeiT *m) {
     if (m->grads_acts_memory) fill_zero(m->grads_acts_memory, m->num_acts);
 }
 
-/* Loss of the last forward pass; adds dloss/dlogits into grads_acts (zero_grad first).
-   targets (B, C) are the (smoothed / mixed) label distributions; teacher_logits may be NULL. */
-static LossParts deit_loss_backward_start(DeiT *m, const float *targets, const float *teacher_logits,
-                                          DistillType type, float alpha, float tau, int B) {
-    int dist = m->config.dist_token;
-    return deit_loss(m->grads_acts.logits, dist ? m->grads_acts.logits_dist : NULL, m->acts.hard_targets,
-                     m->acts.logits, dist ? m->acts.logits_dist : NULL, targets, teacher_logits, type, alpha,
-                     tau, B, m->config.num_classes);
-}
-
 /* Backward pass: the forward's layers in reverse, from grads_acts.logits(_dist) to grads. */
 static void deit_backward(DeiT *m, int B) {
     const DeiTConfig *c = &m->config;
@@ -1121,262 +874,151 @@ static void deit_backward(DeiT *m, int B) {
                          c->patch_size, D);
 }
 
-/* ---- Checkpoint file: 256 int32 header, then the parameters as float32, little-endian ----
-   Written to FILE.tmp and renamed over FILE, so a killed or crashed run never leaves a
-   half-written FILE. (Standard C has no fsync: after a power loss the file system decides.) */
-static int host_is_little_endian(void) {
-    const uint32_t one = 1;
-    return *(const unsigned char *)&one == 1;
-}
-
-/* Can a file be created beside path, and path then be replaced by it? Creates and removes
-   write_file_atomic's temp file (path.tmp, which every checkpoint write overwrites anyway), and
-   refuses an empty name or an existing directory (the rename would fail). Training calls this
-   before the first epoch, so that a mistyped --out fails at once, not after an hour. */
-static int check_writable(const char *path) {
-    if (!path[0]) return report("the output file name is empty");
-    FILE *existing = fopen(path, "rb");
-    if (existing) { /* a directory opens for reading on Linux, but reading it fails (EISDIR) */
-        int unreadable = getc(existing) == EOF && ferror(existing);
-        int err = errno;
-        fclose(existing);
-        if (unreadable) return report("%s: cannot be replaced by a checkpoint: %s", path, strerror(err));
-    }
-    char tmp[4096];
-    path_printf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return report("%s: cannot open for writing: %s", tmp, strerror(errno));
-    fclose(f);
-    remove(tmp);
-    return 0;
-}
-
-/* Writes header + data to path.tmp, then renames it over path: a crash leaves the old file
-   whole. Weights or moments that are not finite are never written (every reader refuses them). */
-static int write_file_atomic(const char *path, const int32_t *header, const float *data, size_t n) {
-    if (!host_is_little_endian()) return report("%s: this program writes little-endian files only", path);
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(data[i]))
-            return report("%s: not written: value %zu (a weight; in a .state file, an optimizer moment) is not a finite "
-                          "number; the file was left as it was", path, i);
-    size_t len = strlen(path);
-    char *tmp = xmalloc(len + 5);
-    memcpy(tmp, path, len);
-    memcpy(tmp + len, ".tmp", 5);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        report("%s: cannot open for writing: %s", tmp, strerror(errno));
-        free(tmp);
-        return -1;
-    }
-    int ok = fwrite(header, sizeof(int32_t), HEADER_INTS, f) == HEADER_INTS;
-    ok = ok && fwrite(data, sizeof(float), n, f) == n;
-    ok = (fflush(f) == 0) && ok;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok) {
-        report("%s: write failed (disk full?): %s; %s was left as it was", tmp, strerror(errno), path);
-        remove(tmp);
-        free(tmp);
-        return -1;
-    }
-    if (rename(tmp, path) != 0) {
-        report("%s: cannot rename to %s: %s", tmp, path, strerror(errno));
-        remove(tmp);
-        free(tmp);
-        return -1;
-    }
-    free(tmp);
-    return 0;
-}
-
-/* The length of an open file, by seeking to its end. One byte is read first, so that a
-   directory or an unreadable file fails here with the system's reason. */
-static int file_length(FILE *f, const char *path, long *bytes) {
-    if (getc(f) == EOF && ferror(f)) return report("%s: cannot read: %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0 || (*bytes = ftell(f)) < 0) return report("%s: cannot seek", path);
-    rewind(f);
-    return 0;
-}
-
-/* Reads the header of a checkpoint file and its length; the caller checks the header, then
-   read_floats_after_header checks the length is exactly 4 * (HEADER_INTS + floats) and reads. */
-static int read_header(const char *path, int32_t *header, long *file_bytes) {
-    if (!host_is_little_endian()) return report("%s: this program reads little-endian files only", path);
-    FILE *f = fopen(path, "rb");
-    if (!f) return report("%s: cannot open: %s", path, strerror(errno));
-    if (file_length(f, path, file_bytes) != 0) { fclose(f); return -1; }
-    size_t got = fread(header, sizeof(int32_t), HEADER_INTS, f);
-    fclose(f);
-    if (got != HEADER_INTS) return report("%s: too short for a checkpoint header (%ld bytes, need %d)", path, *file_bytes, HEADER_INTS * 4);
-    return 0;
-}
-
-/* The file must hold exactly the header and n floats: checked before anything is allocated. */
-static int check_file_length(const char *path, uint64_t n, long file_bytes) {
-    uint64_t expect = (uint64_t)HEADER_INTS * 4 + n * 4;
-    if ((uint64_t)file_bytes != expect)
-        return report("%s: file is %ld bytes but its header describes %llu (%llu parameters): truncated or not this format",
-                      path, file_bytes, (unsigned long long)expect, (unsigned long long)n);
-    return 0;
-}
-
-static int read_floats_after_header(const char *path, float *data, size_t n, long file_bytes) {
-    long long expect = (long long)HEADER_INTS * 4 + (long long)n * 4;
-    if ((long long)file_bytes != expect)
-        return report("%s: file is %ld bytes but its header describes %lld (%zu parameters): truncated or not this format",
-                      path, file_bytes, expect, n);
-    FILE *f = fopen(path, "rb");
-    if (!f) return report("%s: cannot open: %s", path, strerror(errno));
-    if (fseek(f, HEADER_INTS * 4, SEEK_SET) != 0) {
-        fclose(f);
-        return report("%s: cannot seek past the header", path);
-    }
-    size_t got = fread(data, sizeof(float), n, f);
-    fclose(f);
-    if (got != n) return report("%s: short read (%zu of %zu floats)", path, got, n);
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(data[i])) return report("%s: parameter %zu is not a finite number", path, i);
-    return 0;
-}
-
-static int deit_save(const DeiT *m, const char *path) {
-    int32_t header[HEADER_INTS] = {0};
-    const DeiTConfig *c = &m->config;
-    header[0] = DEIT_MAGIC;
-    header[1] = DEIT_VERSION;
-    header[2] = c->img_size;
-    header[3] = c->patch_size;
-    header[4] = c->in_chans;
-    header[5] = c->num_classes;
-    header[6] = c->dim;
-    header[7] = c->depth;
-    header[8] = c->heads;
-    header[9] = c->mlp_hidden;
-    header[10] = c->dist_token;
-    return write_file_atomic(path, header, m->params_memory, m->num_params);
-}
-
-static int deit_config_from_header(DeiTConfig *c, const int32_t *h, const char *path) {
-    if (h[0] != DEIT_MAGIC) return report("%s: not a deit.c student checkpoint (magic %d, expected %d)", path, h[0], DEIT_MAGIC);
-    if (h[1] != DEIT_VERSION) return report("%s: checkpoint version %d, this program reads version %d", path, h[1], DEIT_VERSION);
-    c->img_size = h[2];
-    c->patch_size = h[3];
-    c->in_chans = h[4];
-    c->num_classes = h[5];
-    c->dim = h[6];
-    c->depth = h[7];
-    c->heads = h[8];
-    c->mlp_hidden = h[9];
-    c->dist_token = h[10];
-    for (int i = 11; i < HEADER_INTS; i++)
-        if (h[i] != 0) return report("%s: header entry %d is %d; entries after 10 are reserved and must be 0", path, i, h[i]);
-    return deit_config_check(c, path);
-}
-
-/* Loads a student checkpoint into a new model. Returns 0, or -1 after printing why not. */
-static int deit_load(DeiT *m, const char *path) {
-    int32_t header[HEADER_INTS];
-    long bytes = 0;
-    DeiTConfig cfg;
-    if (read_header(path, header, &bytes) || deit_config_from_header(&cfg, header, path)) return -1;
-    TensorInfo table[NUM_PARAM_TENSORS];
-    deit_tensor_table(table, &cfg);
-    if (check_file_length(path, table[NUM_PARAM_TENSORS - 1].offset + table[NUM_PARAM_TENSORS - 1].size, bytes)) return -1;
-    deit_build(m, &cfg);
-    if (read_floats_after_header(path, m->params_memory, m->num_params, bytes)) {
-        deit_free(m);
-        return -1;
-    }
-    return 0;
-}
-
 /* ============================================================================================
- * 6. Optimizers and learning-rate schedule
+ * 4. Losses (paper Sec. 4 "Distillation through attention")
  * ========================================================================================== */
 
-typedef enum { OPT_ADAMW = 0, OPT_SGD = 1 } OptType;
-
-typedef struct {
-    OptType type;
-    float beta1, beta2, eps; /* AdamW: 0.9, 0.999, 1e-8 */
-    float weight_decay;      /* decoupled for AdamW, L2 added to the gradient for SGD */
-    float momentum;          /* SGD */
-    int nesterov;            /* SGD */
-    long step;               /* optimizer steps taken so far */
-    size_t n;
-    float *m;                /* AdamW first moment, or SGD momentum buffer */
-    float *v;                /* AdamW second moment */
-} Optimizer;
-
-static void optimizer_init(Optimizer *o, OptType type, size_t n, float weight_decay, float momentum, int nesterov) {
-    memset(o, 0, sizeof(*o));
-    o->type = type;
-    o->beta1 = 0.9f;
-    o->beta2 = 0.999f;
-    o->eps = 1e-8f;
-    o->weight_decay = weight_decay;
-    o->momentum = momentum;
-    o->nesterov = nesterov;
-    o->n = n;
-    o->m = xcalloc(2 * n, sizeof(float)); /* m and v in one block: the state file writes it whole */
-    o->v = o->m + n;
+/* log softmax(x / tau) of one row of C logits, into out (in double: the losses are sums of
+   small differences, and the gradient checks see their rounding). */
+static void log_softmax_row(double *out, const float *x, float tau, int C) {
+    double maxv = -DBL_MAX, sum = 0.0;
+    for (int c = 0; c < C; c++) maxv = x[c] / (double)tau > maxv ? x[c] / (double)tau : maxv;
+    for (int c = 0; c < C; c++) sum += exp(x[c] / (double)tau - maxv);
+    double lse = maxv + log(sum);
+    for (int c = 0; c < C; c++) out[c] = x[c] / (double)tau - lse;
 }
 
-static void optimizer_free(Optimizer *o) {
-    free(o->m);
-    o->m = o->v = NULL;
+/* Targets for cross-entropy: label smoothing eps puts 1 - eps + eps/C on the label and eps/C
+   on every other class (so each row sums to 1). eps = 0 gives one-hot targets. */
+static void smooth_targets(float *targets, const int *labels, float eps, int B, int C) {
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++) targets[(size_t)b * C + c] = eps / C + (c == labels[b] ? 1.0f - eps : 0.0f);
 }
 
-/* One step over every trainable tensor of the table, as PyTorch's AdamW and SGD do it:
-   AdamW:  p -= lr * wd * p  (decoupled decay, only where decay is on)
-           m = b1 m + (1-b1) g,  v = b2 v + (1-b2) g^2
-           p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
-   SGD:    g += wd * p (only where decay is on);  buf = momentum buf + g
-           p -= lr * buf,   or with Nesterov  p -= lr * (g + momentum buf)                   */
-static void optimizer_step(Optimizer *o, float *params, const float *grads, const TensorInfo *tensors,
-                           int num_tensors, float lr) {
-    o->step++;
-    float bc1 = 1.0f - powf(o->beta1, (float)o->step), bc2 = 1.0f - powf(o->beta2, (float)o->step);
-    for (int t = 0; t < num_tensors; t++) {
-        const TensorInfo *ti = &tensors[t];
-        if (!ti->trainable || ti->size == 0) continue;
-        float wd = ti->decay ? o->weight_decay : 0.0f;
-        float *p = params + ti->offset, *m = o->m + ti->offset, *v = o->v + ti->offset;
-        const float *g = grads + ti->offset;
-        long n = (long)ti->size;
-        if (o->type == OPT_ADAMW) {
-            OMP(omp parallel for schedule(static))
-            for (long i = 0; i < n; i++) {
-                p[i] -= lr * wd * p[i];
-                m[i] = o->beta1 * m[i] + (1.0f - o->beta1) * g[i];
-                v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * g[i] * g[i];
-                p[i] -= lr * (m[i] / bc1) / (sqrtf(v[i] / bc2) + o->eps);
-            }
-        } else {
-            OMP(omp parallel for schedule(static))
-            for (long i = 0; i < n; i++) {
-                float gi = g[i] + wd * p[i];
-                m[i] = o->momentum * m[i] + gi;
-                p[i] -= lr * (o->nesterov ? gi + o->momentum * m[i] : m[i]);
-            }
-        }
+/* Hard distillation target: the teacher's decision y_t = argmax of its logits, one-hot. */
+static void hard_targets(float *targets, const float *teacher_logits, int B, int C) {
+    for (int b = 0; b < B; b++) {
+        const float *t = teacher_logits + (size_t)b * C;
+        int best = 0;
+        for (int c = 1; c < C; c++) if (t[c] > t[best]) best = c;
+        for (int c = 0; c < C; c++) targets[(size_t)b * C + c] = (c == best) ? 1.0f : 0.0f;
     }
 }
 
-/* Learning rate at a step: linear warmup from warmup_lr to lr, then cosine down to min_lr
-   (or constant). Per step rather than per epoch as timm's scheduler in the reference (which also
-   adds 10 cooldown epochs at min_lr), so the rate changes smoothly within an epoch. The cosine
-   starts where the warmup ends; timm's runs from step 0 underneath the warmup, a difference of
-   warmup/epochs in the cosine's phase (5/300 in the paper's recipe). */
-typedef enum { SCHED_COSINE = 0, SCHED_CONSTANT = 1 } SchedType;
+/* ---- Cross-entropy with a target distribution (one-hot, smoothed, or mixed by mixup/cutmix)
+   loss = mean over b of  - sum_c target[b,c] log softmax(logits[b])_c
+   dlogits[b] = (softmax(logits[b]) - target[b]) / B     (targets sum to 1)                */
+static double cross_entropy_forward(const float *logits, const float *targets, int B, int C) {
+    double *logp = xmalloc(sizeof(double) * C);
+    double loss = 0.0;
+    for (int b = 0; b < B; b++) {
+        log_softmax_row(logp, logits + (size_t)b * C, 1.0f, C);
+        for (int c = 0; c < C; c++) loss -= (double)targets[(size_t)b * C + c] * logp[c];
+    }
+    free(logp);
+    return loss / B;
+}
 
-static float lr_at(long step, long total_steps, long warmup_steps, float lr, float min_lr, float warmup_lr,
-                   SchedType sched) {
-    if (step < warmup_steps) return warmup_lr + (lr - warmup_lr) * (float)step / (float)warmup_steps;
-    if (sched == SCHED_CONSTANT || total_steps <= warmup_steps) return lr;
-    double progress = (double)(step - warmup_steps) / (double)(total_steps - warmup_steps);
-    if (progress > 1.0) progress = 1.0;
-    return min_lr + 0.5f * (lr - min_lr) * (float)(1.0 + cos(3.14159265358979 * progress));
+static void cross_entropy_backward(float *dlogits, const float *logits, const float *targets, float dloss,
+                                   int B, int C) {
+    double *logp = xmalloc(sizeof(double) * C);
+    for (int b = 0; b < B; b++) {
+        log_softmax_row(logp, logits + (size_t)b * C, 1.0f, C);
+        for (int c = 0; c < C; c++)
+            dlogits[(size_t)b * C + c] += dloss * (float)(exp(logp[c]) - targets[(size_t)b * C + c]) / B;
+    }
+    free(logp);
+}
+
+/* ---- Soft distillation (Hinton et al.; the KL term of the paper's Eq. 2), as in the
+   reference implementation:
+   loss = tau^2 / (B C) * sum_{b,c} p_t (log p_t - log p_s),  p = softmax(logits / tau)
+   (KL(teacher || student); dividing by all B*C logits is the reference's normalisation).
+   dloss/dstudent[b,c] = tau / (B C) * (p_s - p_t)                                          */
+static double distill_soft_forward(const float *student, const float *teacher, float tau, int B, int C) {
+    double *ls = xmalloc(sizeof(double) * C), *lt = xmalloc(sizeof(double) * C);
+    double kl = 0.0;
+    for (int b = 0; b < B; b++) {
+        log_softmax_row(ls, student + (size_t)b * C, tau, C);
+        log_softmax_row(lt, teacher + (size_t)b * C, tau, C);
+        for (int c = 0; c < C; c++) kl += exp(lt[c]) * (lt[c] - ls[c]);
+    }
+    free(ls);
+    free(lt);
+    return kl * tau * tau / ((double)B * C);
+}
+
+static void distill_soft_backward(float *dstudent, const float *student, const float *teacher, float tau,
+                                  float dloss, int B, int C) {
+    double *ls = xmalloc(sizeof(double) * C), *lt = xmalloc(sizeof(double) * C);
+    for (int b = 0; b < B; b++) {
+        log_softmax_row(ls, student + (size_t)b * C, tau, C);
+        log_softmax_row(lt, teacher + (size_t)b * C, tau, C);
+        for (int c = 0; c < C; c++)
+            dstudent[(size_t)b * C + c] += dloss * tau / ((float)B * C) * (float)(exp(ls[c]) - exp(lt[c]));
+    }
+    free(ls);
+    free(lt);
+}
+
+/* ---- DeiT's loss: base on the class head, distillation on the distillation head ----------
+   alpha is the paper's lambda (--alpha; not mixup's alpha); head, head_dist and teacher are
+   logits (the paper's Z_s and Z_t):
+     none: loss = CE(head, targets)
+     soft: loss = (1 - alpha) CE(head, targets) + alpha * soft(head_dist, teacher)      (Eq. 2)
+     hard: loss = (1 - alpha) CE(head, targets) + alpha * CE(head_dist, argmax teacher) (Eq. 3)
+   Eq. 3 fixes the weights at 1/2 and 1/2: the default alpha = 0.5. Label smoothing applies to
+   the true labels only; the teacher's y_t stays one-hot, as in the reference code.
+   Without a distillation token the distillation term uses the class head as well.          */
+typedef enum { DISTILL_NONE = 0, DISTILL_SOFT = 1, DISTILL_HARD = 2 } DistillType;
+static const char *distill_names[] = {"none", "soft", "hard"};
+
+/* The distillation settings of a run: parsed once from --distill, --alpha, --tau. */
+typedef struct {
+    DistillType type; /* none | soft | hard */
+    float alpha;      /* the paper's lambda: weight of the distillation term (0.5) */
+    float tau;        /* temperature of soft distillation (1) */
+} Distillation;
+
+/* What the loss reads and writes: a network's head outputs (B, C) and their gradients. dist is
+   the distillation head, NULL for a network without one (a plain ViT, a ResNet); the gradients
+   are NULL when only the loss is wanted. */
+typedef struct {
+    const float *cls, *dist;
+    float *dcls, *ddist;
+} Heads;
+
+typedef struct {
+    double total, base, distill; /* in double: they are averages of many terms */
+} LossParts;
+
+/* Computes the loss and ADDS its gradient wrt the logits into out.dcls / out.ddist. */
+static LossParts deit_loss(Heads out, const float *targets, const float *teacher_logits, const Distillation *kd,
+                           int B, int C) {
+    LossParts p = {0, 0, 0};
+    int backward = out.dcls != NULL;
+    p.base = cross_entropy_forward(out.cls, targets, B, C);
+    if (kd->type == DISTILL_NONE || !teacher_logits) {
+        p.total = p.base;
+        if (backward) cross_entropy_backward(out.dcls, out.cls, targets, 1.0f, B, C);
+        return p;
+    }
+    const float *kd_logits = out.dist ? out.dist : out.cls; /* the head that learns from the teacher */
+    float *kd_dlogits = out.dist ? out.ddist : out.dcls;
+    float alpha = kd->alpha;
+    if (kd->type == DISTILL_SOFT) {
+        p.distill = distill_soft_forward(kd_logits, teacher_logits, kd->tau, B, C);
+        if (backward) distill_soft_backward(kd_dlogits, kd_logits, teacher_logits, kd->tau, alpha, B, C);
+    } else {
+        float *y_teacher = xmalloc(sizeof(float) * (size_t)B * C);
+        hard_targets(y_teacher, teacher_logits, B, C);
+        p.distill = cross_entropy_forward(kd_logits, y_teacher, B, C);
+        if (backward) cross_entropy_backward(kd_dlogits, kd_logits, y_teacher, alpha, B, C);
+        free(y_teacher);
+    }
+    if (backward) cross_entropy_backward(out.dcls, out.cls, targets, 1.0f - alpha, B, C);
+    p.total = (1.0 - alpha) * p.base + alpha * p.distill;
+    return p;
 }
 
 /* ============================================================================================
@@ -1412,17 +1054,6 @@ static int teacher_preset(TeacherConfig *c, const char *name) {
             return 0;
         }
     return -1;
-}
-
-static int teacher_config_check(const TeacherConfig *c, const char *what) {
-    if (c->img_size < 1 || c->img_size > 4096) return report("%s: img_size %d out of range [1, 4096]", what, c->img_size);
-    if (c->in_chans < 1 || c->in_chans > 64) return report("%s: in_chans %d out of range [1, 64]", what, c->in_chans);
-    if (c->num_classes < 2 || c->num_classes > 100000) return report("%s: num_classes %d out of range [2, 100000]", what, c->num_classes);
-    if (c->stages < 1 || c->stages > TEACHER_MAX_STAGES) return report("%s: stages %d out of range [1, %d]", what, c->stages, TEACHER_MAX_STAGES);
-    if (c->blocks < 1 || c->blocks > 200) return report("%s: blocks per stage %d out of range [1, 200]", what, c->blocks);
-    for (int s = 0; s < c->stages; s++)
-        if (c->widths[s] < 1 || c->widths[s] > 4096) return report("%s: width of stage %d is %d, out of range [1, 4096]", what, s + 1, c->widths[s]);
-    return 0;
 }
 
 /* ---- 7.1 Convolution via im2col: out = W (cout, cin*k*k) x col (cin*k*k, pixels) ------------
@@ -1920,77 +1551,93 @@ static void teacher_backward(Teacher *t, int B) {
     convbn_backward(t, &t->stem, NULL, t->input, B);
 }
 
-/* Teacher checkpoint: header [0] magic 20151210, [1] version 1, [2] img_size, [3] in_chans,
-   [4] num_classes, [5] stages S, [6] blocks per stage, [7 .. 7+S-1] widths; then the tensors
-   in the order of teacher_build (stem conv, stem bn, blocks..., fc w, fc b). */
-static int teacher_save(const Teacher *t, const char *path) {
-    int32_t header[HEADER_INTS] = {0};
-    const TeacherConfig *c = &t->config;
-    header[0] = TEACHER_MAGIC;
-    header[1] = TEACHER_VERSION;
-    header[2] = c->img_size;
-    header[3] = c->in_chans;
-    header[4] = c->num_classes;
-    header[5] = c->stages;
-    header[6] = c->blocks;
-    for (int s = 0; s < c->stages; s++) header[7 + s] = c->widths[s];
-    return write_file_atomic(path, header, t->params_memory, t->num_params);
+/* ============================================================================================
+ * 6. Optimizers and learning-rate schedule
+ * ========================================================================================== */
+
+typedef enum { OPT_ADAMW = 0, OPT_SGD = 1 } OptType;
+
+typedef struct {
+    OptType type;
+    float beta1, beta2, eps; /* AdamW: 0.9, 0.999, 1e-8 */
+    float weight_decay;      /* decoupled for AdamW, L2 added to the gradient for SGD */
+    float momentum;          /* SGD */
+    int nesterov;            /* SGD */
+    long step;               /* optimizer steps taken so far */
+    size_t n;
+    float *m;                /* AdamW first moment, or SGD momentum buffer */
+    float *v;                /* AdamW second moment */
+} Optimizer;
+
+static void optimizer_init(Optimizer *o, OptType type, size_t n, float weight_decay, float momentum, int nesterov) {
+    memset(o, 0, sizeof(*o));
+    o->type = type;
+    o->beta1 = 0.9f;
+    o->beta2 = 0.999f;
+    o->eps = 1e-8f;
+    o->weight_decay = weight_decay;
+    o->momentum = momentum;
+    o->nesterov = nesterov;
+    o->n = n;
+    o->m = xcalloc(2 * n, sizeof(float)); /* m and v in one block: the state file writes it whole */
+    o->v = o->m + n;
 }
 
-static int teacher_config_from_header(TeacherConfig *c, const int32_t *h, const char *path) {
-    if (h[0] != TEACHER_MAGIC) return report("%s: not a deit.c teacher checkpoint (magic %d, expected %d)", path, h[0], TEACHER_MAGIC);
-    if (h[1] != TEACHER_VERSION) return report("%s: teacher checkpoint version %d, this program reads version %d", path, h[1], TEACHER_VERSION);
-    memset(c, 0, sizeof(*c));
-    c->img_size = h[2];
-    c->in_chans = h[3];
-    c->num_classes = h[4];
-    c->stages = h[5];
-    c->blocks = h[6];
-    if (c->stages < 1 || c->stages > TEACHER_MAX_STAGES) return report("%s: stages %d out of range [1, %d]", path, c->stages, TEACHER_MAX_STAGES);
-    for (int s = 0; s < c->stages; s++) c->widths[s] = h[7 + s];
-    for (int i = 7 + c->stages; i < HEADER_INTS; i++)
-        if (h[i] != 0) return report("%s: header entry %d is %d; entries after the widths are reserved and must be 0", path, i, h[i]);
-    return teacher_config_check(c, path);
+static void optimizer_free(Optimizer *o) {
+    free(o->m);
+    o->m = o->v = NULL;
 }
 
-/* The parameter count of a teacher configuration, without building it (same walk as teacher_build). */
-static uint64_t teacher_count_params(const TeacherConfig *c) {
-    uint64_t n = (uint64_t)c->in_chans * 9 * c->widths[0] + 4ull * c->widths[0];
-    uint64_t cin = (uint64_t)c->widths[0];
-    for (int s = 0; s < c->stages; s++)
-        for (int b = 0; b < c->blocks; b++) {
-            uint64_t cout = (uint64_t)c->widths[s];
-            int stride = (s > 0 && b == 0) ? 2 : 1;
-            n += cin * 9 * cout + 4 * cout + cout * 9 * cout + 4 * cout;
-            if (stride != 1 || cin != cout) n += cin * cout + 4 * cout;
-            cin = cout;
-        }
-    return n + (uint64_t)c->num_classes * cin + (uint64_t)c->num_classes;
-}
-
-static int teacher_load(Teacher *t, const char *path) {
-    int32_t header[HEADER_INTS];
-    long bytes = 0;
-    TeacherConfig cfg;
-    if (read_header(path, header, &bytes) || teacher_config_from_header(&cfg, header, path)) return -1;
-    if (check_file_length(path, teacher_count_params(&cfg), bytes)) return -1;
-    teacher_build(t, &cfg);
-    if (read_floats_after_header(path, t->params_memory, t->num_params, bytes)) {
-        teacher_free(t);
-        return -1;
-    }
-    for (int i = 0; i < t->num_tensors; i++) { /* a negative variance would make every output NaN */
-        const TensorInfo *ti = &t->tensors[i];
-        if (strcmp(ti->name, "bn_running_var") != 0) continue;
-        for (size_t j = 0; j < ti->size; j++)
-            if (t->params_memory[ti->offset + j] < 0.0f) {
-                report("%s: tensor %d (bn_running_var) holds %g: a variance cannot be negative; corrupt file",
-                       path, i, (double)t->params_memory[ti->offset + j]);
-                teacher_free(t);
-                return -1;
+/* One step over every trainable tensor of the table, as PyTorch's AdamW and SGD do it:
+   AdamW:  p -= lr * wd * p  (decoupled decay, only where decay is on)
+           m = b1 m + (1-b1) g,  v = b2 v + (1-b2) g^2
+           p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+   SGD:    g += wd * p (only where decay is on);  buf = momentum buf + g
+           p -= lr * buf,   or with Nesterov  p -= lr * (g + momentum buf)                   */
+static void optimizer_step(Optimizer *o, float *params, const float *grads, const TensorInfo *tensors,
+                           int num_tensors, float lr) {
+    o->step++;
+    float bc1 = 1.0f - powf(o->beta1, (float)o->step), bc2 = 1.0f - powf(o->beta2, (float)o->step);
+    for (int t = 0; t < num_tensors; t++) {
+        const TensorInfo *ti = &tensors[t];
+        if (!ti->trainable || ti->size == 0) continue;
+        float wd = ti->decay ? o->weight_decay : 0.0f;
+        float *p = params + ti->offset, *m = o->m + ti->offset, *v = o->v + ti->offset;
+        const float *g = grads + ti->offset;
+        long n = (long)ti->size;
+        if (o->type == OPT_ADAMW) {
+            OMP(omp parallel for schedule(static))
+            for (long i = 0; i < n; i++) {
+                p[i] -= lr * wd * p[i];
+                m[i] = o->beta1 * m[i] + (1.0f - o->beta1) * g[i];
+                v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * g[i] * g[i];
+                p[i] -= lr * (m[i] / bc1) / (sqrtf(v[i] / bc2) + o->eps);
             }
+        } else {
+            OMP(omp parallel for schedule(static))
+            for (long i = 0; i < n; i++) {
+                float gi = g[i] + wd * p[i];
+                m[i] = o->momentum * m[i] + gi;
+                p[i] -= lr * (o->nesterov ? gi + o->momentum * m[i] : m[i]);
+            }
+        }
     }
-    return 0;
+}
+
+/* Learning rate at a step: linear warmup from warmup_lr to lr, then cosine down to min_lr
+   (or constant). Per step rather than per epoch as timm's scheduler in the reference (which also
+   adds 10 cooldown epochs at min_lr), so the rate changes smoothly within an epoch. The cosine
+   starts where the warmup ends; timm's runs from step 0 underneath the warmup, a difference of
+   warmup/epochs in the cosine's phase (5/300 in the paper's recipe). */
+typedef enum { SCHED_COSINE = 0, SCHED_CONSTANT = 1 } SchedType;
+
+static float lr_at(long step, long total_steps, long warmup_steps, float lr, float min_lr, float warmup_lr,
+                   SchedType sched) {
+    if (step < warmup_steps) return warmup_lr + (lr - warmup_lr) * (float)step / (float)warmup_steps;
+    if (sched == SCHED_CONSTANT || total_steps <= warmup_steps) return lr;
+    double progress = (double)(step - warmup_steps) / (double)(total_steps - warmup_steps);
+    if (progress > 1.0) progress = 1.0;
+    return min_lr + 0.5f * (lr - min_lr) * (float)(1.0 + cos(3.14159265358979 * progress));
 }
 
 /* ============================================================================================
@@ -2022,6 +1669,8 @@ static int file_exists(const char *path) {
 /* Reads one CIFAR binary file (records of label_bytes labels + 3072 pixels), appending to d.
    Any whole number of records loads (the tests use tiny files); a count other than the
    official file's (expected) gets a warning, as a cut download rarely ends on a record. */
+static int file_length(FILE *f, const char *path, long *bytes); /* hook: Part III.1 */
+
 static int cifar_read_file(Dataset *d, const char *path, int label_bytes, int expected) {
     FILE *f = fopen(path, "rb");
     if (!f) return report("%s: cannot open: %s (get the data with ./cifar_download.sh)", path, strerror(errno));
@@ -2439,6 +2088,8 @@ static void make_batch(float *images, int S_out, float *targets, int *labels, co
    resolution"): the same weights at image size S; the patch part of the position embedding is
    resized as a G x G grid of D-vectors (bicubic, as the paper; bilinear for comparison), the
    class and distillation token positions are kept as they are. */
+static int deit_config_check(const DeiTConfig *c, const char *what); /* hook: Part III.1 */
+
 static void deit_resize(DeiT *dst, const DeiT *src, int img_size, int bicubic) {
     DeiTConfig c = src->config;
     c.img_size = img_size;
@@ -2461,6 +2112,99 @@ static void teacher_resize(Teacher *dst, const Teacher *src, int img_size) {
     c.img_size = img_size;
     teacher_build(dst, &c);
     memcpy(dst->params_memory, src->params_memory, sizeof(float) * src->num_params);
+}
+
+/* ============================================================================================
+ * I.9 Checkpoints: a 256-int32 header, then every parameter tensor as float32, little-endian
+ *
+ * The header names the architecture, so a file is all it takes to rebuild the model. Files
+ * are written to FILE.tmp and renamed over FILE, so a killed run never leaves half a file;
+ * reading checks magic, sizes and length before anything is allocated (Part III.1 does both).
+ * ========================================================================================== */
+
+/* hooks: Part III.1 */
+static int write_file_atomic(const char *path, const int32_t *header, const float *data, size_t n);
+static int read_header(const char *path, int32_t *header, long *file_bytes);
+static int check_file_length(const char *path, uint64_t n, long file_bytes);
+static int read_floats_after_header(const char *path, float *data, size_t n, long file_bytes);
+static int deit_config_from_header(DeiTConfig *c, const int32_t *h, const char *path);
+static int teacher_config_from_header(TeacherConfig *c, const int32_t *h, const char *path);
+static uint64_t teacher_count_params(const TeacherConfig *c);
+
+static int deit_save(const DeiT *m, const char *path) {
+    int32_t header[HEADER_INTS] = {0};
+    const DeiTConfig *c = &m->config;
+    header[0] = DEIT_MAGIC;
+    header[1] = DEIT_VERSION;
+    header[2] = c->img_size;
+    header[3] = c->patch_size;
+    header[4] = c->in_chans;
+    header[5] = c->num_classes;
+    header[6] = c->dim;
+    header[7] = c->depth;
+    header[8] = c->heads;
+    header[9] = c->mlp_hidden;
+    header[10] = c->dist_token;
+    return write_file_atomic(path, header, m->params_memory, m->num_params);
+}
+
+/* Loads a student checkpoint into a new model. Returns 0, or -1 after printing why not. */
+static int deit_load(DeiT *m, const char *path) {
+    int32_t header[HEADER_INTS];
+    long bytes = 0;
+    DeiTConfig cfg;
+    if (read_header(path, header, &bytes) || deit_config_from_header(&cfg, header, path)) return -1;
+    TensorInfo table[NUM_PARAM_TENSORS];
+    deit_tensor_table(table, &cfg);
+    if (check_file_length(path, table[NUM_PARAM_TENSORS - 1].offset + table[NUM_PARAM_TENSORS - 1].size, bytes)) return -1;
+    deit_build(m, &cfg);
+    if (read_floats_after_header(path, m->params_memory, m->num_params, bytes)) {
+        deit_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* Teacher checkpoint: header [0] magic 20151210, [1] version 1, [2] img_size, [3] in_chans,
+   [4] num_classes, [5] stages S, [6] blocks per stage, [7 .. 7+S-1] widths; then the tensors
+   in the order of teacher_build (stem conv, stem bn, blocks..., fc w, fc b). */
+static int teacher_save(const Teacher *t, const char *path) {
+    int32_t header[HEADER_INTS] = {0};
+    const TeacherConfig *c = &t->config;
+    header[0] = TEACHER_MAGIC;
+    header[1] = TEACHER_VERSION;
+    header[2] = c->img_size;
+    header[3] = c->in_chans;
+    header[4] = c->num_classes;
+    header[5] = c->stages;
+    header[6] = c->blocks;
+    for (int s = 0; s < c->stages; s++) header[7 + s] = c->widths[s];
+    return write_file_atomic(path, header, t->params_memory, t->num_params);
+}
+
+static int teacher_load(Teacher *t, const char *path) {
+    int32_t header[HEADER_INTS];
+    long bytes = 0;
+    TeacherConfig cfg;
+    if (read_header(path, header, &bytes) || teacher_config_from_header(&cfg, header, path)) return -1;
+    if (check_file_length(path, teacher_count_params(&cfg), bytes)) return -1;
+    teacher_build(t, &cfg);
+    if (read_floats_after_header(path, t->params_memory, t->num_params, bytes)) {
+        teacher_free(t);
+        return -1;
+    }
+    for (int i = 0; i < t->num_tensors; i++) { /* a negative variance would make every output NaN */
+        const TensorInfo *ti = &t->tensors[i];
+        if (strcmp(ti->name, "bn_running_var") != 0) continue;
+        for (size_t j = 0; j < ti->size; j++)
+            if (t->params_memory[ti->offset + j] < 0.0f) {
+                report("%s: tensor %d (bn_running_var) holds %g: a variance cannot be negative; corrupt file",
+                       path, i, (double)t->params_memory[ti->offset + j]);
+                teacher_free(t);
+                return -1;
+            }
+    }
+    return 0;
 }
 
 /* ============================================================================================
@@ -2527,29 +2271,34 @@ static void net_forward(Net *n, const float *images, int B, int train) {
     else teacher_forward(&n->resnet, images, B, train);
 }
 
+/* The inference outputs of a network: for a student the class head, the distillation head or
+   their mean (the model's prediction); a ResNet has one head. */
 static const float *net_logits(const Net *n, int head) {
     if (n->kind == NET_RESNET) return n->resnet.logits;
-    if (head == HEAD_CLS || !n->deit.config.dist_token) return head == HEAD_MEAN ? n->deit.acts.logits_mean : n->deit.acts.logits;
-    return head == HEAD_DIST ? n->deit.acts.logits_dist : n->deit.acts.logits_mean;
+    const ActivationTensors *a = &n->deit.acts;
+    switch (head) {
+    case HEAD_CLS: return a->logits;
+    case HEAD_DIST: return n->deit.config.dist_token ? a->logits_dist : a->logits;
+    default: return a->logits_mean;
+    }
 }
 
-/* After a training forward: zero the gradients, compute the loss and backpropagate it. */
-static LossParts net_loss_backward(Net *n, const float *targets, const float *teacher_logits,
-                                   DistillType type, float alpha, float tau, int B) {
-    if (n->kind == NET_DEIT) {
-        deit_zero_grad(&n->deit);
-        LossParts p = deit_loss_backward_start(&n->deit, targets, teacher_logits, type, alpha, tau, B);
-        deit_backward(&n->deit, B);
-        return p;
-    }
-    Teacher *t = &n->resnet;
-    teacher_zero_grad(t);
-    float *hard = xmalloc(sizeof(float) * (size_t)B * t->config.num_classes);
-    LossParts p = deit_loss(t->dlogits, NULL, hard, t->logits, NULL, targets, teacher_logits, type, alpha, tau, B,
-                            t->config.num_classes);
-    free(hard);
-    teacher_backward(t, B);
-    return p;
+/* The heads as the loss sees them (Heads, I.5). */
+static Heads net_heads(Net *n) {
+    if (n->kind == NET_RESNET) return (Heads){n->resnet.logits, NULL, n->resnet.dlogits, NULL};
+    DeiT *m = &n->deit;
+    if (!m->config.dist_token) return (Heads){m->acts.logits, NULL, m->grads_acts.logits, NULL};
+    return (Heads){m->acts.logits, m->acts.logits_dist, m->grads_acts.logits, m->grads_acts.logits_dist};
+}
+
+static void net_zero_grad(Net *n) {
+    if (n->kind == NET_DEIT) deit_zero_grad(&n->deit);
+    else teacher_zero_grad(&n->resnet);
+}
+
+static void net_backward(Net *n, int B) {
+    if (n->kind == NET_DEIT) deit_backward(&n->deit, B);
+    else teacher_backward(&n->resnet, B);
 }
 
 /* ---- 9.1 Evaluation: accuracy of each head, and the confusion matrix of the inference output */
@@ -2592,24 +2341,6 @@ static void evaluate(Net *net, const Dataset *d, int batch, EvalResult *r, float
     free(images), free(targets), free(labels), free(idx);
 }
 
-/* ---- 9.2 Progress on one line ------------------------------------------------------------- */
-/* Without POSIX isatty(): stderr is taken to be a terminal when it cannot be positioned
-   (ftell fails) and TERM names one; redirected to a file it gets plain lines. A pipe cannot be
-   told from a terminal this way: DEIT_PROGRESS=lines (or inline) overrides the guess. */
-static int stderr_is_terminal(void) {
-    const char *term = getenv("TERM");
-    const char *mode = getenv("DEIT_PROGRESS");
-    if (mode) return !strcmp(mode, "inline");
-    return ftell(stderr) < 0 && term && *term && strcmp(term, "dumb");
-}
-
-/* ---- 9.3 Training settings ------------------------------------------------------------------ */
-static int all_finite(const float *x, size_t n) {
-    int ok = 1;
-    for (size_t i = 0; i < n; i++) ok &= isfinite(x[i]) != 0;
-    return ok;
-}
-
 typedef struct {
     int epochs, batch, train_limit, shuffle, threads;
     long max_steps;           /* stop after this many optimizer steps (0: no limit) */
@@ -2620,8 +2351,7 @@ typedef struct {
     OptType opt;
     SchedType sched;
     AugConfig aug;
-    DistillType distill;
-    float alpha, tau;
+    Distillation kd;
     uint64_t seed;
     const char *data_dir, *out, *log, *resume;
     const char *teacher_path; /* for messages only */
@@ -2629,6 +2359,461 @@ typedef struct {
 
 static uint64_t batch_seed(uint64_t seed, int epoch, int step_in_epoch) {
     return splitmix64(seed * 0x100000001B3ull ^ splitmix64(((uint64_t)epoch << 32) | (uint32_t)step_in_epoch));
+}
+
+/* ---- The training loop ----------------------------------------------------------------------
+   The same loop trains the teacher and the student. Per step: a batch of augmented images; the
+   teacher's logits on the same images (eval mode, no gradient); the student's forward pass; the
+   loss of Sec. 4 and its gradient; the backward pass; one optimizer step. What a run needs
+   besides (loading the data, --resume, skipping or stopping on non-finite values, progress,
+   the test and the checkpoint after each epoch) is Part III's, through the run_* hooks.     */
+
+/* What the teacher sees of a batch (B, 3, S, S): the batch itself, or, for a teacher trained at
+   another resolution TS, the batch resized to it (bicubic) in buf (B, 3, TS, TS). */
+static const float *teacher_input(float *buf, const float *images, int B, int S, int TS) {
+    if (TS == S) return images;
+    OMP(omp parallel for schedule(static))
+    for (int b = 0; b < B; b++) resize_grid(buf + (size_t)b * 3 * TS * TS, images + (size_t)b * 3 * S * S, 3, S, TS, 0, 1);
+    return buf;
+}
+
+/* Epochs and steps done: what a checkpoint's .state file keeps for --resume (Part III.2). */
+typedef struct {
+    int epochs_done, step_in_epoch;
+    long step;
+    uint64_t rng;                     /* the student's drop-path random state */
+    double elapsed;                   /* seconds of training so far */
+    uint64_t data_hash, teacher_hash; /* what the run learns from (a resumed run must match) */
+} RunState;
+
+/* A training run: the data, the batch buffers, the optimizer and the counters. */
+typedef struct {
+    const TrainConfig *cfg;
+    Net *net, *teacher;
+    Dataset train_set, test_set;
+    int *pool, n_train;          /* the training images used: all, or a class-balanced subset */
+    int *order;                  /* the pool in this epoch's order */
+    int steps_per_epoch;
+    long total_steps, warmup_steps;
+    float *images, *targets;     /* one batch: (B, 3, S, S) images and (B, C) target distributions */
+    int *labels;                 /* (B) */
+    float *teacher_images;       /* the batch at the teacher's resolution, when that differs */
+    Optimizer opt;
+    RunState state;
+    /* Part III's bookkeeping */
+    int stop, status, next_step, steps_done, inline_progress, nothing_to_do;
+    long skipped;
+    float lr;
+    double epoch_start, last_print, loss_sum;
+    float *params_before_step;   /* --skip-nonfinite on a ResNet: the weights to restore */
+    FILE *log;
+    char state_path[4096];
+} Run;
+
+/* hooks: Part III.3 */
+static int run_begin(Run *run, Net *net, Net *teacher, const TrainConfig *cfg);
+static int run_step_check(Run *run, const float *teacher_logits, LossParts loss, int s);
+static void run_step_done(Run *run, int epoch, int s, LossParts loss, float lr);
+static void run_epoch_done(Run *run, int epoch);
+static int run_end(Run *run);
+
+/* The order of an epoch's images: the pool, shuffled with a seed made of the run's and the epoch. */
+static void epoch_order(int *order, const int *pool, int n, const TrainConfig *cfg, int epoch) {
+    memcpy(order, pool, sizeof(int) * n);
+    if (!cfg->shuffle) return;
+    Rng rng;
+    rng_seed(&rng, cfg->seed ^ splitmix64(0xE90C0000ull + (uint64_t)epoch));
+    shuffle(order, n, &rng);
+}
+
+/* Trains net (initialised or loaded by the caller) on the training split; teacher may be NULL.
+   After every epoch net goes to cfg->out and the training state to cfg->out + ".state". */
+static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
+    Run run;
+    if (run_begin(&run, net, teacher, cfg)) return -1;
+    int B = cfg->batch, S = net_img_size(net), C = run.train_set.num_classes;
+    for (int epoch = run.state.epochs_done; epoch < cfg->epochs && !run.stop; epoch++) {
+        epoch_order(run.order, run.pool, run.n_train, cfg, epoch);
+        int first = epoch == run.state.epochs_done ? run.state.step_in_epoch : 0; /* a resumed run may start mid-epoch */
+        for (int s = first; s < run.steps_per_epoch && !run.stop; s++) {
+            make_batch(run.images, S, run.targets, run.labels, &run.train_set, run.order + (size_t)s * B, B, &cfg->aug, 1,
+                       batch_seed(cfg->seed, epoch, s));
+            const float *teacher_logits = NULL;
+            if (teacher && cfg->kd.type != DISTILL_NONE) {
+                net_forward(teacher, teacher_input(run.teacher_images, run.images, B, S, net_img_size(teacher)), B, 0);
+                teacher_logits = net_logits(teacher, HEAD_MEAN);
+            }
+            float lr = lr_at(run.state.step, run.total_steps, run.warmup_steps, cfg->lr, cfg->min_lr, cfg->warmup_lr, cfg->sched);
+            net_forward(net, run.images, B, 1);
+            net_zero_grad(net);
+            LossParts loss = deit_loss(net_heads(net), run.targets, teacher_logits, &cfg->kd, B, C);
+            net_backward(net, B);
+            if (run_step_check(&run, teacher_logits, loss, s)) continue; /* a NaN or Inf: skipped, or the run stops */
+            optimizer_step(&run.opt, net_params(net), net_grads(net), net_tensors(net), net_num_tensors(net), lr);
+            run_step_done(&run, epoch, s, loss, lr);
+        }
+        run_epoch_done(&run, epoch); /* test, log, checkpoint and state */
+    }
+    return run_end(&run);
+}
+
+/* ############################################################################################
+ *
+ *  PART II: MAKING IT FAST
+ *
+ *  The naive matmul of Part I (I.2) is right but slow: it reaches a few GFLOP/s, where the
+ *  processor can do a hundred or more. matmul_fast below computes the same product, with the
+ *  same arguments, about 50x faster, in plain C loops that the compiler turns into vector
+ *  instructions. matmul() in Part I calls it unless --matmul naive is given.
+ *
+ * ########################################################################################## */
+
+/* The fast one. Four tricks, all plain C that the compiler turns into vector instructions:
+ *
+ * 1. Register tile. The innermost routine (micro_kernel) computes a small MR x NR block of C
+ *    in a local array `acc`. For each k it loads MR numbers of A and NR numbers of B and does
+ *    MR*NR multiply-adds: every number loaded is used MR or NR times. With constant MR and NR
+ *    the compiler keeps `acc` in vector registers and vectorizes the j loop (NR wide).
+ * 2. Packing. Before the kernel runs, the part of A it needs is copied into "panels" of MR
+ *    rows laid out k by k (MR consecutive floats per k), and B into panels of NR columns (NR
+ *    consecutive floats per k). The kernel then reads both with unit stride, whatever the
+ *    strides (transposes) of the original operands: this is what lets one routine serve the
+ *    forward pass and both backward products. Edges are padded with zeros, so the kernel
+ *    always computes a full tile and only the valid part is added to C.
+ * 3. Cache blocking. K is cut in slices of KC so a packed A block (MC x KC) stays in L2 and a
+ *    B panel (KC x NR) in L1 while they are reused; N is cut in slices of NC so packed B fits
+ *    in L3.
+ * 4. No copy where none is needed: a full B panel whose rows are already contiguous is read
+ *    in place (b_direct below), and so is a full group of MR rows of A whose rows are
+ *    contiguous (a_direct): the kernel then reads A(i,k) at a[k + i*a_rs] instead of
+ *    a[k*MR + i]. Packing is a copy that does no arithmetic; for a skinny product (a few
+ *    hundred rows) skipping it was worth up to 2x.
+ *    The packing loops themselves run k outer, panel width inner, so every store goes to
+ *    consecutive addresses; the other order (one source row at a time, stores MR or NR apart)
+ *    measured 3x slower when the source is transposed.
+ * Threads (OpenMP) split the tiles of C; no two threads ever write the same element of C, so
+ * the backward products are race-free and the result does not depend on the thread count.
+ */
+#define MR 6
+#define NR 32
+#define KC 256
+#define MC 72  /* a multiple of MR */
+#define NC 4096 /* a multiple of NR */
+
+/* C tile (m <= MR rows, n <= NR columns) += A panel (MR x kc) * B panel (kc x NR).
+   A(i,k) = a[k*a_k + i*a_i]: a packed panel has a_k = MR, a_i = 1; A read in place a_k = 1,
+   a_i = its row stride. B(k,j) = b[k*ldb + j]. */
+static void micro_kernel(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb,
+                         float *restrict c, int ldc, int m, int n) {
+    float acc[MR][NR] = {{0}};
+    for (int k = 0; k < kc; k++) {
+        for (int i = 0; i < MR; i++) {
+            float aik = a[(size_t)k * a_k + (size_t)i * a_i];
+            for (int j = 0; j < NR; j++) acc[i][j] += aik * b[(size_t)k * ldb + j];
+        }
+    }
+    if (m == MR && n == NR) {
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) c[(size_t)i * ldc + j] += acc[i][j];
+    } else {
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) c[(size_t)i * ldc + j] += acc[i][j];
+    }
+}
+
+/* A[i0 .. i0+m) x [k0 .. k0+kc) into panels of MR rows (MR numbers per k), zero padded. */
+static void pack_a(float *restrict dst, const float *A, int a_rs, int a_cs, int i0, int m, int k0, int kc) {
+    for (int p = 0; p < m; p += MR, dst += (size_t)MR * kc) {
+        int rows = m - p < MR ? m - p : MR;
+        if (rows < MR) memset(dst, 0, sizeof(float) * MR * kc);
+        const float *src = A + (size_t)(i0 + p) * a_rs + (size_t)k0 * a_cs;
+        for (int k = 0; k < kc; k++)
+            for (int i = 0; i < rows; i++) dst[k * MR + i] = src[(size_t)i * a_rs + (size_t)k * a_cs];
+    }
+}
+
+/* One panel: B[k0 .. k0+kc) x [j0 .. j0+n) as kc rows of NR numbers, zero padded. */
+static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs, int k0, int kc, int j0, int n) {
+    const float *src = B + (size_t)k0 * b_rs + (size_t)j0 * b_cs;
+    if (b_rs == 1 && n == NR) { /* a full panel of a transposed B: written out so that the
+                                   compiler sees the constant trip count and the unit k stride */
+        for (int k = 0; k < kc; k++)
+            for (int j = 0; j < NR; j++) dst[k * NR + j] = src[(size_t)j * b_cs + k];
+        return;
+    }
+    if (n < NR) memset(dst, 0, sizeof(float) * NR * kc);
+    for (int k = 0; k < kc; k++)
+        for (int j = 0; j < n; j++) dst[k * NR + j] = src[(size_t)k * b_rs + (size_t)j * b_cs];
+}
+
+static float *matmul_packed_b; /* KC x NC, allocated once */
+
+static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
+                   const float *B, int b_rs, int b_cs, int M, int N, int K) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    if (!matmul_packed_b) matmul_packed_b = xmalloc(sizeof(float) * KC * NC);
+    float *bp = matmul_packed_b;
+    /* Trick 4: when B's rows are contiguous (b_cs == 1), the kernel reads a full B panel where
+       it lies, with row stride b_rs; only panels that are transposed or cut short are packed.
+       Likewise for A's rows (a_cs == 1): only a last group of fewer than MR rows is packed. */
+    int b_direct = (b_cs == 1), a_direct = (a_cs == 1);
+    for (int j0 = 0; j0 < N; j0 += NC) {
+        int nc = N - j0 < NC ? N - j0 : NC;
+        int n_panels = (nc + NR - 1) / NR;
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            int kc = K - k0 < KC ? K - k0 : KC;
+            OMP(omp parallel for schedule(static))
+            for (int q = 0; q < n_panels; q++) {
+                int n = nc - q * NR < NR ? nc - q * NR : NR;
+                if (!b_direct || n < NR) pack_b_panel(bp + (size_t)q * NR * kc, B, b_rs, b_cs, k0, kc, j0 + q * NR, n);
+            }
+            /* Work items: (block of MC rows) x (group of G B panels). Each packs its A block (or
+               just its last rows, when A is read in place). G = 4 reuses a packed A block over
+               four panels; a small product (a convolution's weight gradient: 16 rows, 5
+               panels) gets G = 1, so that it still splits evenly over the threads. */
+            int n_blocks = (M + MC - 1) / MC;
+            int G = n_blocks * ((n_panels + 3) / 4) >= 16 ? 4 : 1;
+            int n_groups = (n_panels + G - 1) / G;
+            OMP(omp parallel)
+            {
+                _Alignas(64) float ap[MC * KC];
+                int packed_block = -1;
+                OMP(omp for schedule(static))
+                for (int w = 0; w < n_blocks * n_groups; w++) {
+                    int blk = w / n_groups, grp = w % n_groups;
+                    int i0 = blk * MC, m = M - i0 < MC ? M - i0 : MC;
+                    if (packed_block != blk) {
+                        int first = a_direct ? m / MR * MR : 0; /* rows before it are read in place */
+                        if (first < m) pack_a(ap + (size_t)first * kc, A, a_rs, a_cs, i0 + first, m - first, k0, kc);
+                        packed_block = blk;
+                    }
+                    int q_end = (grp + 1) * G < n_panels ? (grp + 1) * G : n_panels;
+                    for (int q = grp * G; q < q_end; q++) {
+                        int jn = nc - q * NR < NR ? nc - q * NR : NR;
+                        int direct = b_direct && jn == NR;
+                        const float *b = direct ? B + (size_t)k0 * b_rs + j0 + q * NR : bp + (size_t)q * NR * kc;
+                        for (int p = 0; p < m; p += MR) {
+                            int im = m - p < MR ? m - p : MR;
+                            int in_place = a_direct && im == MR;
+                            const float *a = in_place ? A + (size_t)(i0 + p) * a_rs + k0 : ap + (size_t)p * kc;
+                            micro_kernel(kc, a, in_place ? 1 : MR, in_place ? a_rs : 1, b, direct ? b_rs : NR,
+                                         C + (size_t)(i0 + p) * ldc + j0 + q * NR, ldc, im, jn);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+
+/* ############################################################################################
+ *
+ *  PART III: THE WORKSHOP
+ *
+ *  What a program needs around the paper and no paper describes: files that may be truncated,
+ *  corrupt or from another model (III.1); the state that lets a killed run continue exactly
+ *  where it stopped (III.2); the training loop's bookkeeping: settings checks, progress, the
+ *  test after each epoch, the log and the checkpoints (III.3); the paper's analyses (III.4);
+ *  the command line (III.5) and the benchmark (III.6).
+ *
+ * ########################################################################################## */
+
+/* ---- Checkpoint file: 256 int32 header, then the parameters as float32, little-endian ----
+   Written to FILE.tmp and renamed over FILE, so a killed or crashed run never leaves a
+   half-written FILE. (Standard C has no fsync: after a power loss the file system decides.) */
+static int host_is_little_endian(void) {
+    const uint32_t one = 1;
+    return *(const unsigned char *)&one == 1;
+}
+
+/* Can a file be created beside path, and path then be replaced by it? Creates and removes
+   write_file_atomic's temp file (path.tmp, which every checkpoint write overwrites anyway), and
+   refuses an empty name or an existing directory (the rename would fail). Training calls this
+   before the first epoch, so that a mistyped --out fails at once, not after an hour. */
+static int check_writable(const char *path) {
+    if (!path[0]) return report("the output file name is empty");
+    FILE *existing = fopen(path, "rb");
+    if (existing) { /* a directory opens for reading on Linux, but reading it fails (EISDIR) */
+        int unreadable = getc(existing) == EOF && ferror(existing);
+        int err = errno;
+        fclose(existing);
+        if (unreadable) return report("%s: cannot be replaced by a checkpoint: %s", path, strerror(err));
+    }
+    char tmp[4096];
+    path_printf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return report("%s: cannot open for writing: %s", tmp, strerror(errno));
+    fclose(f);
+    remove(tmp);
+    return 0;
+}
+
+/* Writes header + data to path.tmp, then renames it over path: a crash leaves the old file
+   whole. Weights or moments that are not finite are never written (every reader refuses them). */
+static int write_file_atomic(const char *path, const int32_t *header, const float *data, size_t n) {
+    if (!host_is_little_endian()) return report("%s: this program writes little-endian files only", path);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(data[i]))
+            return report("%s: not written: value %zu (a weight; in a .state file, an optimizer moment) is not a finite "
+                          "number; the file was left as it was", path, i);
+    size_t len = strlen(path);
+    char *tmp = xmalloc(len + 5);
+    memcpy(tmp, path, len);
+    memcpy(tmp + len, ".tmp", 5);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        report("%s: cannot open for writing: %s", tmp, strerror(errno));
+        free(tmp);
+        return -1;
+    }
+    int ok = fwrite(header, sizeof(int32_t), HEADER_INTS, f) == HEADER_INTS;
+    ok = ok && fwrite(data, sizeof(float), n, f) == n;
+    ok = (fflush(f) == 0) && ok;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) {
+        report("%s: write failed (disk full?): %s; %s was left as it was", tmp, strerror(errno), path);
+        remove(tmp);
+        free(tmp);
+        return -1;
+    }
+    if (rename(tmp, path) != 0) {
+        report("%s: cannot rename to %s: %s", tmp, path, strerror(errno));
+        remove(tmp);
+        free(tmp);
+        return -1;
+    }
+    free(tmp);
+    return 0;
+}
+
+/* The length of an open file, by seeking to its end. One byte is read first, so that a
+   directory or an unreadable file fails here with the system's reason. */
+static int file_length(FILE *f, const char *path, long *bytes) {
+    if (getc(f) == EOF && ferror(f)) return report("%s: cannot read: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0 || (*bytes = ftell(f)) < 0) return report("%s: cannot seek", path);
+    rewind(f);
+    return 0;
+}
+
+/* Reads the header of a checkpoint file and its length; the caller checks the header, then
+   read_floats_after_header checks the length is exactly 4 * (HEADER_INTS + floats) and reads. */
+static int read_header(const char *path, int32_t *header, long *file_bytes) {
+    if (!host_is_little_endian()) return report("%s: this program reads little-endian files only", path);
+    FILE *f = fopen(path, "rb");
+    if (!f) return report("%s: cannot open: %s", path, strerror(errno));
+    if (file_length(f, path, file_bytes) != 0) { fclose(f); return -1; }
+    size_t got = fread(header, sizeof(int32_t), HEADER_INTS, f);
+    fclose(f);
+    if (got != HEADER_INTS) return report("%s: too short for a checkpoint header (%ld bytes, need %d)", path, *file_bytes, HEADER_INTS * 4);
+    return 0;
+}
+
+/* The file must hold exactly the header and n floats: checked before anything is allocated. */
+static int check_file_length(const char *path, uint64_t n, long file_bytes) {
+    uint64_t expect = (uint64_t)HEADER_INTS * 4 + n * 4;
+    if ((uint64_t)file_bytes != expect)
+        return report("%s: file is %ld bytes but its header describes %llu (%llu parameters): truncated or not this format",
+                      path, file_bytes, (unsigned long long)expect, (unsigned long long)n);
+    return 0;
+}
+
+static int read_floats_after_header(const char *path, float *data, size_t n, long file_bytes) {
+    long long expect = (long long)HEADER_INTS * 4 + (long long)n * 4;
+    if ((long long)file_bytes != expect)
+        return report("%s: file is %ld bytes but its header describes %lld (%zu parameters): truncated or not this format",
+                      path, file_bytes, expect, n);
+    FILE *f = fopen(path, "rb");
+    if (!f) return report("%s: cannot open: %s", path, strerror(errno));
+    if (fseek(f, HEADER_INTS * 4, SEEK_SET) != 0) {
+        fclose(f);
+        return report("%s: cannot seek past the header", path);
+    }
+    size_t got = fread(data, sizeof(float), n, f);
+    fclose(f);
+    if (got != n) return report("%s: short read (%zu of %zu floats)", path, got, n);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(data[i])) return report("%s: parameter %zu is not a finite number", path, i);
+    return 0;
+}
+
+/* A configuration is sane when every size is in range and the products cannot overflow. */
+static int deit_config_check(const DeiTConfig *c, const char *what) {
+    if (c->img_size < 1 || c->img_size > 4096) return report("%s: img_size %d out of range [1, 4096]", what, c->img_size);
+    if (c->patch_size < 1 || c->patch_size > c->img_size) return report("%s: patch_size %d out of range [1, img_size]", what, c->patch_size);
+    if (c->img_size % c->patch_size) return report("%s: img_size %d is not divisible by patch_size %d", what, c->img_size, c->patch_size);
+    if (c->in_chans < 1 || c->in_chans > 64) return report("%s: in_chans %d out of range [1, 64]", what, c->in_chans);
+    if (c->num_classes < 2 || c->num_classes > 100000) return report("%s: num_classes %d out of range [2, 100000]", what, c->num_classes);
+    if (c->dim < 1 || c->dim > 16384) return report("%s: dim %d out of range [1, 16384]", what, c->dim);
+    if (c->depth < 1 || c->depth > 1000) return report("%s: depth %d out of range [1, 1000]", what, c->depth);
+    if (c->heads < 1 || c->heads > c->dim || c->dim % c->heads) return report("%s: dim %d is not divisible by heads %d", what, c->dim, c->heads);
+    if (c->mlp_hidden < 1 || c->mlp_hidden > 65536) return report("%s: mlp_hidden %d out of range [1, 65536]", what, c->mlp_hidden);
+    if (c->dist_token != 0 && c->dist_token != 1) return report("%s: dist_token must be 0 or 1, not %d", what, c->dist_token);
+    int g = c->img_size / c->patch_size;
+    if ((long long)g * g > 65536) return report("%s: %d patches is too many", what, g * g);
+    if ((long long)c->in_chans * c->patch_size * c->patch_size > (1 << 24)) return report("%s: patch too large", what);
+    return 0;
+}
+
+
+static int deit_config_from_header(DeiTConfig *c, const int32_t *h, const char *path) {
+    if (h[0] != DEIT_MAGIC) return report("%s: not a deit.c student checkpoint (magic %d, expected %d)", path, h[0], DEIT_MAGIC);
+    if (h[1] != DEIT_VERSION) return report("%s: checkpoint version %d, this program reads version %d", path, h[1], DEIT_VERSION);
+    c->img_size = h[2];
+    c->patch_size = h[3];
+    c->in_chans = h[4];
+    c->num_classes = h[5];
+    c->dim = h[6];
+    c->depth = h[7];
+    c->heads = h[8];
+    c->mlp_hidden = h[9];
+    c->dist_token = h[10];
+    for (int i = 11; i < HEADER_INTS; i++)
+        if (h[i] != 0) return report("%s: header entry %d is %d; entries after 10 are reserved and must be 0", path, i, h[i]);
+    return deit_config_check(c, path);
+}
+
+static int teacher_config_check(const TeacherConfig *c, const char *what) {
+    if (c->img_size < 1 || c->img_size > 4096) return report("%s: img_size %d out of range [1, 4096]", what, c->img_size);
+    if (c->in_chans < 1 || c->in_chans > 64) return report("%s: in_chans %d out of range [1, 64]", what, c->in_chans);
+    if (c->num_classes < 2 || c->num_classes > 100000) return report("%s: num_classes %d out of range [2, 100000]", what, c->num_classes);
+    if (c->stages < 1 || c->stages > TEACHER_MAX_STAGES) return report("%s: stages %d out of range [1, %d]", what, c->stages, TEACHER_MAX_STAGES);
+    if (c->blocks < 1 || c->blocks > 200) return report("%s: blocks per stage %d out of range [1, 200]", what, c->blocks);
+    for (int s = 0; s < c->stages; s++)
+        if (c->widths[s] < 1 || c->widths[s] > 4096) return report("%s: width of stage %d is %d, out of range [1, 4096]", what, s + 1, c->widths[s]);
+    return 0;
+}
+
+
+static int teacher_config_from_header(TeacherConfig *c, const int32_t *h, const char *path) {
+    if (h[0] != TEACHER_MAGIC) return report("%s: not a deit.c teacher checkpoint (magic %d, expected %d)", path, h[0], TEACHER_MAGIC);
+    if (h[1] != TEACHER_VERSION) return report("%s: teacher checkpoint version %d, this program reads version %d", path, h[1], TEACHER_VERSION);
+    memset(c, 0, sizeof(*c));
+    c->img_size = h[2];
+    c->in_chans = h[3];
+    c->num_classes = h[4];
+    c->stages = h[5];
+    c->blocks = h[6];
+    if (c->stages < 1 || c->stages > TEACHER_MAX_STAGES) return report("%s: stages %d out of range [1, %d]", path, c->stages, TEACHER_MAX_STAGES);
+    for (int s = 0; s < c->stages; s++) c->widths[s] = h[7 + s];
+    for (int i = 7 + c->stages; i < HEADER_INTS; i++)
+        if (h[i] != 0) return report("%s: header entry %d is %d; entries after the widths are reserved and must be 0", path, i, h[i]);
+    return teacher_config_check(c, path);
+}
+
+/* The parameter count of a teacher configuration, without building it (same walk as teacher_build). */
+static uint64_t teacher_count_params(const TeacherConfig *c) {
+    uint64_t n = (uint64_t)c->in_chans * 9 * c->widths[0] + 4ull * c->widths[0];
+    uint64_t cin = (uint64_t)c->widths[0];
+    for (int s = 0; s < c->stages; s++)
+        for (int b = 0; b < c->blocks; b++) {
+            uint64_t cout = (uint64_t)c->widths[s];
+            int stride = (s > 0 && b == 0) ? 2 : 1;
+            n += cin * 9 * cout + 4 * cout + cout * 9 * cout + 4 * cout;
+            if (stride != 1 || cin != cout) n += cin * cout + 4 * cout;
+            cin = cout;
+        }
+    return n + (uint64_t)c->num_classes * cin + (uint64_t)c->num_classes;
 }
 
 /* ---- 9.4 Training state: what --resume needs besides the model file ------------------------
@@ -2641,14 +2826,7 @@ static uint64_t batch_seed(uint64_t seed, int epoch, int step_in_epoch) {
    [22,23] a hash of the training set (labels and pixels), [24,25] a hash of the teacher's
    weights (0 without a teacher); then the optimizer moments m and v (float32, 2 x parameter
    count). A state written before a hash existed has 0 there, and that check is skipped. */
-typedef struct {
-    int epochs_done, step_in_epoch;
-    long step;
-    uint64_t rng;
-    double elapsed;
-    uint64_t data_hash, teacher_hash; /* what the run learns from: set by train() before
-                                         state_load, which refuses a state saved with others */
-} RunState;
+/* (RunState, the numbers of this header, is declared with the training loop in Part I.) */
 
 static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
     const unsigned char *p = data;
@@ -2663,7 +2841,7 @@ static uint64_t run_settings_hash(const TrainConfig *c, const Net *net) {
     int len = snprintf(s, sizeof(s), "%d %d %d %d %a %a %a %a %a %a %d %d %d %d %d %a %a %a %a %a %d %a %a %a %d %llu",
                        c->epochs, c->batch, c->train_limit, c->shuffle, c->lr, c->min_lr, c->warmup_lr, c->warmup_epochs,
                        c->weight_decay, c->momentum, c->nesterov, c->opt, c->sched, a->crop_flip, a->randaug_ops, a->randaug_mag,
-                       a->erase_prob, a->mixup_alpha, a->cutmix_alpha, a->label_smoothing, c->distill, c->alpha, c->tau,
+                       a->erase_prob, a->mixup_alpha, a->cutmix_alpha, a->label_smoothing, c->kd.type, c->kd.alpha, c->kd.tau,
                        net->kind == NET_DEIT ? net->deit.drop_path : 0.0f, net_img_size(net), (unsigned long long)c->seed);
     return fnv1a(0xCBF29CE484222325ull, s, (size_t)len);
 }
@@ -2739,202 +2917,229 @@ static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, con
     return 0;
 }
 
-/* ---- 9.5 The training loop ------------------------------------------------------------------ */
+/* ============================================================================================
+ * III.3 The training run's bookkeeping: train()'s hooks
+ * ========================================================================================== */
 
-/* What the teacher sees of a batch (B, 3, S, S): the batch itself, or, for a teacher trained at
-   another resolution TS, the batch resized to it (bicubic) in buf (B, 3, TS, TS). */
-static const float *teacher_input(float *buf, const float *images, int B, int S, int TS) {
-    if (TS == S) return images;
-    OMP(omp parallel for schedule(static))
-    for (int b = 0; b < B; b++) resize_grid(buf + (size_t)b * 3 * TS * TS, images + (size_t)b * 3 * S * S, 3, S, TS, 0, 1);
-    return buf;
+static int all_finite(const float *x, size_t n) {
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= isfinite(x[i]) != 0;
+    return ok;
 }
 
-/* Trains net (initialised or loaded by the caller) on the training split; teacher may be NULL.
-   Saves net to cfg->out and the training state to cfg->out + ".state" after every epoch. */
-static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
+/* Progress on one line. */
+/* Without POSIX isatty(): stderr is taken to be a terminal when it cannot be positioned
+   (ftell fails) and TERM names one; redirected to a file it gets plain lines. A pipe cannot be
+   told from a terminal this way: DEIT_PROGRESS=lines (or inline) overrides the guess. */
+static int stderr_is_terminal(void) {
+    const char *term = getenv("TERM");
+    const char *mode = getenv("DEIT_PROGRESS");
+    if (mode) return !strcmp(mode, "inline");
+    return ftell(stderr) < 0 && term && *term && strcmp(term, "dumb");
+}
+
+/* The gradients of one step, as train() computes them: zero, loss, backward (after a training
+   forward). For bench, debug-state and the tests. */
+static LossParts net_loss_backward(Net *net, const float *targets, const float *teacher_logits, const Distillation *kd, int B) {
+    net_zero_grad(net);
+    LossParts loss = deit_loss(net_heads(net), targets, teacher_logits, kd, B, net_num_classes(net));
+    net_backward(net, B);
+    return loss;
+}
+
+static void run_free(Run *r) {
+    if (r->log) fclose(r->log);
+    free(r->images), free(r->targets), free(r->labels), free(r->order), free(r->pool), free(r->teacher_images);
+    free(r->params_before_step);
+    optimizer_free(&r->opt);
+    dataset_free(&r->train_set), dataset_free(&r->test_set);
+}
+
+/* Everything before the first step: the output is writable, the data loads and fits the
+   networks, the optimizer exists, a --resume run has its state back, the log is open. */
+static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
+    memset(r, 0, sizeof(*r));
+    r->cfg = cfg, r->net = net, r->teacher = teacher;
     if (check_writable(cfg->out)) return report("cannot write the checkpoint %s", cfg->out);
-    Dataset train_set, test_set;
-    if (dataset_load(&train_set, cfg->data_dir, 1)) return -1;
-    if (dataset_load(&test_set, cfg->data_dir, 0)) { dataset_free(&train_set); return -1; }
-    int C = train_set.num_classes, B = cfg->batch;
-    if (net_fits_data(net, &train_set, "the model") || (teacher && net_fits_data(teacher, &train_set, "the teacher"))) {
-        dataset_free(&train_set), dataset_free(&test_set);
+    if (dataset_load(&r->train_set, cfg->data_dir, 1)) return -1;
+    if (dataset_load(&r->test_set, cfg->data_dir, 0)) { dataset_free(&r->train_set); return -1; }
+    int C = r->train_set.num_classes, B = cfg->batch;
+    if (net_fits_data(net, &r->train_set, "the model") || (teacher && net_fits_data(teacher, &r->train_set, "the teacher"))) {
+        run_free(r);
         return -1;
     }
-    int *pool = xmalloc(sizeof(int) * train_set.n), n_train = train_set.n;
+    r->pool = xmalloc(sizeof(int) * r->train_set.n), r->n_train = r->train_set.n;
     if (cfg->train_limit > 0) {
-        if (cfg->train_limit > train_set.n) die("--train-limit %d is more than the %d training images", cfg->train_limit, train_set.n);
-        n_train = balanced_subset(pool, &train_set, cfg->train_limit);
+        if (cfg->train_limit > r->train_set.n) die("--train-limit %d is more than the %d training images", cfg->train_limit, r->train_set.n);
+        r->n_train = balanced_subset(r->pool, &r->train_set, cfg->train_limit);
     } else {
-        for (int i = 0; i < n_train; i++) pool[i] = i;
+        for (int i = 0; i < r->n_train; i++) r->pool[i] = i;
     }
-    int steps_per_epoch = n_train / B;
-    if (steps_per_epoch < 1) die("batch %d is larger than the %d training images", B, n_train);
-    long total_steps = (long)cfg->epochs * steps_per_epoch;
-    long warmup_steps = (long)(cfg->warmup_epochs * steps_per_epoch);
-
-    Optimizer opt;
-    optimizer_init(&opt, cfg->opt, net_num_params(net), cfg->weight_decay, cfg->momentum, cfg->nesterov);
-    RunState rs = {0, 0, 0, 0, 0.0, dataset_hash(&train_set), teacher ? params_hash(teacher) : 0};
-    char state_path[4096];
-    path_printf(state_path, sizeof(state_path), "%s.state", cfg->out);
+    r->steps_per_epoch = r->n_train / B;
+    if (r->steps_per_epoch < 1) die("batch %d is larger than the %d training images", B, r->n_train);
+    r->total_steps = (long)cfg->epochs * r->steps_per_epoch;
+    r->warmup_steps = (long)(cfg->warmup_epochs * r->steps_per_epoch);
+    optimizer_init(&r->opt, cfg->opt, net_num_params(net), cfg->weight_decay, cfg->momentum, cfg->nesterov);
+    r->state = (RunState){0, 0, 0, 0, 0.0, dataset_hash(&r->train_set), teacher ? params_hash(teacher) : 0};
+    path_printf(r->state_path, sizeof(r->state_path), "%s.state", cfg->out);
     if (cfg->resume) {
         char resume_state[4096];
         path_printf(resume_state, sizeof(resume_state), "%s.state", cfg->resume);
-        if (state_load(resume_state, net, &opt, &rs, cfg, steps_per_epoch)) die("cannot resume from %s", cfg->resume);
-        opt.step = rs.step;
-        if (net->kind == NET_DEIT) net->deit.rng.state = rs.rng;
-        if (rs.epochs_done >= cfg->epochs || (cfg->max_steps > 0 && rs.step >= cfg->max_steps)) {
+        if (state_load(resume_state, net, &r->opt, &r->state, cfg, r->steps_per_epoch)) die("cannot resume from %s", cfg->resume);
+        r->opt.step = r->state.step;
+        if (net->kind == NET_DEIT) net->deit.rng.state = r->state.rng;
+        if (r->state.epochs_done >= cfg->epochs || (cfg->max_steps > 0 && r->state.step >= cfg->max_steps)) {
             /* nothing to train: leave the checkpoint, its state and the log as they are */
-            fprintf(stderr, "deit: %s is already at epoch %d of %d, step %ld%s: nothing to do\n", cfg->resume, rs.epochs_done,
-                    cfg->epochs, rs.step, rs.epochs_done >= cfg->epochs ? " (finished)" : " (--steps reached)");
-            optimizer_free(&opt);
-            free(pool);
-            dataset_free(&train_set), dataset_free(&test_set);
+            fprintf(stderr, "deit: %s is already at epoch %d of %d, step %ld%s: nothing to do\n", cfg->resume, r->state.epochs_done,
+                    cfg->epochs, r->state.step, r->state.epochs_done >= cfg->epochs ? " (finished)" : " (--steps reached)");
+            r->stop = r->nothing_to_do = 1;
             return 0;
         }
-        fprintf(stderr, "deit: resuming %s after epoch %d (step %ld)\n", cfg->resume, rs.epochs_done, rs.step);
-        if (rs.step_in_epoch) fprintf(stderr, "deit: continuing epoch %d at its step %d\n", rs.epochs_done + 1, rs.step_in_epoch + 1);
+        fprintf(stderr, "deit: resuming %s after epoch %d (step %ld)\n", cfg->resume, r->state.epochs_done, r->state.step);
+        if (r->state.step_in_epoch)
+            fprintf(stderr, "deit: continuing epoch %d at its step %d\n", r->state.epochs_done + 1, r->state.step_in_epoch + 1);
     }
-    FILE *log = NULL;
     if (cfg->log) {
-        log = fopen(cfg->log, cfg->resume ? "a" : "w");
-        if (!log) die("%s: cannot open log for writing: %s", cfg->log, strerror(errno));
-        if (fseek(log, 0, SEEK_END) == 0 && ftell(log) == 0) /* a new file (also when resuming into a new --log) */
-            fprintf(log, "epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s\n");
-        fflush(log);
+        r->log = fopen(cfg->log, cfg->resume ? "a" : "w");
+        if (!r->log) die("%s: cannot open log for writing: %s", cfg->log, strerror(errno));
+        if (fseek(r->log, 0, SEEK_END) == 0 && ftell(r->log) == 0) /* a new file (also when resuming into a new --log) */
+            fprintf(r->log, "epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s\n");
+        fflush(r->log);
     }
     fprintf(stderr, "deit: training on %d %s images (%d steps of %d per epoch, %d epochs), testing on %d, %d thread(s)\n",
-            n_train, train_set.name, steps_per_epoch, B, cfg->epochs, test_set.n, num_threads());
-
-    int S = net_img_size(net);
-    float *images = xmalloc(sizeof(float) * (size_t)B * 3 * S * S), *targets = xmalloc(sizeof(float) * (size_t)B * C);
-    int *labels = xmalloc(sizeof(int) * B), *order = xmalloc(sizeof(int) * n_train);
+            r->n_train, r->train_set.name, r->steps_per_epoch, B, cfg->epochs, r->test_set.n, num_threads());
+    int S = net_img_size(net), TS = teacher ? net_img_size(teacher) : S;
+    r->images = xmalloc(sizeof(float) * (size_t)B * 3 * S * S), r->targets = xmalloc(sizeof(float) * (size_t)B * C);
+    r->labels = xmalloc(sizeof(int) * B), r->order = xmalloc(sizeof(int) * r->n_train);
     /* A teacher trained at another resolution (a student fine-tuned at 48x48 from a 32x32 teacher)
        sees the same augmented batch resized back to its own size: a ResNet-20 trained on 32x32
        images has never seen objects 1.5x larger, and its labels on upsampled images are poor. */
-    int TS = teacher ? net_img_size(teacher) : S;
-    float *teacher_images = TS != S ? xmalloc(sizeof(float) * (size_t)B * 3 * TS * TS) : NULL;
-    int inline_progress = stderr_is_terminal(), status = 0;
-    long skipped = 0;
+    r->teacher_images = TS != S ? xmalloc(sizeof(float) * (size_t)B * 3 * TS * TS) : NULL;
+    r->inline_progress = stderr_is_terminal();
     /* --skip-nonfinite on a ResNet: its forward pass updates BatchNorm's running statistics,
-       which live among the parameters, so a skipped step restores the parameters saved here. */
-    float *params_before_step = cfg->skip_nonfinite && net->kind == NET_RESNET
-                                    ? xmalloc(sizeof(float) * net_num_params(net)) : NULL;
-    for (int epoch = rs.epochs_done; epoch < cfg->epochs && status == 0; epoch++) {
-        memcpy(order, pool, sizeof(int) * n_train);
-        if (cfg->shuffle) {
-            Rng rng;
-            rng_seed(&rng, cfg->seed ^ splitmix64(0xE90C0000ull + (uint64_t)epoch));
-            shuffle(order, n_train, &rng);
-        }
-        double t0 = now_seconds(), loss_sum = 0.0, last_print = 0.0;
-        int steps_done = 0;
-        float lr = 0.0f;
-        int s = epoch == rs.epochs_done ? rs.step_in_epoch : 0; /* a resumed run may continue mid-epoch */
-        for (; s < steps_per_epoch; s++) {
-            if (cfg->max_steps > 0 && rs.step >= cfg->max_steps) break;
-            make_batch(images, S, targets, labels, &train_set, order + (size_t)s * B, B, &cfg->aug, 1, batch_seed(cfg->seed, epoch, s));
-            const float *teacher_logits = NULL;
-            if (teacher && cfg->distill != DISTILL_NONE) {
-                net_forward(teacher, teacher_input(teacher_images, images, B, S, TS), B, 0); /* eval mode, no gradient */
-                teacher_logits = net_logits(teacher, HEAD_MEAN);
-                if (!all_finite(teacher_logits, (size_t)B * net_num_classes(teacher))) {
-                    report("%s: the teacher's logits are not finite (epoch %d, step %d): its weights are unusable",
-                           cfg->teacher_path, epoch + 1, s + 1);
-                    status = -1;
-                    break;
-                }
-            }
-            lr = lr_at(rs.step, total_steps, warmup_steps, cfg->lr, cfg->min_lr, cfg->warmup_lr, cfg->sched);
-            if (params_before_step) memcpy(params_before_step, net_params(net), sizeof(float) * net_num_params(net));
-            net_forward(net, images, B, 1);
-            LossParts lp = net_loss_backward(net, targets, teacher_logits, cfg->distill, cfg->alpha, cfg->tau, B);
-            const char *bad = !isfinite(lp.total) ? "loss" : (!all_finite(net_grads(net), net_num_params(net)) ? "gradient" : NULL);
-            if (bad && cfg->skip_nonfinite) {
-                /* leave the weights as they are and go on; the step still counts (for the
-                   schedule, --steps, the optimizer's step count and --resume), only the update
-                   is left out */
-                fprintf(stderr, "deit: warning: non-finite %s at epoch %d step %ld: step skipped (--skip-nonfinite)\n", bad,
-                        epoch + 1, rs.step + 1);
-                if (params_before_step) memcpy(net_params(net), params_before_step, sizeof(float) * net_num_params(net));
-                rs.step++;
-                opt.step++;
-                skipped++;
-                continue;
-            }
-            if (bad) {
-                report("non-finite %s (loss %g) at epoch %d, step %ld: stopping; %s keeps the last good epoch "
-                       "(--skip-nonfinite 1 skips such steps)", bad, lp.total, epoch + 1, rs.step + 1, cfg->out);
-                status = -1;
-                break;
-            }
-            optimizer_step(&opt, net_params(net), net_grads(net), net_tensors(net), net_num_tensors(net), lr);
-            rs.step++;
-            steps_done++;
-            loss_sum += lp.total;
-            double dt = now_seconds() - t0;
-            if (inline_progress || dt - last_print > 30.0 || s + 1 == steps_per_epoch) {
-                double ips = (double)steps_done * B / dt, eta = (steps_per_epoch - s - 1) * B / ips;
-                fprintf(stderr, "%sepoch %d/%d step %d/%d loss %.4f lr %.2e %.1f img/s eta %.0fs%s",
-                        inline_progress ? "\r" : "", epoch + 1, cfg->epochs, s + 1, steps_per_epoch, loss_sum / steps_done,
-                        lr, ips, eta, inline_progress ? "   " : "\n");
-                last_print = dt;
-            }
-        }
-        if (inline_progress) fprintf(stderr, "\n");
-        if (status) break;
-        double train_time = now_seconds() - t0;
-        rs.elapsed += train_time;
-        int stopped_early = s < steps_per_epoch; /* --steps ended the run inside this epoch */
-        int last = epoch + 1 == cfg->epochs || stopped_early || (cfg->max_steps > 0 && rs.step >= cfg->max_steps);
-        int every = cfg->eval_every > 0 ? cfg->eval_every : 1, test_now = last || (epoch + 1) % every == 0;
-        EvalResult er = {0};
-        if (test_now) evaluate(net, &test_set, B, &er, NULL);
-        double acc = test_now ? 100.0 * er.correct[HEAD_MEAN] / er.n : 0.0;
-        double acc_cls = test_now ? 100.0 * er.correct[HEAD_CLS] / er.n : 0.0;
-        double acc_dist = test_now ? 100.0 * er.correct[HEAD_DIST] / er.n : 0.0;
-        double ips = steps_done ? steps_done * (double)B / train_time : 0.0;
-        if (!test_now)
-            fprintf(stderr, "epoch %d: train loss %.4f, %.1f img/s (next test after epoch %d)\n", epoch + 1,
-                    steps_done ? loss_sum / steps_done : 0.0, ips, (epoch / every + 1) * every);
-        else if (net_has_dist(net))
-            fprintf(stderr, "epoch %d: train loss %.4f, test acc %.2f%% (class head %.2f%%, distillation head %.2f%%), %.1f img/s\n",
-                    epoch + 1, steps_done ? loss_sum / steps_done : 0.0, acc, acc_cls, acc_dist, ips);
-        else
-            fprintf(stderr, "epoch %d: train loss %.4f, test acc %.2f%%, %.1f img/s\n", epoch + 1,
-                    steps_done ? loss_sum / steps_done : 0.0, acc, ips);
-        free(er.confusion);
-        if (log) { /* the test columns stay empty in epochs without a test (--eval-every) */
-            fprintf(log, "%d,%ld,%.6g,%.6f,", epoch + 1, rs.step, lr, steps_done ? loss_sum / steps_done : 0.0);
-            if (test_now) fprintf(log, "%.2f,%.2f,", acc, acc_cls);
-            else fprintf(log, ",,");
-            if (test_now && net_has_dist(net)) fprintf(log, "%.2f", acc_dist);
-            fprintf(log, ",%.2f,%.1f\n", ips, rs.elapsed);
-            if (fflush(log) != 0 || ferror(log)) {
-                report("%s: cannot write the log (disk full?); stopping, the checkpoint keeps the previous epoch", cfg->log);
-                status = -1;
-                break;
-            }
-        }
-        if (net_save(net, cfg->out)) { status = -1; break; }
-        rs.epochs_done = stopped_early ? epoch : epoch + 1;
-        rs.step_in_epoch = stopped_early ? s : 0;
-        rs.rng = net->kind == NET_DEIT ? net->deit.rng.state : 0;
-        if (state_save(state_path, net, &opt, &rs, cfg)) { status = -1; break; }
-        if (stopped_early) {
-            fprintf(stderr, "deit: stopped after %ld steps (--steps); wrote %s (--resume continues from here)\n", rs.step, cfg->out);
-            break;
-        }
-        if (cfg->max_steps > 0 && rs.step >= cfg->max_steps) break;
+       which live among the parameters, so a skipped step restores the parameters saved here
+       (and again after every step). */
+    if (cfg->skip_nonfinite && net->kind == NET_RESNET) {
+        r->params_before_step = xmalloc(sizeof(float) * net_num_params(net));
+        memcpy(r->params_before_step, net_params(net), sizeof(float) * net_num_params(net));
     }
-    if (status == 0) fprintf(stderr, "deit: wrote %s (%.0f s of training)\n", cfg->out, rs.elapsed);
-    if (skipped) fprintf(stderr, "deit: %ld step(s) skipped for non-finite values\n", skipped);
-    if (log) fclose(log);
-    free(images), free(targets), free(labels), free(order), free(pool), free(teacher_images), free(params_before_step);
-    optimizer_free(&opt);
-    dataset_free(&train_set), dataset_free(&test_set);
+    r->epoch_start = now_seconds();
+    return 0;
+}
+
+/* Counts a step (done or skipped); --steps reached stops the run. */
+static void run_count_step(Run *r, int s) {
+    r->state.step++;
+    r->next_step = s + 1;
+    if (r->cfg->max_steps > 0 && r->state.step >= r->cfg->max_steps) r->stop = 1;
+}
+
+/* After the backward pass: 0 if the step may go on to the optimizer. A non-finite teacher logit,
+   loss or gradient stops the run, or with --skip-nonfinite skips the step (returns 1). */
+static int run_step_check(Run *r, const float *teacher_logits, LossParts loss, int s) {
+    const TrainConfig *cfg = r->cfg;
+    Net *net = r->net;
+    long step = r->state.step;
+    int epoch = (int)(step / r->steps_per_epoch) + 1; /* for the messages */
+    if (teacher_logits && !all_finite(teacher_logits, (size_t)cfg->batch * net_num_classes(r->teacher))) {
+        report("%s: the teacher's logits are not finite (epoch %d, step %ld): its weights are unusable", cfg->teacher_path, epoch,
+               step + 1);
+        r->status = -1, r->stop = 1;
+        return 1;
+    }
+    const char *bad = !isfinite(loss.total) ? "loss" : (!all_finite(net_grads(net), net_num_params(net)) ? "gradient" : NULL);
+    if (!bad) return 0;
+    if (cfg->skip_nonfinite) {
+        /* leave the weights as they are and go on; the step still counts (for the schedule,
+           --steps, the optimizer's step count and --resume), only the update is left out */
+        fprintf(stderr, "deit: warning: non-finite %s at epoch %d step %ld: step skipped (--skip-nonfinite)\n", bad, epoch,
+                step + 1);
+        if (r->params_before_step) memcpy(net_params(net), r->params_before_step, sizeof(float) * net_num_params(net));
+        r->opt.step++;
+        r->skipped++;
+        run_count_step(r, s);
+        return 1;
+    }
+    report("non-finite %s (loss %g) at epoch %d, step %ld: stopping; %s keeps the last good epoch "
+           "(--skip-nonfinite 1 skips such steps)", bad, loss.total, epoch, step + 1, cfg->out);
+    r->status = -1, r->stop = 1;
+    return 1;
+}
+
+/* After the optimizer step: counters, and a progress line (every 30 s, or inline on a terminal). */
+static void run_step_done(Run *r, int epoch, int s, LossParts loss, float lr) {
+    const TrainConfig *cfg = r->cfg;
+    run_count_step(r, s);
+    r->steps_done++;
+    r->loss_sum += loss.total;
+    r->lr = lr;
+    if (r->params_before_step) memcpy(r->params_before_step, net_params(r->net), sizeof(float) * net_num_params(r->net));
+    double dt = now_seconds() - r->epoch_start;
+    if (r->inline_progress || dt - r->last_print > 30.0 || s + 1 == r->steps_per_epoch) {
+        double ips = (double)r->steps_done * cfg->batch / dt, eta = (r->steps_per_epoch - s - 1) * cfg->batch / ips;
+        fprintf(stderr, "%sepoch %d/%d step %d/%d loss %.4f lr %.2e %.1f img/s eta %.0fs%s", r->inline_progress ? "\r" : "",
+                epoch + 1, cfg->epochs, s + 1, r->steps_per_epoch, r->loss_sum / r->steps_done, lr, ips, eta,
+                r->inline_progress ? "   " : "\n");
+        r->last_print = dt;
+    }
+}
+
+/* After an epoch (or the part of it that --steps allowed): the test, the log line, the
+   checkpoint and its state. Then the counters start again for the next epoch. */
+static void run_epoch_done(Run *r, int epoch) {
+    const TrainConfig *cfg = r->cfg;
+    Net *net = r->net;
+    if (r->inline_progress) fprintf(stderr, "\n");
+    if (r->status) return;
+    double train_time = now_seconds() - r->epoch_start;
+    r->state.elapsed += train_time;
+    int stopped_early = r->stop && r->next_step < r->steps_per_epoch; /* --steps ended the run inside this epoch */
+    int last = epoch + 1 == cfg->epochs || r->stop;
+    int every = cfg->eval_every > 0 ? cfg->eval_every : 1, test_now = last || (epoch + 1) % every == 0;
+    EvalResult er = {0};
+    if (test_now) evaluate(net, &r->test_set, cfg->batch, &er, NULL);
+    double acc = test_now ? 100.0 * er.correct[HEAD_MEAN] / er.n : 0.0;
+    double acc_cls = test_now ? 100.0 * er.correct[HEAD_CLS] / er.n : 0.0;
+    double acc_dist = test_now ? 100.0 * er.correct[HEAD_DIST] / er.n : 0.0;
+    double ips = r->steps_done ? r->steps_done * (double)cfg->batch / train_time : 0.0;
+    double loss = r->steps_done ? r->loss_sum / r->steps_done : 0.0;
+    if (!test_now)
+        fprintf(stderr, "epoch %d: train loss %.4f, %.1f img/s (next test after epoch %d)\n", epoch + 1, loss, ips,
+                (epoch / every + 1) * every);
+    else if (net_has_dist(net))
+        fprintf(stderr, "epoch %d: train loss %.4f, test acc %.2f%% (class head %.2f%%, distillation head %.2f%%), %.1f img/s\n",
+                epoch + 1, loss, acc, acc_cls, acc_dist, ips);
+    else
+        fprintf(stderr, "epoch %d: train loss %.4f, test acc %.2f%%, %.1f img/s\n", epoch + 1, loss, acc, ips);
+    free(er.confusion);
+    if (r->log) { /* the test columns stay empty in epochs without a test (--eval-every) */
+        fprintf(r->log, "%d,%ld,%.6g,%.6f,", epoch + 1, r->state.step, r->lr, loss);
+        if (test_now) fprintf(r->log, "%.2f,%.2f,", acc, acc_cls);
+        else fprintf(r->log, ",,");
+        if (test_now && net_has_dist(net)) fprintf(r->log, "%.2f", acc_dist);
+        fprintf(r->log, ",%.2f,%.1f\n", ips, r->state.elapsed);
+        if (fflush(r->log) != 0 || ferror(r->log)) {
+            report("%s: cannot write the log (disk full?); stopping, the checkpoint keeps the previous epoch", cfg->log);
+            r->status = -1, r->stop = 1;
+            return;
+        }
+    }
+    if (net_save(net, cfg->out)) { r->status = -1, r->stop = 1; return; }
+    r->state.epochs_done = stopped_early ? epoch : epoch + 1;
+    r->state.step_in_epoch = stopped_early ? r->next_step : 0;
+    r->state.rng = net->kind == NET_DEIT ? net->deit.rng.state : 0;
+    if (state_save(r->state_path, net, &r->opt, &r->state, cfg)) { r->status = -1, r->stop = 1; return; }
+    if (stopped_early)
+        fprintf(stderr, "deit: stopped after %ld steps (--steps); wrote %s (--resume continues from here)\n", r->state.step, cfg->out);
+    r->steps_done = 0, r->loss_sum = 0.0, r->last_print = 0.0, r->lr = 0.0f;
+    r->epoch_start = now_seconds();
+}
+
+static int run_end(Run *r) {
+    if (r->status == 0 && !r->nothing_to_do) fprintf(stderr, "deit: wrote %s (%.0f s of training)\n", r->cfg->out, r->state.elapsed);
+    if (r->skipped) fprintf(stderr, "deit: %ld step(s) skipped for non-finite values\n", r->skipped);
+    int status = r->status;
+    run_free(r);
     return status;
 }
 
@@ -3081,11 +3286,12 @@ typedef struct {
     int num_files, image, limit, img_size, table, zoom;
     const char *pos_interp;
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
-        *logits, *head, *dump;
+        *logits, *head, *dump, *matmul;
     int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats,
         skip_nonfinite, eval_every;
     long steps, seed;
-    float lr, min_lr, warmup_lr, warmup, wd, momentum, mixup, cutmix, erase, smoothing, drop_path, randaug_mag, alpha, tau;
+    float lr, min_lr, warmup_lr, warmup, wd, momentum, mixup, cutmix, erase, smoothing, drop_path, randaug_mag;
+    Distillation kd; /* --distill (parsed into kd.type after the flags), --alpha, --tau */
 } Options;
 
 #define ALL_TRAIN (CMD_TEACHER | CMD_TRAIN)
@@ -3124,10 +3330,11 @@ static const Flag flags[] = {
     {"--nesterov", F_INT, &opt_values.nesterov, ALL_TRAIN, 0, 1, "1: Nesterov momentum (teacher default 1)"},
     {"--distill", F_STR, &opt_values.distill, CMD_TRAIN | CMD_DEBUG, 0, 0, "none | soft | hard (default hard with --teacher, else none)"},
     {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN | CMD_DEBUG | CMD_BENCH, 0, 0, "teacher checkpoint (a ResNet, or a student); bench: teacher architecture"},
-    {"--alpha", F_FLOAT, &opt_values.alpha, CMD_TRAIN | CMD_DEBUG, 0, 1, "weight of the distillation loss (0.5)"},
-    {"--tau", F_FLOAT, &opt_values.tau, CMD_TRAIN | CMD_DEBUG, 1e-3, 1000, "soft distillation temperature (1.0)"},
+    {"--alpha", F_FLOAT, &opt_values.kd.alpha, CMD_TRAIN | CMD_DEBUG, 0, 1, "weight of the distillation loss (0.5)"},
+    {"--tau", F_FLOAT, &opt_values.kd.tau, CMD_TRAIN | CMD_DEBUG, 1e-3, 1000, "soft distillation temperature (1.0)"},
     {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH | CMD_DEBUG, 0, 9e18, "random seed (1337)"},
     {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION, 1, 1024, "OpenMP threads (default: all cores)"},
+    {"--matmul", F_STR, &opt_values.matmul, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION, 0, 0, "fast (default: Part II's packed matmul) | naive (the three loops of Part I.2)"},
     {"--init", F_STR, &opt_values.init, ALL_TRAIN, 0, 0, "start from this checkpoint's weights"},
     {"--steps", F_LONG, &opt_values.steps, ALL_TRAIN, 1, 1e15, "stop after N optimizer steps"},
     {"--eval-every", F_INT, &opt_values.eval_every, ALL_TRAIN, 1, 100000, "test every N epochs and after the last (default 1)"},
@@ -3211,11 +3418,20 @@ static void options_defaults(Options *o) {
     o->epochs = o->batch = o->randaug = o->nesterov = o->no_shuffle = UNSET;
     o->eval_every = 1;
     o->lr = o->min_lr = o->warmup = o->wd = o->mixup = o->cutmix = o->erase = o->smoothing = o->drop_path = UNSET;
-    o->randaug_mag = 9.0f, o->warmup_lr = 1e-6f, o->momentum = 0.9f, o->alpha = 0.5f, o->tau = 1.0f;
+    o->randaug_mag = 9.0f, o->warmup_lr = 1e-6f, o->momentum = 0.9f, o->kd.alpha = 0.5f, o->kd.tau = 1.0f;
     o->seed = 1337, o->repeats = 5, o->zoom = 8;
 }
 
 static float pick(float v, float fallback) { return v == UNSET ? fallback : v; }
+
+/* --distill: hard by default when there is a --teacher, none without. */
+static DistillType distill_type(const Options *o) {
+    if (!o->distill) return o->teacher ? DISTILL_HARD : DISTILL_NONE;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(o->distill, distill_names[i])) return (DistillType)i;
+    die("--distill must be none, soft or hard, not '%s'", o->distill);
+    return DISTILL_NONE;
+}
 static int pick_int(int v, int fallback) { return v == UNSET ? fallback : v; }
 
 /* Fills the training settings from the flags; the student's defaults follow DeiT's recipe
@@ -3260,20 +3476,13 @@ static TrainConfig train_config(const Options *o, int is_teacher) {
     c.max_steps = o->steps;
     c.skip_nonfinite = o->skip_nonfinite;
     c.eval_every = o->eval_every;
-    c.alpha = o->alpha;
-    c.tau = o->tau;
+    c.kd = o->kd;
     c.seed = (uint64_t)o->seed;
     c.data_dir = o->data;
     c.out = o->out ? o->out : (o->resume ? o->resume : (is_teacher ? "teacher.bin" : "student.bin"));
     c.log = o->log;
     c.resume = o->resume;
     c.teacher_path = o->teacher;
-    c.distill = o->teacher ? DISTILL_HARD : DISTILL_NONE;
-    if (o->distill) {
-        int found = 0;
-        for (int i = 0; i < 3; i++) if (!strcmp(o->distill, distill_names[i])) c.distill = (DistillType)i, found = 1;
-        if (!found) die("--distill must be none, soft or hard, not '%s'", o->distill);
-    }
     return c;
 }
 
@@ -3285,7 +3494,7 @@ static DeiTConfig student_config(const Options *o, int num_classes) {
     if (o->heads != UNSET) c.heads = o->heads;
     c.patch_size = o->patch;
     /* default: a distillation token when there is something to distil (DeiT), else a plain ViT */
-    int distilling = o->teacher && !(o->distill && !strcmp(o->distill, "none"));
+    int distilling = o->kd.type != DISTILL_NONE;
     c.dist_token = pick_int(o->dist_token, distilling ? 1 : 0);
     if (o->img_size) c.img_size = o->img_size;
     c.num_classes = num_classes;
@@ -3361,8 +3570,8 @@ static int cmd_train(const Options *o, int is_teacher) {
     }
     if (net.kind == NET_DEIT) net.deit.drop_path = pick(o->drop_path, o->aug && strcmp(o->aug, "deit") ? 0.0f : 0.1f);
     if (net.kind == NET_DEIT && o->init && !o->resume) rng_seed(&net.deit.rng, cfg.seed ^ 0xD15C0ull); /* as deit_init */
-    if (cfg.distill != DISTILL_NONE) {
-        if (!o->teacher) die("--distill %s needs --teacher FILE", distill_names[cfg.distill]);
+    if (cfg.kd.type != DISTILL_NONE) {
+        if (!o->teacher) die("--distill %s needs --teacher FILE", distill_names[cfg.kd.type]);
         if (net_load(&teacher, o->teacher)) return 1;
         if (net_img_size(&teacher) != net_img_size(&net))
             fprintf(stderr, "deit: the teacher (%d pixels) sees each batch resized from %d pixels (bicubic)\n", net_img_size(&teacher),
@@ -3370,15 +3579,15 @@ static int cmd_train(const Options *o, int is_teacher) {
     } else if (o->teacher) {
         fprintf(stderr, "deit: warning: --teacher %s is not used: --distill none\n", o->teacher);
     }
-    if (cfg.distill == DISTILL_NONE && net.kind == NET_DEIT && net.deit.config.dist_token)
+    if (cfg.kd.type == DISTILL_NONE && net.kind == NET_DEIT && net.deit.config.dist_token)
         fprintf(stderr, "deit: warning: without distillation the distillation head gets no gradient; "
                         "only the class head's accuracy means anything\n");
     if (net.kind == NET_DEIT) {
         const DeiTConfig *c = &net.deit.config;
         fprintf(stderr, "deit: student dim %d depth %d heads %d patch %d %s token(s), %zu parameters, drop path %.2f, distill %s%s%s\n",
                 c->dim, c->depth, c->heads, c->patch_size, c->dist_token ? "class + distillation" : "class", net.deit.num_params,
-                net.deit.drop_path, distill_names[cfg.distill], o->teacher && cfg.distill ? " from " : "",
-                o->teacher && cfg.distill ? o->teacher : "");
+                net.deit.drop_path, distill_names[cfg.kd.type], o->teacher && cfg.kd.type ? " from " : "",
+                o->teacher && cfg.kd.type ? o->teacher : "");
     } else {
         const TeacherConfig *c = &net.resnet.config;
         fprintf(stderr, "deit: teacher ResNet %d stages x %d blocks, widths", c->stages, c->blocks);
@@ -3687,12 +3896,7 @@ static int cmd_debug_state(const Options *o) {
     if (net_load(&net, o->ckpt)) return 1;
     int B = pick_int(o->batch, 4), C = net_num_classes(&net), S = net_img_size(&net);
     int chans = net_in_chans(&net);
-    DistillType type = o->teacher ? DISTILL_HARD : DISTILL_NONE; /* as for train */
-    if (o->distill) {
-        type = DISTILL_NONE;
-        for (int i = 0; i < 3; i++) if (!strcmp(o->distill, distill_names[i])) type = (DistillType)i;
-        if (strcmp(o->distill, distill_names[type])) die("--distill must be none, soft or hard, not '%s'", o->distill);
-    }
+    DistillType type = o->kd.type;
     if (type != DISTILL_NONE) {
         if (!o->teacher) die("--distill %s needs --teacher FILE", distill_names[type]);
         if (net_load(&teacher, o->teacher)) return 1;
@@ -3721,7 +3925,7 @@ static int cmd_debug_state(const Options *o) {
     }
     if (net.kind == NET_DEIT) net.deit.drop_path = 0.0f;
     net_forward(&net, images, B, 1);
-    LossParts lp = net_loss_backward(&net, targets, teacher_logits, type, o->alpha, o->tau, B);
+    LossParts lp = net_loss_backward(&net, targets, teacher_logits, &o->kd, B);
     write_raw(o->dump, "logits.f32", net_logits(&net, HEAD_CLS), sizeof(float) * (size_t)B * C);
     if (net_has_dist(&net)) write_raw(o->dump, "logits_dist.f32", net_logits(&net, HEAD_DIST), sizeof(float) * (size_t)B * C);
     char text[256], path[4096];
@@ -3748,9 +3952,7 @@ static int deit_main(int argc, char **argv) {
         usage();
         return argc < 2 ? 1 : 0;
     }
-    unsigned cmd = !strcmp(argv[1], "teacher") ? CMD_TEACHER : !strcmp(argv[1], "train") ? CMD_TRAIN
-                 : !strcmp(argv[1], "eval") ? CMD_EVAL : !strcmp(argv[1], "bench") ? CMD_BENCH
-                 : 0;
+    unsigned cmd = 0;
     for (int i = 0; i < NUM_COMMANDS && !cmd; i++) if (!strcmp(argv[1], command_names[i].name)) cmd = command_names[i].cmd;
     if (!cmd) {
         fprintf(stderr, "deit: error: unknown command '%s'\n", argv[1]);
@@ -3759,6 +3961,10 @@ static int deit_main(int argc, char **argv) {
     }
     options_defaults(&opt_values);
     parse_flags(argc, argv, cmd);
+    opt_values.kd.type = distill_type(&opt_values);
+    if (opt_values.matmul && strcmp(opt_values.matmul, "naive") && strcmp(opt_values.matmul, "fast"))
+        die("--matmul must be naive or fast, not '%s'", opt_values.matmul);
+    if (opt_values.matmul) matmul_use_fast = !strcmp(opt_values.matmul, "fast");
     set_threads(opt_values.threads);
     setvbuf(stdout, NULL, _IOLBF, 0);
     switch (cmd) {
@@ -3826,7 +4032,8 @@ static void bench_net(Net *net, int B, int R, double flops_per_image, const char
     for (int r = 0; r <= R; r++) { /* r = 0 is the warm-up */
         double t0 = now_seconds();
         net_forward(net, images, B, 1);
-        net_loss_backward(net, targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
+        Distillation none = {DISTILL_NONE, 0.5f, 1.0f};
+        net_loss_backward(net, targets, NULL, &none, B);
         optimizer_step(&opt, net_params(net), net_grads(net), net_tensors(net), net_num_tensors(net), 1e-4f);
         double t1 = now_seconds();
         net_forward(net, images, B, 0);
@@ -3842,8 +4049,21 @@ static void bench_net(Net *net, int B, int R, double flops_per_image, const char
     free(images), free(targets), free(t_train), free(t_inf);
 }
 
-/* GFLOP/s of matmul() alone on the three products of a linear layer (M x K) -> (M x N). */
-static void bench_matmul_shape(const char *name, int M, int K, int N, int R) {
+/* The textbook order i-j-k with B's rows contiguous: the inner loop reads B a column at a time.
+   Only for bench, to show what the order of the naive loops (Part I.2) is worth. */
+static void matmul_textbook_order(float *C, int ldc, const float *A, int a_rs, int a_cs,
+                                  const float *B, int b_rs, int M, int N, int K) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float sum = 0.0f;
+            for (int k = 0; k < K; k++) sum += A[(size_t)i * a_rs + (size_t)k * a_cs] * B[(size_t)k * b_rs + j];
+            C[(size_t)i * ldc + j] += sum;
+        }
+}
+
+/* Median seconds of R runs (after a warm-up) of the three products of a linear layer
+   (M x K) -> (M x N): forward y = x W^T, dinp = dy W, dweight = dy^T x, with matmul(). */
+static void time_linear_products(double sec[3], int M, int K, int N, int R) {
     Rng rng;
     rng_seed(&rng, 3);
     float *x = xmalloc(sizeof(float) * (size_t)M * K), *w = xmalloc(sizeof(float) * (size_t)N * K);
@@ -3851,7 +4071,7 @@ static void bench_matmul_shape(const char *name, int M, int K, int N, int R) {
     float *dw = xcalloc((size_t)N * K, sizeof(float));
     for (size_t i = 0; i < (size_t)M * K; i++) x[i] = rng_normal(&rng);
     for (size_t i = 0; i < (size_t)N * K; i++) w[i] = rng_normal(&rng);
-    double *t = xmalloc(sizeof(double) * 3 * (R + 1)), flops = 2.0 * M * N * K;
+    double *t = xmalloc(sizeof(double) * 3 * (R + 1));
     for (int r = 0; r <= R; r++) {
         double t0 = now_seconds();
         matmul(y, N, x, K, 1, w, 1, K, M, N, K);       /* y = x W^T       */
@@ -3862,14 +4082,34 @@ static void bench_matmul_shape(const char *name, int M, int K, int N, int R) {
         double t3 = now_seconds();
         if (r > 0) t[r - 1] = t1 - t0, t[R + r - 1] = t2 - t1, t[2 * R + r - 1] = t3 - t2;
     }
-    printf("matmul %-9s (%5d x %4d) x (%4d x %4d): forward %6.1f  dinp %6.1f  dweight %6.1f GFLOP/s\n", name, M, K, K, N,
-           flops / median(t, R) * 1e-9, flops / median(t + R, R) * 1e-9, flops / median(t + 2 * R, R) * 1e-9);
-    if (!strcmp(name, "qkv")) { /* the three-loop reference on 64 rows of the same product, for comparison */
-        double t0 = now_seconds();
-        matmul_reference(y, N, x, K, 1, w, 1, K, 64, N, K);
-        printf("matmul %-9s reference three loops on 64 rows: %.1f GFLOP/s\n", name, 2.0 * 64 * N * K / (now_seconds() - t0) * 1e-9);
-    }
+    for (int p = 0; p < 3; p++) sec[p] = median(t + p * R, R);
     free(x), free(w), free(y), free(dx), free(dw), free(t);
+}
+
+/* GFLOP/s of the fast and the naive matmul on the products of one linear layer. The naive one
+   runs on the first 256 rows only (it is slow), and once, for the qkv shape, in the textbook
+   order. */
+static void bench_matmul_shape(const char *name, int M, int K, int N, int R) {
+    double fast[3], naive[3], flops = 2.0 * M * N * K;
+    int saved = matmul_use_fast, m_naive = M < 256 ? M : 256;
+    matmul_use_fast = 1;
+    time_linear_products(fast, M, K, N, R);
+    matmul_use_fast = 0;
+    time_linear_products(naive, m_naive, K, N, 1);
+    matmul_use_fast = saved;
+    double fn = 2.0 * m_naive * N * K;
+    printf("matmul %-5s (%5d x %4d) x (%4d x %4d)  fast: %6.1f %6.1f %6.1f   naive: %5.2f %5.2f %5.2f GFLOP/s\n", name, M, K, K,
+           N, flops / fast[0] * 1e-9, flops / fast[1] * 1e-9, flops / fast[2] * 1e-9, fn / naive[0] * 1e-9,
+           fn / naive[1] * 1e-9, fn / naive[2] * 1e-9);
+    if (!strcmp(name, "fc1")) {
+        float *x = xcalloc((size_t)m_naive * K, sizeof(float)), *w = xcalloc((size_t)K * N, sizeof(float));
+        float *y = xcalloc((size_t)m_naive * N, sizeof(float));
+        double t0 = now_seconds();
+        matmul_textbook_order(y, N, x, K, 1, w, N, m_naive, N, K);
+        printf("matmul %-5s naive loops in the textbook order i-j-k (B read by columns): %.2f GFLOP/s\n", name,
+               fn / (now_seconds() - t0) * 1e-9);
+        free(x), free(w), free(y);
+    }
 }
 
 /* Inference images/s of a net at batch B, median of R after a warm-up. */
@@ -3959,6 +4199,7 @@ static int cmd_bench(const Options *o) {
     printf("student: dim %d depth %d heads %d patch %d, %d tokens, dist token %d\n", c.dim, c.depth, c.heads, c.patch_size,
            1 + c.dist_token + (c.img_size / c.patch_size) * (c.img_size / c.patch_size), c.dist_token);
     int T = 1 + c.dist_token + (c.img_size / c.patch_size) * (c.img_size / c.patch_size), N = T - 1 - c.dist_token;
+    printf("matmul GFLOP/s of the three products of each linear layer: forward, dinp, dweight\n");
     bench_matmul_shape("patch", B * N, c.in_chans * c.patch_size * c.patch_size, c.dim, R);
     bench_matmul_shape("qkv", B * T, c.dim, 3 * c.dim, R);
     bench_matmul_shape("proj", B * T, c.dim, c.dim, R);
@@ -3984,3 +4225,5 @@ static int cmd_bench(const Options *o) {
 #ifndef TESTING /* test_deit.c includes this file and brings its own main() */
 int main(int argc, char **argv) { return deit_main(argc, argv); }
 #endif
+
+

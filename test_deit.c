@@ -83,29 +83,58 @@ static void check_grad(const char *layer, const char *what, float *x, const floa
     check(err < tol, "gradcheck %-22s %-12s max rel err %.2e (tol %.0e)", layer, what, err, tol);
 }
 
-/* ---- 2. matmul: the fast routine against the reference, odd shapes and all transposes ---- */
+/* ---- 2. matmul: the naive and the fast routine against a double-precision reference, odd
+   shapes and all transposes ---------------------------------------------------------------- */
+static void matmul_reference(float *C, int ldc, const float *A, int a_rs, int a_cs,
+                             const float *B, int b_rs, int b_cs, int M, int N, int K) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double sum = 0.0;
+            for (int k = 0; k < K; k++)
+                sum += (double)A[(size_t)i * a_rs + (size_t)k * a_cs] * B[(size_t)k * b_rs + (size_t)j * b_cs];
+            C[(size_t)i * ldc + j] += (float)sum;
+        }
+}
+
 static void test_matmul(void) {
     int shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {13, 37, 29}, {6, 32, 256}, {67, 131, 257}, {100, 300, 513}, {5, 4100, 9}};
-    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
-        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
-        for (int ta = 0; ta < 2; ta++)
-            for (int tb = 0; tb < 2; tb++) {
-                float *A = rand_tensor((size_t)M * K, 1.0f), *B = rand_tensor((size_t)K * N, 1.0f);
-                float *C1 = rand_tensor((size_t)M * N, 1.0f), *C2 = xmalloc(sizeof(float) * M * N);
-                memcpy(C2, C1, sizeof(float) * M * N);
-                int a_rs = ta ? 1 : K, a_cs = ta ? M : 1, b_rs = tb ? 1 : N, b_cs = tb ? K : 1;
-                matmul(C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
-                matmul_reference(C2, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
-                double worst = 0.0;
-                for (size_t i = 0; i < (size_t)M * N; i++) {
-                    double e = fabs(C1[i] - C2[i]) / (1.0 + fabs(C2[i]));
-                    if (e > worst) worst = e;
+    for (int fast = 1; fast >= 0; fast--)
+        for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            for (int ta = 0; ta < 2; ta++)
+                for (int tb = 0; tb < 2; tb++) {
+                    float *A = rand_tensor((size_t)M * K, 1.0f), *B = rand_tensor((size_t)K * N, 1.0f);
+                    float *C1 = rand_tensor((size_t)M * N, 1.0f), *C2 = xmalloc(sizeof(float) * M * N);
+                    memcpy(C2, C1, sizeof(float) * M * N);
+                    int a_rs = ta ? 1 : K, a_cs = ta ? M : 1, b_rs = tb ? 1 : N, b_cs = tb ? K : 1;
+                    if (fast) matmul_fast(C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+                    else matmul_naive(C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+                    matmul_reference(C2, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+                    double worst = 0.0;
+                    for (size_t i = 0; i < (size_t)M * N; i++) {
+                        double e = fabs(C1[i] - C2[i]) / (1.0 + fabs(C2[i]));
+                        if (e > worst) worst = e;
+                    }
+                    check(worst < 1e-4 * sqrt((double)K), "matmul %s %4dx%4dx%4d transA=%d transB=%d vs reference: max err %.1e",
+                          fast ? "fast " : "naive", M, N, K, ta, tb, worst);
+                    free(C2); /* A, B, C1 are test tensors, freed at the end */
                 }
-                check(worst < 1e-4 * sqrt((double)K), "matmul %4dx%4dx%4d transA=%d transB=%d vs reference: max err %.1e",
-                      M, N, K, ta, tb, worst);
-                free(C2); /* A, B, C1 are test tensors, freed at the end */
-            }
-    }
+        }
+    /* the switch: matmul() runs exactly the naive loops when matmul_use_fast is 0, the fast one when 1 */
+    int M = 9, N = 11, K = 13;
+    float *A = rand_tensor((size_t)M * K, 1.0f), *B = rand_tensor((size_t)K * N, 1.0f);
+    float *C[4];
+    for (int i = 0; i < 4; i++) C[i] = zeros((size_t)M * N);
+    int saved = matmul_use_fast;
+    matmul_use_fast = 0;
+    matmul(C[0], N, A, 1, M, B, N, 1, M, N, K);
+    matmul_use_fast = 1;
+    matmul(C[1], N, A, 1, M, B, N, 1, M, N, K);
+    matmul_use_fast = saved;
+    matmul_naive(C[2], N, A, 1, M, B, N, 1, M, N, K);
+    matmul_fast(C[3], N, A, 1, M, B, N, 1, M, N, K);
+    check(!memcmp(C[0], C[2], sizeof(float) * M * N) && !memcmp(C[1], C[3], sizeof(float) * M * N),
+          "matmul() runs matmul_naive when the switch says naive, matmul_fast when it says fast");
 }
 
 /* ---- 3. every layer of the transformer ----------------------------------------------------- */
@@ -323,9 +352,8 @@ typedef struct {
 
 static double probe_loss(void *p) {
     LossCtx *c = p;
-    float scratch[64];
-    return deit_loss(NULL, NULL, scratch, c->logits, c->logits2, c->targets, c->teacher, c->type, c->alpha, c->tau,
-                     c->B, c->C).total;
+    Distillation kd = {c->type, c->alpha, c->tau};
+    return deit_loss((Heads){c->logits, c->logits2, NULL, NULL}, c->targets, c->teacher, &kd, c->B, c->C).total;
 }
 
 static void test_losses(void) {
@@ -356,19 +384,19 @@ static void test_losses(void) {
                 for (int cc = 0; cc < C; cc++) targets[b * C + cc] = 0.7f * (cc == labels[b]) + 0.3f * (cc == (labels[b] + 2) % C);
         c.type = k <= 2 ? DISTILL_NONE : (k <= 4 ? DISTILL_SOFT : DISTILL_HARD);
         if (k == 6) c.logits2 = NULL;
-        float *dl = zeros(20), *dl2 = zeros(20), scratch[64];
-        deit_loss(dl, c.logits2 ? dl2 : NULL, scratch, c.logits, c.logits2, c.targets, c.teacher, c.type, c.alpha,
-                  c.tau, B, C);
+        float *dl = zeros(20), *dl2 = zeros(20);
+        Distillation kd = {c.type, c.alpha, c.tau};
+        deit_loss((Heads){c.logits, c.logits2, dl, c.logits2 ? dl2 : NULL}, c.targets, c.teacher, &kd, B, C);
         check_grad(names[k], "dlogits", c.logits, dl, 20, probe_loss, &c, 2e-3f, 2e-3);
         if (c.logits2) check_grad(names[k], "dlogits_dist", c.logits2, dl2, 20, probe_loss, &c, 2e-3f, 2e-3);
     }
     /* soft distillation against the same logits is zero; hard matches CE on the teacher argmax */
     float *s = rand_tensor(20, 1);
     check(fabs(distill_soft_forward(s, s, 2.0f, B, C)) < 1e-12, "soft distillation of a model with itself is 0");
-    float *same = zeros(20), scratch[64];
+    float *same = zeros(20);
     smooth_targets(targets, labels, 0.0f, B, C);
     for (int i = 0; i < 20; i++) same[i] = 10.0f * targets[i]; /* a teacher that predicts the labels */
-    LossParts lp = deit_loss(NULL, NULL, scratch, s, s, targets, same, DISTILL_HARD, 0.5f, 1.0f, B, C);
+    LossParts lp = deit_loss((Heads){s, s, NULL, NULL}, targets, same, &(Distillation){DISTILL_HARD, 0.5f, 1.0f}, B, C);
     check(fabs(lp.distill - lp.base) < 1e-6 && fabs(lp.total - lp.base) < 1e-6,
           "hard distillation from a teacher that is always right equals the base loss");
     /* one row by hand: KL(t || s) tau^2 / (B C) */
@@ -380,8 +408,8 @@ static void test_losses(void) {
     check(fabs(distill_soft_forward(st, te, 2.0f, 1, 2) - 4 * kl2 / 2) < 1e-6, "soft distillation with tau 2: %.5f", 4 * kl2 / 2);
     /* hard distillation with alpha 0.3, one row, by hand: the class head learns the label (0),
        the distillation head the teacher's argmax (2); total = 0.7 CE(cls) + 0.3 CE(dist) */
-    float cls3[3] = {1, 0, 0}, dist3[3] = {0, 2, 0}, y[3] = {1, 0, 0}, tl[3] = {0, 0, 5}, d1[3] = {0}, d2[3] = {0}, hard[3];
-    LossParts h = deit_loss(d1, d2, hard, cls3, dist3, y, tl, DISTILL_HARD, 0.3f, 1.0f, 1, 3);
+    float cls3[3] = {1, 0, 0}, dist3[3] = {0, 2, 0}, y[3] = {1, 0, 0}, tl[3] = {0, 0, 5}, d1[3] = {0}, d2[3] = {0};
+    LossParts h = deit_loss((Heads){cls3, dist3, d1, d2}, y, tl, &(Distillation){DISTILL_HARD, 0.3f, 1.0f}, 1, 3);
     double e = exp(1.0), e2 = exp(2.0), base = log(e + 2) - 1, kd = log(2 + e2);
     check(fabs(h.base - base) < 1e-6 && fabs(h.distill - kd) < 1e-6 && fabs(h.total - (0.7 * base + 0.3 * kd)) < 1e-6,
           "hard distillation, alpha 0.3, known value: 0.7 x %.4f + 0.3 x %.4f", base, kd);
@@ -405,14 +433,19 @@ typedef struct {
     uint64_t rng_state; /* the drop-path rng before the forward: every probe draws the same masks */
 } ModelCtx;
 
+/* A student's heads as the loss sees them, with (grads = 1) or without their gradients. */
+static Heads model_heads(DeiT *m, int grads) {
+    int d = m->config.dist_token;
+    return (Heads){m->acts.logits, d ? m->acts.logits_dist : NULL, grads ? m->grads_acts.logits : NULL,
+                   grads && d ? m->grads_acts.logits_dist : NULL};
+}
+
 static double probe_model(void *p) {
     ModelCtx *c = p;
     c->m->rng.state = c->rng_state;
     deit_forward(c->m, c->images, c->B, c->train);
-    float scratch[256];
-    int dist = c->m->config.dist_token;
-    return deit_loss(NULL, NULL, scratch, c->m->acts.logits, dist ? c->m->acts.logits_dist : NULL, c->targets,
-                     c->teacher, c->type, 0.5f, 2.0f, c->B, c->m->config.num_classes).total;
+    Distillation kd = {c->type, 0.5f, 2.0f};
+    return deit_loss(model_heads(c->m, 0), c->targets, c->teacher, &kd, c->B, c->m->config.num_classes).total;
 }
 
 static void test_model_gradients(int dist, DistillType type) {
@@ -428,7 +461,7 @@ static void test_model_gradients(int dist, DistillType type) {
     smooth_targets(c.targets, labels, 0.1f, B, 5);
     deit_forward(&m, c.images, B, 0);
     deit_zero_grad(&m);
-    deit_loss_backward_start(&m, c.targets, c.teacher, type, 0.5f, 2.0f, B);
+    deit_loss(model_heads(&m, 1), c.targets, c.teacher, &(Distillation){type, 0.5f, 2.0f}, B, 5);
     deit_backward(&m, B);
     char name[64];
     snprintf(name, sizeof(name), "model dist=%d %s", dist, distill_names[type]);
@@ -473,7 +506,7 @@ static void test_model_gradients_drop_path(void) {
     for (int i = 0; i < cfg.depth * 2 * B; i++)
         dropped += m.acts.drop_scale[i] == 0.0f, doubled += m.acts.drop_scale[i] == 2.0f, kept += m.acts.drop_scale[i] == 1.0f;
     deit_zero_grad(&m);
-    deit_loss_backward_start(&m, c.targets, c.teacher, DISTILL_HARD, 0.5f, 2.0f, B);
+    deit_loss(model_heads(&m, 1), c.targets, c.teacher, &(Distillation){DISTILL_HARD, 0.5f, 2.0f}, B, 5);
     deit_backward(&m, B);
     double worst = 0;
     const char *worst_name = "";
@@ -526,7 +559,7 @@ static void test_model_behaviour(void) {
     for (int step = 0; step < 300; step++) {
         deit_forward(&m, images, B, 1);
         deit_zero_grad(&m);
-        loss = (float)deit_loss_backward_start(&m, targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B).total;
+        loss = (float)deit_loss(model_heads(&m, 1), targets, NULL, &(Distillation){DISTILL_NONE, 0.5f, 1.0f}, B, 10).total;
         deit_backward(&m, B);
         optimizer_step(&opt, m.params_memory, m.grads_memory, m.tensors, NUM_PARAM_TENSORS, 3e-3f);
     }
@@ -774,7 +807,7 @@ static void test_teacher_model(void) {
     c.images = rand_tensor((size_t)B * 3 * 64, 1), c.targets = zeros(B * 5);
     smooth_targets(c.targets, labels, 0.1f, B, 5);
     net_forward(&net, c.images, B, 1);
-    net_loss_backward(&net, c.targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
+    net_loss_backward(&net, c.targets, NULL, &(Distillation){DISTILL_NONE, 0.5f, 1.0f}, B);
     /* Directional derivatives, tensor by tensor: along a random direction v of the tensor,
        (f(p + h v) - f(p - h v)) / 2h must equal g . v. To keep the finite differences away from
        ReLU kinks, BatchNorm outputs are shifted well away from 0 (beta = +-1.5, gamma = 0.3):
@@ -792,7 +825,7 @@ static void test_teacher_model(void) {
     }
     free(convs);
     net_forward(&net, c.images, B, 1);
-    net_loss_backward(&net, c.targets, NULL, DISTILL_NONE, 0.5f, 1.0f, B);
+    net_loss_backward(&net, c.targets, NULL, &(Distillation){DISTILL_NONE, 0.5f, 1.0f}, B);
     float *p0 = xmalloc(sizeof(float) * t->num_params);
     memcpy(p0, t->params_memory, sizeof(float) * t->num_params);
     double worst = 0;
@@ -1159,8 +1192,7 @@ static void test_optimizers(void) {
 
 static TrainConfig tiny_train_config(const char *out) {
     TrainConfig tc = {.epochs = 2, .batch = 10, .shuffle = 1, .lr = 1e-3f, .min_lr = 1e-5f, .warmup_lr = 1e-6f, .warmup_epochs = 1,
-                      .weight_decay = 0.05f, .opt = OPT_ADAMW, .sched = SCHED_COSINE, .distill = DISTILL_NONE, .alpha = 0.5f,
-                      .tau = 1.0f, .seed = 11, .data_dir = test_dir, .out = out};
+                      .weight_decay = 0.05f, .opt = OPT_ADAMW, .sched = SCHED_COSINE, .kd = {DISTILL_NONE, 0.5f, 1.0f}, .seed = 11, .data_dir = test_dir, .out = out};
     tc.aug = (AugConfig){1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
     return tc;
 }
@@ -1183,8 +1215,7 @@ static void test_train_and_resume(void) {
     DeiTConfig cfg = tiny_config(1);
     cfg.img_size = 32, cfg.patch_size = 8, cfg.num_classes = 10;
     TrainConfig tc = {.epochs = 3, .batch = 10, .shuffle = 1, .lr = 1e-3f, .min_lr = 1e-5f, .warmup_lr = 1e-6f, .warmup_epochs = 1,
-                      .weight_decay = 0.05f, .opt = OPT_ADAMW, .sched = SCHED_COSINE, .distill = DISTILL_NONE, .alpha = 0.5f,
-                      .tau = 1.0f, .seed = 5, .data_dir = test_dir, .out = "test_run_a.bin"};
+                      .weight_decay = 0.05f, .opt = OPT_ADAMW, .sched = SCHED_COSINE, .kd = {DISTILL_NONE, 0.5f, 1.0f}, .seed = 5, .data_dir = test_dir, .out = "test_run_a.bin"};
     tc.aug = (AugConfig){1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
     Net a = {.kind = NET_DEIT};
     deit_build(&a.deit, &cfg);
@@ -1338,13 +1369,13 @@ static void test_train_and_resume(void) {
     float *before = xmalloc(sizeof(float) * t.resnet.num_params);
     memcpy(before, t.resnet.params_memory, sizeof(float) * t.resnet.num_params);
     TrainConfig td = tc;
-    td.epochs = 1, td.distill = DISTILL_HARD, td.out = "test_run_d.bin";
+    td.epochs = 1, td.kd.type = DISTILL_HARD, td.out = "test_run_d.bin";
     check(train(&a, &t, &td) == 0 && !memcmp(before, t.resnet.params_memory, sizeof(float) * t.resnet.num_params),
           "hard distillation run; the teacher (eval mode) is not modified");
     /* the teacher really reaches the loss: the same start and seed with and without it differ */
     Net with_t = tiny_student(), without_t = tiny_student();
     TrainConfig tn = td;
-    tn.distill = DISTILL_NONE, tn.out = "test_run_n.bin";
+    tn.kd.type = DISTILL_NONE, tn.out = "test_run_n.bin";
     td.out = "test_run_h.bin";
     int rc_h = train(&with_t, &t, &td), rc_n = train(&without_t, NULL, &tn);
     check(rc_h == 0 && rc_n == 0 &&
@@ -1686,7 +1717,7 @@ static void test_faults(void) {
     bad.resnet.fc_b[2] = NAN;
     n = tiny_student();
     tc = tiny_train_config("test_fault.bin");
-    tc.distill = DISTILL_HARD, tc.teacher_path = "the bad teacher";
+    tc.kd.type = DISTILL_HARD, tc.teacher_path = "the bad teacher";
     check(train(&n, &bad, &tc) != 0 && file_equals("test_fault.bin", "previous good checkpoint"),
           "fault: a teacher with non-finite logits stops the run and keeps the previous checkpoint");
     net_free(&n);
@@ -2145,6 +2176,13 @@ int main(void) {
     printf("== the whole model ==\n");
     for (int dist = 0; dist <= 1; dist++)
         for (int type = 0; type <= 2; type++) test_model_gradients(dist, (DistillType)type);
+    printf("(the whole model again with every product through the naive matmul, --matmul naive)\n");
+    int saved_matmul = matmul_use_fast;
+    matmul_use_fast = 0;
+    for (int dist = 0; dist <= 1; dist++)
+        for (int type = 0; type <= 2; type++) test_model_gradients(dist, (DistillType)type);
+    test_model_gradients_drop_path();
+    matmul_use_fast = saved_matmul;
     test_model_gradients_drop_path();
     test_model_behaviour();
     test_checkpoint();
