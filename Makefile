@@ -36,18 +36,25 @@ SANITIZE = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sani
 test_deit_asan: test_deit.c deit.c deit.h
 	$(CC) $(SANITIZE) -Wall -Wextra test_deit.c $(LDLIBS) -o test_deit_asan
 
-test: deit test_deit test_deit_asan
+test: deit test_deit test_deit_asan deit_debug
 	./test_deit
 	@echo "== again under AddressSanitizer + UndefinedBehaviorSanitizer =="
 	ASAN_OPTIONS=detect_leaks=1 ./test_deit_asan
+	@echo "== the README's gdb walkthrough, replayed =="
+	sh dev/gdb_walkthrough.sh
 
-debug: deit.c deit.h
-	$(CC) -O0 -g -Wall -Wextra deit.c $(LDLIBS) -o deit
-	$(CC) -O0 -g -Wall -Wextra test_deit.c $(LDLIBS) -o test_deit
+# For gdb: -O0 -g, no OpenMP, and every product through the naive three loops of Part I
+# (DEIT_MATMUL_FAST=0; --matmul fast still picks the other). Separate binaries: ./deit stays fast.
+DEBUG_FLAGS = -O0 -g -Wall -Wextra -DDEIT_MATMUL_FAST=0
+debug: deit_debug test_deit_debug
+deit_debug: deit.c deit.h
+	$(CC) $(DEBUG_FLAGS) deit.c $(LDLIBS) -o deit_debug
+test_deit_debug: test_deit.c deit.c deit.h
+	$(CC) $(DEBUG_FLAGS) test_deit.c $(LDLIBS) -o test_deit_debug
 
 # Optional: deit.c against PyTorch autograd and the checkpoint converter (skips without torch).
 check-torch: deit
 	bash dev/check_torch.sh
 
 clean:
-	rm -f deit test_deit test_deit_asan
+	rm -f deit test_deit test_deit_asan deit_debug test_deit_debug

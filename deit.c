@@ -55,7 +55,7 @@
  * ########################################################################################## */
 
 /* ============================================================================================
- * 1. Utilities
+ * I.1 Utilities
  * ========================================================================================== */
 
 /* OpenMP is optional. OMP(...) expands to a #pragma omp when compiling with -fopenmp and to
@@ -176,7 +176,7 @@ static float rng_beta(Rng *r, float a) {
 }
 
 /* ============================================================================================
- * 2. The matmul
+ * I.2 The matmul
  *
  * Every linear layer, every convolution (via im2col) and all their backward passes are one
  * product  C += A * B  with A (M x K), B (K x N), C (M x N). The three products of a linear
@@ -256,10 +256,10 @@ static void linear_backward(float *dinp, float *dw, float *db, const float *dout
 }
 
 /* ============================================================================================
- * 3. The vision transformer, layer by layer (paper Sec. 3 and 4; ViT of Dosovitskiy et al.)
+ * I.3 The vision transformer, layer by layer (paper Sec. 3 and 4; ViT of Dosovitskiy et al.)
  * ========================================================================================== */
 
-/* ---- 3.1 Patch embedding ---------------------------------------------------------------
+/* ---- I.3.1 Patch embedding ---------------------------------------------------------------
    The image (C, S, S) is cut into N = (S/P)^2 patches of C x P x P numbered row-major, each
    flattened in (channel, row, col) order; a linear map takes each to D numbers. This equals
    the paper's P x P convolution with stride P (its kernel flattened the same way).         */
@@ -292,7 +292,7 @@ static void patch_embed_backward(float *dw, float *db, const float *dout, const 
     linear_backward(NULL, dw, db, dout, patches, NULL, B * N, C * P * P, D);
 }
 
-/* ---- 3.2 Class token, distillation token, position embedding ---------------------------
+/* ---- I.3.2 Class token, distillation token, position embedding ---------------------------
    x[b] = [cls + pos_0, dist + pos_1, patch_1 + pos_2, ..., patch_N + pos_{T-1}]
    Without a distillation token: [cls + pos_0, patch_1 + pos_1, ...].                       */
 static void tokens_forward(float *x, const float *patch_emb, const float *cls, const float *dist,
@@ -338,7 +338,7 @@ static void tokens_backward(float *dpatch_emb, float *dcls, float *ddist, float 
     }
 }
 
-/* ---- 3.3 LayerNorm (eps 1e-6), over the last dimension of each of R rows ----------------
+/* ---- I.3.3 LayerNorm (eps 1e-6), over the last dimension of each of R rows ----------------
    y = (x - mean) * rstd * w + b,   rstd = 1 / sqrt(var + eps)                              */
 #define LN_EPS 1e-6f
 static void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
@@ -393,7 +393,7 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
     }
 }
 
-/* ---- 3.4 Multi-head self-attention ------------------------------------------------------
+/* ---- I.3.4 Multi-head self-attention ------------------------------------------------------
    qkv (B, T, 3D) holds, for each token, q (D) then k (D) then v (D); head h owns numbers
    [h*hd, (h+1)*hd) of each, hd = D/NH. For each image b, head h, query token t:
      score[t2] = q_t . k_t2 / sqrt(hd)       for all T tokens t2 (no mask: every token sees all)
@@ -514,7 +514,7 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
     }
 }
 
-/* ---- 3.5 MLP: linear, GELU (exact, with erf), linear -------------------------------------
+/* ---- I.3.5 MLP: linear, GELU (exact, with erf), linear -------------------------------------
    gelu(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
    gelu'(x) = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)                        */
 static void gelu_forward(float *out, const float *inp, size_t n) {
@@ -534,7 +534,7 @@ static void gelu_backward(float *dinp, const float *dout, const float *inp, cons
     }
 }
 
-/* ---- 3.6 Residual connection with stochastic depth (drop path) ---------------------------
+/* ---- I.3.6 Residual connection with stochastic depth (drop path) ---------------------------
    out = x + scale[b] * branch, where scale[b] is 1 at inference and, in training, 0 with
    probability rate or 1/(1 - rate) otherwise, drawn per sample (Huang et al. 2016).
    Backward: dx += dout,  dbranch += scale[b] * dout.                                        */
@@ -562,7 +562,7 @@ static void residual_backward(float *dx, float *dbranch, const float *dout, cons
     }
 }
 
-/* ---- 3.7 The heads read one token: the class token (t = 0) or the distillation token (t = 1) */
+/* ---- I.3.7 The heads read one token: the class token (t = 0) or the distillation token (t = 1) */
 static void select_token_forward(float *out, const float *x, int t, int B, int T, int D) {
     for (int b = 0; b < B; b++) memcpy(out + (size_t)b * D, x + ((size_t)b * T + t) * D, sizeof(float) * D);
 }
@@ -573,7 +573,7 @@ static void select_token_backward(float *dx, const float *dout, int t, int B, in
 }
 
 /* ============================================================================================
- * 5. The model: DeiT = ViT + distillation token
+ * I.4 The model: DeiT = ViT + distillation token
  * ========================================================================================== */
 
 /* Presets for 32x32 CIFAR images with 4x4 patches (64 patches): Table 1 of the paper. */
@@ -679,21 +679,31 @@ static void trunc_normal(float *x, size_t n, float std, Rng *rng) {
    trunc normal(0.02); biases 0; LayerNorm weight 1, bias 0. One difference: the patch embedding
    is a linear map here and is initialised like the others; the reference's is a Conv2d that
    keeps PyTorch's default, uniform(+-1/sqrt(fan_in)) (+-0.14 for 4x4x3 patches). */
+static void fill_value(float *x, size_t n, float v) {
+    for (size_t i = 0; i < n; i++) x[i] = v;
+}
+
 static void deit_init(DeiT *m, uint64_t seed) {
     Rng rng;
     rng_seed(&rng, seed);
-    memset(m->params_memory, 0, sizeof(float) * m->num_params);
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-        const TensorInfo *t = &m->tensors[i];
-        float *p = m->params_memory + t->offset;
-        size_t len = strlen(t->name);
-        int layernorm = strncmp(t->name, "ln", 2) == 0, weight = len > 2 && !strcmp(t->name + len - 2, "_w");
-        if (layernorm && weight)
-            for (size_t j = 0; j < t->size; j++) p[j] = 1.0f;
-        else if (weight || !strcmp(t->name, "cls_token") || !strcmp(t->name, "dist_token") || !strcmp(t->name, "pos_embed"))
-            trunc_normal(p, t->size, 0.02f, &rng);
-        /* everything else (biases, LayerNorm biases) stays 0 */
-    }
+    const DeiTConfig *c = &m->config;
+    size_t D = c->dim, L = c->depth, H = c->mlp_hidden, C = c->num_classes, T = m->num_tokens;
+    size_t K = (size_t)c->in_chans * c->patch_size * c->patch_size, dt = c->dist_token;
+    ParameterTensors *p = &m->params;
+    memset(m->params_memory, 0, sizeof(float) * m->num_params); /* every bias, and the LayerNorm biases: 0 */
+    trunc_normal(p->patch_w, D * K, 0.02f, &rng);
+    trunc_normal(p->cls_token, D, 0.02f, &rng);
+    trunc_normal(p->dist_token, dt * D, 0.02f, &rng);
+    trunc_normal(p->pos_embed, T * D, 0.02f, &rng);
+    fill_value(p->ln1_w, L * D, 1.0f);
+    trunc_normal(p->qkv_w, L * 3 * D * D, 0.02f, &rng);
+    trunc_normal(p->proj_w, L * D * D, 0.02f, &rng);
+    fill_value(p->ln2_w, L * D, 1.0f);
+    trunc_normal(p->fc1_w, L * H * D, 0.02f, &rng);
+    trunc_normal(p->fc2_w, L * D * H, 0.02f, &rng);
+    fill_value(p->lnf_w, D, 1.0f);
+    trunc_normal(p->head_w, C * D, 0.02f, &rng);
+    trunc_normal(p->head_dist_w, dt * C * D, 0.02f, &rng);
     rng_seed(&m->rng, seed ^ 0xD15C0ull);
 }
 
@@ -715,7 +725,14 @@ static void deit_alloc_activations(DeiT *m, int B) {
         L * Bs * T * H, L * Bs * T * H, L * Bs * T * D, L * Bs * T * D, /* fc1, gelu, fc2, resid2 */
         L * 2 * Bs,                                                 /* drop_scale */
         Bs * T * D, Bs * T, Bs * T,                                 /* lnf, mean, rstd */
-        Bs * D, Bs * D, Bs * C, Bs * C, Bs * C, Bs * C,             /* cls_out ... hard_targets */
+        Bs * D, Bs * D, Bs * C, Bs * C, Bs * C,                     /* cls_out, dist_out, logits, logits_dist, logits_mean */
+    };
+    /* Which of them receive a gradient in the backward pass. Not the patches (the images need
+       none), the LayerNorm statistics, the attention probabilities, the drop-path scales or the
+       inference output: in grads_acts these are NULL, and no memory is allocated or zeroed for them. */
+    static const int has_grad[NUM_ACTIVATION_TENSORS] = {
+        0, 1, 1,       1, 0, 0,       1, 0, 1,    1, 1,    1, 0, 0,
+        1, 1, 1, 1,    0,             1, 0, 0,    1, 1, 1, 1, 0,
     };
     float **ptrs[NUM_ACTIVATION_TENSORS], **gptrs[NUM_ACTIVATION_TENSORS];
     ActivationTensors *a = &m->acts, *g = &m->grads_acts;
@@ -726,25 +743,28 @@ static void deit_alloc_activations(DeiT *m, int B) {
             &s->att, &s->atty, &s->attproj, &s->resid1, &s->ln2, &s->ln2_mean, &s->ln2_rstd,     \
             &s->fc1, &s->gelu, &s->fc2, &s->resid2, &s->drop_scale, &s->lnf, &s->lnf_mean,       \
             &s->lnf_rstd, &s->cls_out, &s->dist_out, &s->logits, &s->logits_dist,                \
-            &s->logits_mean, &s->hard_targets};                                                       \
+            &s->logits_mean};                                                                    \
         memcpy(arr, tmp, sizeof(tmp));                                                           \
     } while (0)
     ACT_PTRS(a, ptrs);
     ACT_PTRS(g, gptrs);
 #undef ACT_PTRS
-    size_t total = 0;
+    size_t total = 0, total_grads = 0;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
         m->act_sizes[i] = sizes[i];
         total += sizes[i];
+        total_grads += has_grad[i] ? sizes[i] : 0;
     }
     m->num_acts = total;
+    m->num_grads_acts = total_grads;
     m->acts_memory = xcalloc(total, sizeof(float));
-    m->grads_acts_memory = xcalloc(total, sizeof(float));
-    size_t off = 0;
+    m->grads_acts_memory = xcalloc(total_grads, sizeof(float));
+    size_t off = 0, goff = 0;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
         *ptrs[i] = m->acts_memory + off;
-        *gptrs[i] = m->grads_acts_memory + off;
+        *gptrs[i] = has_grad[i] ? m->grads_acts_memory + goff : NULL;
         off += sizes[i];
+        goff += has_grad[i] ? sizes[i] : 0;
     }
     m->batch_size = B;
 }
@@ -813,7 +833,7 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
    so the threads share the work (fill_zero). */
 static void deit_zero_grad(DeiT *m) {
     memset(m->grads_memory, 0, sizeof(float) * m->num_params);
-    if (m->grads_acts_memory) fill_zero(m->grads_acts_memory, m->num_acts);
+    if (m->grads_acts_memory) fill_zero(m->grads_acts_memory, m->num_grads_acts);
 }
 
 /* Backward pass: the forward's layers in reverse, from grads_acts.logits(_dist) to grads. */
@@ -875,7 +895,7 @@ static void deit_backward(DeiT *m, int B) {
 }
 
 /* ============================================================================================
- * 4. Losses (paper Sec. 4 "Distillation through attention")
+ * I.5 Losses (paper Sec. 4 "Distillation through attention")
  * ========================================================================================== */
 
 /* log softmax(x / tau) of one row of C logits, into out (in double: the losses are sums of
@@ -1022,7 +1042,7 @@ static LossParts deit_loss(Heads out, const float *targets, const float *teacher
 }
 
 /* ============================================================================================
- * 7. The teacher: a CIFAR ResNet (He et al. 2016, Sec. 4.2)
+ * I.6 The teacher: a CIFAR ResNet (He et al. 2016, Sec. 4.2)
  *
  * The paper's best teachers are convnets: their inductive bias is what the distillation token
  * passes on to the transformer. Here: a 3x3 stem conv + BN + ReLU, S stages of B basic blocks
@@ -1056,7 +1076,7 @@ static int teacher_preset(TeacherConfig *c, const char *name) {
     return -1;
 }
 
-/* ---- 7.1 Convolution via im2col: out = W (cout, cin*k*k) x col (cin*k*k, pixels) ------------
+/* ---- I.6.1 Convolution via im2col: out = W (cout, cin*k*k) x col (cin*k*k, pixels) ------------
    Activations are stored (C, B, H, W). The col matrix of the whole batch would be tens of MB,
    far bigger than the caches, so a convolution is done a few images at a time (conv_chunk):
    each chunk's col is built, used by the matmul while it is still in cache, and overwritten by
@@ -1176,7 +1196,7 @@ static void conv_backward(float *din, float *dw, float *col, float *dcol, float 
     }
 }
 
-/* ---- 7.2 BatchNorm (Ioffe & Szegedy 2015), per channel over its n = B*h*w numbers -----------
+/* ---- I.6.2 BatchNorm (Ioffe & Szegedy 2015), per channel over its n = B*h*w numbers -----------
    training: y = (x - mean) * rstd * gamma + beta with the batch's mean and biased variance;
              running = 0.9 running + 0.1 batch (the unbiased variance for running_var)
    eval:     the running statistics instead of the batch's                                     */
@@ -1262,7 +1282,7 @@ static void batchnorm_backward(float *dinp, float *dgamma, float *dbeta, const f
     }
 }
 
-/* ---- 7.3 ReLU (in place) and global average pooling ------------------------------------- */
+/* ---- I.6.3 ReLU (in place) and global average pooling ------------------------------------- */
 static void relu_forward(float *x, size_t n) {
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
@@ -1294,7 +1314,7 @@ static void avgpool_backward(float *din, const float *dpooled, int B, int C, int
         }
 }
 
-/* ---- 7.4 Conv + BN as one unit, and the basic block ------------------------------------- */
+/* ---- I.6.4 Conv + BN as one unit, and the basic block ------------------------------------- */
 static void convbn_forward(Teacher *t, ConvBN *l, const float *in, int B, int train) {
     size_t n = (size_t)B * l->hout * l->wout;
     conv_forward(l->conv, t->col, in, l->w, l, B);
@@ -1339,7 +1359,7 @@ static void basic_block_backward(Teacher *t, BasicBlock *k, float *din, const fl
     convbn_backward(t, &k->conv1, din, in, B);
 }
 
-/* ---- 7.5 The teacher model: layout, init, forward, backward, checkpoint ------------------ */
+/* ---- I.6.5 The teacher model: layout, init, forward, backward, checkpoint ------------------ */
 
 /* Walk the architecture once, in checkpoint order, either counting (t == NULL fields) or
    pointing: add_convbn() appends w, gamma, beta, running_mean, running_var to the table. */
@@ -1437,18 +1457,14 @@ static int teacher_convs(Teacher *t, ConvBN **list) {
 static void teacher_init(Teacher *t, uint64_t seed) {
     Rng rng;
     rng_seed(&rng, seed);
-    for (int i = 0; i < t->num_tensors; i++) {
-        const TensorInfo *ti = &t->tensors[i];
-        float *p = t->params_memory + ti->offset;
-        for (size_t j = 0; j < ti->size; j++) p[j] = 0.0f;
-        if (!strcmp(ti->name, "bn_gamma") || !strcmp(ti->name, "bn_running_var"))
-            for (size_t j = 0; j < ti->size; j++) p[j] = 1.0f;
-    }
+    memset(t->params_memory, 0, sizeof(float) * t->num_params); /* BN beta and running mean: 0 */
     /* convs: std = sqrt(2 / (cout * k * k)) */
     ConvBN **all = xmalloc(sizeof(ConvBN *) * (1 + 3 * (size_t)t->num_blocks));
     int n = teacher_convs(t, all);
     for (int i = 0; i < n; i++) {
         ConvBN *l = all[i];
+        fill_value(l->gamma, l->cout, 1.0f);
+        fill_value(l->running_var, l->cout, 1.0f);
         float std = sqrtf(2.0f / (float)(l->cout * l->ksize * l->ksize));
         size_t size = (size_t)l->cout * l->cin * l->ksize * l->ksize;
         for (size_t j = 0; j < size; j++) l->w[j] = std * rng_normal(&rng);
@@ -1552,7 +1568,7 @@ static void teacher_backward(Teacher *t, int B) {
 }
 
 /* ============================================================================================
- * 6. Optimizers and learning-rate schedule
+ * I.7 Optimizers and learning-rate schedule
  * ========================================================================================== */
 
 typedef enum { OPT_ADAMW = 0, OPT_SGD = 1 } OptType;
@@ -1641,7 +1657,7 @@ static float lr_at(long step, long total_steps, long warmup_steps, float lr, flo
 }
 
 /* ============================================================================================
- * 8. Data: CIFAR-10 / CIFAR-100 binary files, and DeiT's augmentations (paper Sec. 6, Table 9)
+ * I.8 Data: CIFAR-10 / CIFAR-100 binary files, and DeiT's augmentations (paper Sec. 6, Table 9)
  * ========================================================================================== */
 
 /* The binary version: records of 1 label byte (CIFAR-100: coarse and fine label bytes; we use
@@ -1780,7 +1796,7 @@ static void shuffle(int *x, int n, Rng *rng) { /* Fisher-Yates */
     }
 }
 
-/* ---- 8.1 Augmentation settings ------------------------------------------------------------- */
+/* ---- I.8.1 Augmentation settings ------------------------------------------------------------- */
 typedef struct {
     int crop_flip;          /* random 32x32 crop of the image padded by 4, horizontal flip: the
                                CIFAR crop, also under --aug deit (DeiT, on ImageNet, uses
@@ -1793,7 +1809,7 @@ typedef struct {
     float label_smoothing;  /* epsilon */
 } AugConfig;
 
-/* ---- 8.2 RandAugment (Cubuk et al. 2020) on one uint8 image (3, 32, 32) ---------------------
+/* ---- I.8.2 RandAugment (Cubuk et al. 2020) on one uint8 image (3, 32, 32) ---------------------
    The "increasing" op set of timm's rand-m9-mstd0.5-inc1, which DeiT uses. Each op is applied
    with probability 0.5 at magnitude m ~ N(9, 0.5) clipped to [0, 10], level = m / 10.
    Differences from timm, for simplicity: geometric ops resample bilinearly (DeiT's timm setup
@@ -1936,7 +1952,7 @@ static void randaugment(uint8_t *img, int ops, float magnitude, Rng *rng) {
     }
 }
 
-/* ---- 8.3 Random erasing (Zhong et al. 2020): a random rectangle of 2%..1/3 of the image with
+/* ---- I.8.3 Random erasing (Zhong et al. 2020): a random rectangle of 2%..1/3 of the image with
    aspect ratio in [0.3, 3.3] is replaced by per-pixel normal noise (after normalisation). ---- */
 static void random_erase(float *img, int C, int S, Rng *rng) {
     for (int attempt = 0; attempt < 10; attempt++) {
@@ -1953,7 +1969,7 @@ static void random_erase(float *img, int C, int S, Rng *rng) {
     }
 }
 
-/* ---- 8.4 Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) on a batch ------------------
+/* ---- I.8.4 Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) on a batch ------------------
    One lambda ~ Beta(alpha, alpha) per batch; image b is mixed with image B-1-b (the batch
    reversed, as timm does). Mixup blends whole images; CutMix pastes a box of area 1 - lambda
    and corrects lambda to the box actually pasted. Targets mix the same way. With both on,
@@ -2043,7 +2059,7 @@ static void resize_grid(float *dst, const float *src, int C, int S_in, int S_out
     free(tmp);
 }
 
-/* ---- 8.5 A batch: pick, augment, normalise ----------------------------------------------------
+/* ---- I.8.5 A batch: pick, augment, normalise ----------------------------------------------------
    images (B, 3, S, S) normalised floats, targets (B, num_classes) distributions, labels (B).
    Every random choice comes from seed, so a batch is the same whatever the thread count.  */
 static void make_batch(float *images, int S_out, float *targets, int *labels, const Dataset *d, const int *indices, int B,
@@ -2084,7 +2100,7 @@ static void make_batch(float *images, int S_out, float *targets, int *labels, co
     }
 }
 
-/* ---- 8.6 Fine-tuning at a higher resolution (paper Sec. 6, "Fine-tuning at different
+/* ---- I.8.6 Fine-tuning at a higher resolution (paper Sec. 6, "Fine-tuning at different
    resolution"): the same weights at image size S; the patch part of the position embedding is
    resized as a G x G grid of D-vectors (bicubic, as the paper; bilinear for comparison), the
    class and distillation token positions are kept as they are. */
@@ -2208,7 +2224,7 @@ static int teacher_load(Teacher *t, const char *path) {
 }
 
 /* ============================================================================================
- * 9. Training and evaluation
+ * I.10 Training and evaluation
  * ========================================================================================== */
 
 /* A network is a DeiT student or a ResNet teacher; either can be trained, evaluated or serve
@@ -2301,7 +2317,7 @@ static void net_backward(Net *n, int B) {
     else teacher_backward(&n->resnet, B);
 }
 
-/* ---- 9.1 Evaluation: accuracy of each head, and the confusion matrix of the inference output */
+/* ---- I.10.1 Evaluation: accuracy of each head, and the confusion matrix of the inference output */
 typedef struct {
     int n;
     int correct[3];  /* HEAD_MEAN, HEAD_CLS, HEAD_DIST */
@@ -2361,7 +2377,7 @@ static uint64_t batch_seed(uint64_t seed, int epoch, int step_in_epoch) {
     return splitmix64(seed * 0x100000001B3ull ^ splitmix64(((uint64_t)epoch << 32) | (uint32_t)step_in_epoch));
 }
 
-/* ---- The training loop ----------------------------------------------------------------------
+/* ---- I.10.2 The training loop ----------------------------------------------------------------
    The same loop trains the teacher and the student. Per step: a batch of augmented images; the
    teacher's logits on the same images (eval mode, no gradient); the student's forward pass; the
    loss of Sec. 4 and its gradient; the backward pass; one optimizer step. What a run needs
@@ -2619,7 +2635,11 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
  *
  * ########################################################################################## */
 
-/* ---- Checkpoint file: 256 int32 header, then the parameters as float32, little-endian ----
+/* ============================================================================================
+ * III.1 Files from outside: checkpoints written atomically, and every file read checked
+ * ========================================================================================== */
+
+/* Checkpoint files: 256 int32 header, then the parameters as float32, little-endian.
    Written to FILE.tmp and renamed over FILE, so a killed or crashed run never leaves a
    half-written FILE. (Standard C has no fsync: after a power loss the file system decides.) */
 static int host_is_little_endian(void) {
@@ -2816,8 +2836,11 @@ static uint64_t teacher_count_params(const TeacherConfig *c) {
     return n + (uint64_t)c->num_classes * cin + (uint64_t)c->num_classes;
 }
 
-/* ---- 9.4 Training state: what --resume needs besides the model file ------------------------
-   FILE.state: 256 int32 header ([0] magic, [1] version, [2] net kind, [3] epochs done,
+/* ============================================================================================
+ * III.2 The training state: what --resume needs besides the model file
+ * ========================================================================================== */
+
+/* FILE.state: 256 int32 header ([0] magic, [1] version, [2] net kind, [3] epochs done,
    [4,5] optimizer step (lo, hi), [6,7] drop-path rng (lo, hi), [8,9] parameter count,
    [10] optimizer, [11,12] seed, [13] total epochs, [14] batch, [15] train limit,
    [16] elapsed seconds, [17] steps done in the current epoch (0 at an epoch boundary; a run
@@ -3144,7 +3167,7 @@ static int run_end(Run *r) {
 }
 
 /* ============================================================================================
- * 10. Looking inside: the paper's analyses (Sec. 4 token similarity, Table 4 disagreement,
+ * III.4 Looking inside: the paper's analyses (Sec. 4 token similarity, Table 4 disagreement,
  *     attention maps)
  * ========================================================================================== */
 
@@ -3266,7 +3289,7 @@ static void overlay_image(unsigned char *rgb, const uint8_t *img, int S, const f
 }
 
 /* ============================================================================================
- * 11. The command line
+ * III.5 The command line
  * ========================================================================================== */
 
 enum { CMD_TEACHER = 1, CMD_TRAIN = 2, CMD_EVAL = 4, CMD_BENCH = 8, CMD_DEBUG = 16, CMD_TOKENS = 32, CMD_COMPARE = 64, CMD_ATTENTION = 128 };
@@ -3979,7 +4002,10 @@ static int deit_main(int argc, char **argv) {
     }
 }
 
-/* ---- ./deit bench: where the time goes ----------------------------------------------------- */
+/* ============================================================================================
+ * III.6 ./deit bench: where the time goes
+ * ========================================================================================== */
+
 static double median(double *x, int n) {
     for (int i = 1; i < n; i++) /* insertion sort: n is small */
         for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {

@@ -69,37 +69,37 @@ typedef struct {
 } ParameterTensors;
 
 /* Everything the forward pass keeps for the backward pass (per-layer tensors stacked on L).
-   The same struct holds the gradients of the activations during backward. */
-#define NUM_ACTIVATION_TENSORS 28
+   The same struct type holds the gradients of the activations (DeiT.grads_acts); the tensors
+   marked [no grad] receive none, and their pointer there is NULL. */
+#define NUM_ACTIVATION_TENSORS 27
 typedef struct {
-    float *patches;     /* (B, N, K)      the image cut into flattened patches */
+    float *patches;     /* (B, N, K)      the image cut into flattened patches [no grad] */
     float *patch_emb;   /* (B, N, D)      patch embeddings */
     float *x0;          /* (B, T, D)      tokens + position embedding: input of block 0 */
     float *ln1;         /* (L, B, T, D) */
-    float *ln1_mean;    /* (L, B, T) */
-    float *ln1_rstd;    /* (L, B, T)      1 / sqrt(var + eps) */
+    float *ln1_mean;    /* (L, B, T) [no grad] */
+    float *ln1_rstd;    /* (L, B, T)      1 / sqrt(var + eps) [no grad] */
     float *qkv;         /* (L, B, T, 3D) */
-    float *att;         /* (L, B, NH, T, T) attention probabilities (softmax of the scores) */
+    float *att;         /* (L, B, NH, T, T) attention probabilities (softmax of the scores) [no grad] */
     float *atty;        /* (L, B, T, D)   attention output, heads concatenated */
     float *attproj;     /* (L, B, T, D)   after the output projection */
     float *resid1;      /* (L, B, T, D)   x + drop_path(attn(ln1(x))) */
     float *ln2;         /* (L, B, T, D) */
-    float *ln2_mean;    /* (L, B, T) */
-    float *ln2_rstd;    /* (L, B, T) */
+    float *ln2_mean;    /* (L, B, T) [no grad] */
+    float *ln2_rstd;    /* (L, B, T) [no grad] */
     float *fc1;         /* (L, B, T, H)   MLP pre-activation */
     float *gelu;        /* (L, B, T, H) */
     float *fc2;         /* (L, B, T, D) */
     float *resid2;      /* (L, B, T, D)   block output */
-    float *drop_scale;  /* (L, 2, B)      stochastic depth: 0 (dropped) or 1/keep, per sample */
+    float *drop_scale;  /* (L, 2, B)      stochastic depth: 0 (dropped) or 1/keep, per sample [no grad] */
     float *lnf;         /* (B, T, D) */
-    float *lnf_mean;    /* (B, T) */
-    float *lnf_rstd;    /* (B, T) */
+    float *lnf_mean;    /* (B, T) [no grad] */
+    float *lnf_rstd;    /* (B, T) [no grad] */
     float *cls_out;     /* (B, D)         final class token */
     float *dist_out;    /* (B, D)         final distillation token */
     float *logits;      /* (B, C)         head(cls_out) */
     float *logits_dist; /* (B, C)         head_dist(dist_out) */
-    float *logits_mean; /* (B, C)         inference output: mean of the two heads */
-    float *hard_targets; /* (B, C)        hard distillation: one-hot argmax of the teacher */
+    float *logits_mean; /* (B, C)         inference output: mean of the two heads [no grad] */
 } ActivationTensors;
 
 /* One parameter tensor as the optimizer and the checkpoint see it. */
@@ -129,7 +129,8 @@ typedef struct {
     size_t act_sizes[NUM_ACTIVATION_TENSORS];
     float *acts_memory;
     float *grads_acts_memory;
-    size_t num_acts;
+    size_t num_acts;        /* floats in acts_memory */
+    size_t num_grads_acts;  /* floats in grads_acts_memory: only the tensors that receive a gradient */
     int batch_size;  /* largest B the activations hold */
     Rng rng;         /* drop-path masks */
 } DeiT;
