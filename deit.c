@@ -516,20 +516,36 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
 
 /* ---- I.3.5 MLP: linear, GELU (exact, with erf), linear -------------------------------------
    gelu(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))
-   gelu'(x) = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)                        */
-static void gelu_forward(float *out, const float *inp, size_t n) {
-    OMP(omp parallel for schedule(static))
-    for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * 0.70710678118654752f));
+   gelu'(x) = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+
+   erf from libm (erff) is a function call per element, which keeps the compiler from
+   vectorizing the loop; erf_approx is Abramowitz & Stegun's formula 7.1.28 (3e-7 from erf in exact
+   arithmetic; 8.4e-7 at most in float, which test_deit.c measures against erf), and only multiplies, adds
+   and divides, so the loops below run 8 or 16 elements at a time:
+     erf(t) = 1 - 1 / p^16,  p = 1 + a1 t + a2 t^2 + ... + a6 t^6,  for t >= 0;  erf(-t) = -erf(t) */
+static inline float erf_approx(float x) {
+    float t = fabsf(x);
+    t = t > 9.0f ? 9.0f : t; /* erf(9) is 1 in float; keeps p^16 finite (a NaN stays NaN) */
+    float u = t * (0.0705230784f + t * (0.0422820123f + t * (0.0092705272f +
+                   t * (0.0001520143f + t * (0.0002765672f + t * 0.0000430638f))))); /* p - 1 */
+    float p = 1.0f + u, p2 = p * p, p4 = p2 * p2, p8 = p4 * p4;
+    /* 1 - 1/p^16 = (p^16 - 1) / p^16, with p^16 - 1 = (p - 1)(p + 1)(p^2 + 1)(p^4 + 1)(p^8 + 1):
+       no cancellation near t = 0, where p is close to 1 */
+    float e = u * (p + 1.0f) * (p2 + 1.0f) * (p4 + 1.0f) * (p8 + 1.0f) / (p8 * p8);
+    return x < 0.0f ? -e : e;
 }
 
-/* The backward reads Phi(x) back from the forward's output, Phi(x) = gelu(x) / x (x != 0), so
-   only phi needs an exp: no second erf per element. */
-static void gelu_backward(float *dinp, const float *dout, const float *inp, const float *out, size_t n) {
+static void gelu_forward(float *out, const float *inp, size_t n) {
+    OMP(omp parallel for schedule(static))
+    for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erf_approx(inp[i] * 0.70710678118654752f));
+}
+
+static void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        float cdf = x != 0.0f ? out[i] / x : 0.5f;
-        float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+        float cdf = 0.5f * (1.0f + erf_approx(x * 0.70710678118654752f)); /* Phi(x) */
+        float pdf = 0.39894228040143268f * expf(-0.5f * x * x);          /* phi(x) */
         dinp[i] += dout[i] * (cdf + x * pdf);
     }
 }
@@ -874,7 +890,7 @@ static void deit_backward(DeiT *m, int B) {
         residual_backward(dresid1, dfc2, dresid2, scale2, B, (size_t)T * D);
         linear_backward(dgelu, g->fc2_w + (size_t)l * D * H, g->fc2_b + l * D, dfc2, gelu,
                         p->fc2_w + (size_t)l * D * H, B * T, H, D);
-        gelu_backward(dfc1, dgelu, fc1, gelu, BTH);
+        gelu_backward(dfc1, dgelu, fc1, BTH);
         linear_backward(dln2, g->fc1_w + (size_t)l * H * D, g->fc1_b + l * H, dfc1, ln2,
                         p->fc1_w + (size_t)l * H * D, B * T, D, H);
         layernorm_backward(dresid1, g->ln2_w + l * D, g->ln2_b + l * D, dln2, resid1, p->ln2_w + l * D,
@@ -2426,7 +2442,8 @@ typedef struct {
     char state_path[4096];
 } Run;
 
-/* hooks: Part III.3 */
+/* hooks: Part III.3 (and II, for the name of the matmul in use) */
+static const char *matmul_name(void);
 static int run_begin(Run *run, Net *net, Net *teacher, const TrainConfig *cfg);
 static int run_step_check(Run *run, const float *teacher_logits, LossParts loss, int s);
 static void run_step_done(Run *run, int epoch, int s, LossParts loss, float lr);
@@ -2484,9 +2501,9 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  *
  * ########################################################################################## */
 
-/* The fast one. Four tricks, all plain C that the compiler turns into vector instructions:
+/* The fast one. Five tricks, all plain C that the compiler turns into vector instructions:
  *
- * 1. Register tile. The innermost routine (micro_kernel) computes a small MR x NR block of C
+ * 1. Register tile. The innermost routine (kernel_tile) computes a small MR x NR block of C
  *    in a local array `acc`. For each k it loads MR numbers of A and NR numbers of B and does
  *    MR*NR multiply-adds: every number loaded is used MR or NR times. With constant MR and NR
  *    the compiler keeps `acc` in vector registers and vectorizes the j loop (NR wide).
@@ -2510,18 +2527,39 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  * Threads (OpenMP) split the tiles of C; no two threads ever write the same element of C, so
  * the backward products are race-free and the result does not depend on the thread count.
  */
-#define MR 6
-#define NR 32
 #define KC 256
-#define MC 72  /* a multiple of MR */
-#define NC 4096 /* a multiple of NR */
+#define MC 72   /* a multiple of every MR below */
+#define NC 4032 /* a multiple of every NR below */
+
+/* 5. One register tile per processor. How big a tile fits depends on the vector registers: 32
+ *    registers of 16 floats (AVX-512) hold a 6 x 32 tile (12 accumulators) plus what is being
+ *    loaded; AVX2's 16 registers of 8 floats hold 4 x 24 (12 accumulators), and a 6 x 32 tile
+ *    there spills to memory (77 against 107 GFLOP/s on one core, measured). So the kernel is
+ *    written once, for any tile (kernel_tile), and compiled three times: for AVX-512 with
+ *    6 x 32, for AVX2 + FMA with 4 x 24, and for any x86-64 or other processor (SSE2 and such)
+ *    with 4 x 24. GCC and Clang compile a function for another instruction set than the rest of
+ *    the program when it carries __attribute__((target(...))); the first matmul asks the
+ *    processor what it has (__builtin_cpu_supports) and takes the best version. So the plain
+ *    `cc -O3 deit.c -lm`, which targets the oldest x86-64, still runs the kernel at full
+ *    vector width. Every version adds the products over k in the same order: they differ
+ *    only in rounding (FMA or not), and the tests run each against the reference.          */
+#define MR_MAX 6
+#define NR_MAX 32
 
 /* C tile (m <= MR rows, n <= NR columns) += A panel (MR x kc) * B panel (kc x NR).
    A(i,k) = a[k*a_k + i*a_i]: a packed panel has a_k = MR, a_i = 1; A read in place a_k = 1,
-   a_i = its row stride. B(k,j) = b[k*ldb + j]. */
-static void micro_kernel(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb,
-                         float *restrict c, int ldc, int m, int n) {
-    float acc[MR][NR] = {{0}};
+   a_i = its row stride. B(k,j) = b[k*ldb + j]. MR and NR are constants where it is inlined,
+   so the compiler keeps the tile `acc` in registers and unrolls the i and j loops.          */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+static ALWAYS_INLINE void kernel_tile(const int MR, const int NR, int kc, const float *restrict a, int a_k, int a_i,
+                                      const float *restrict b, int ldb, float *restrict c, int ldc, int m, int n) {
+    float acc[MR_MAX][NR_MAX];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = 0.0f;
     for (int k = 0; k < kc; k++) {
         for (int i = 0; i < MR; i++) {
             float aik = a[(size_t)k * a_k + (size_t)i * a_i];
@@ -2537,8 +2575,71 @@ static void micro_kernel(int kc, const float *restrict a, int a_k, int a_i, cons
     }
 }
 
+typedef void (*MicroKernel)(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb,
+                            float *restrict c, int ldc, int m, int n);
+#define MICRO_KERNEL(name, mr, nr, attributes)                                                                        \
+    attributes static void name(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb, \
+                                float *restrict c, int ldc, int m, int n) {                                         \
+        kernel_tile(mr, nr, kc, a, a_k, a_i, b, ldb, c, ldc, m, n);                                                  \
+    }
+MICRO_KERNEL(micro_kernel_portable, 4, 24, )
+#if defined(__GNUC__) && defined(__x86_64__)
+#define DEIT_X86_DISPATCH 1
+MICRO_KERNEL(micro_kernel_avx512, 6, 32, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
+MICRO_KERNEL(micro_kernel_avx2, 4, 24, __attribute__((target("avx2,fma"))))
+#endif
+
+typedef struct {
+    const char *name;
+    int mr, nr;
+    MicroKernel kernel;
+} MatmulPath;
+
+
+static const MatmulPath matmul_paths[] = {
+    {"portable C, 4x24 tile", 4, 24, micro_kernel_portable},
+#ifdef DEIT_X86_DISPATCH
+    {"AVX2+FMA, 4x24 tile", 4, 24, micro_kernel_avx2},
+    {"AVX-512, 6x32 tile", 6, 32, micro_kernel_avx512},
+#endif
+};
+static const char *matmul_path_names[] = {"portable", "avx2", "avx512"};
+
+/* The best version this processor runs: an index into matmul_paths. */
+static int matmul_best_path(void) {
+    int best = 0;
+#ifdef DEIT_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
+    if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) best = 2;
+#endif
+    return best;
+}
+
+/* The version in use, chosen at the first call: the best one, or the one DEIT_KERNEL names
+   (portable, avx2 or avx512: for tests and benchmarks; one the processor lacks is refused). */
+static const MatmulPath *matmul_chosen_path;
+static const MatmulPath *matmul_path(void) {
+    if (matmul_chosen_path) return matmul_chosen_path;
+    int best = matmul_best_path(), use = best;
+    const char *force = getenv("DEIT_KERNEL");
+    if (force && *force) {
+        use = -1;
+        for (int i = 0; i < 3; i++) if (!strcmp(force, matmul_path_names[i])) use = i;
+        if (use < 0) die("DEIT_KERNEL=%s: must be portable, avx2 or avx512", force);
+        if (use > best) die("DEIT_KERNEL=%s: this processor (or this build) cannot run it", force);
+    }
+    matmul_chosen_path = &matmul_paths[use];
+    return matmul_chosen_path;
+}
+
+/* What the progress lines and bench print: "naive", or the fast version in use. */
+static const char *matmul_name(void) {
+    return matmul_use_fast ? matmul_path()->name : "naive (three loops)";
+}
+
 /* A[i0 .. i0+m) x [k0 .. k0+kc) into panels of MR rows (MR numbers per k), zero padded. */
-static void pack_a(float *restrict dst, const float *A, int a_rs, int a_cs, int i0, int m, int k0, int kc) {
+static void pack_a(float *restrict dst, const float *A, int a_rs, int a_cs, int i0, int m, int k0, int kc, int MR) {
     for (int p = 0; p < m; p += MR, dst += (size_t)MR * kc) {
         int rows = m - p < MR ? m - p : MR;
         if (rows < MR) memset(dst, 0, sizeof(float) * MR * kc);
@@ -2549,10 +2650,10 @@ static void pack_a(float *restrict dst, const float *A, int a_rs, int a_cs, int 
 }
 
 /* One panel: B[k0 .. k0+kc) x [j0 .. j0+n) as kc rows of NR numbers, zero padded. */
-static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs, int k0, int kc, int j0, int n) {
+static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs, int k0, int kc, int j0, int n, int NR) {
     const float *src = B + (size_t)k0 * b_rs + (size_t)j0 * b_cs;
-    if (b_rs == 1 && n == NR) { /* a full panel of a transposed B: written out so that the
-                                   compiler sees the constant trip count and the unit k stride */
+    if (b_rs == 1 && n == NR) { /* a full panel of a transposed B: k outer, so that every store
+                                   goes to consecutive addresses */
         for (int k = 0; k < kc; k++)
             for (int j = 0; j < NR; j++) dst[k * NR + j] = src[(size_t)j * b_cs + k];
         return;
@@ -2568,6 +2669,8 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
                    const float *B, int b_rs, int b_cs, int M, int N, int K) {
     if (M <= 0 || N <= 0 || K <= 0) return;
     if (!matmul_packed_b) matmul_packed_b = xmalloc(sizeof(float) * KC * NC);
+    const MatmulPath *path = matmul_path();
+    const int MR = path->mr, NR = path->nr;
     float *bp = matmul_packed_b;
     /* Trick 4: when B's rows are contiguous (b_cs == 1), the kernel reads a full B panel where
        it lies, with row stride b_rs; only panels that are transposed or cut short are packed.
@@ -2581,7 +2684,7 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
             OMP(omp parallel for schedule(static))
             for (int q = 0; q < n_panels; q++) {
                 int n = nc - q * NR < NR ? nc - q * NR : NR;
-                if (!b_direct || n < NR) pack_b_panel(bp + (size_t)q * NR * kc, B, b_rs, b_cs, k0, kc, j0 + q * NR, n);
+                if (!b_direct || n < NR) pack_b_panel(bp + (size_t)q * NR * kc, B, b_rs, b_cs, k0, kc, j0 + q * NR, n, NR);
             }
             /* Work items: (block of MC rows) x (group of G B panels). Each packs its A block (or
                just its last rows, when A is read in place). G = 4 reuses a packed A block over
@@ -2600,7 +2703,7 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
                     int i0 = blk * MC, m = M - i0 < MC ? M - i0 : MC;
                     if (packed_block != blk) {
                         int first = a_direct ? m / MR * MR : 0; /* rows before it are read in place */
-                        if (first < m) pack_a(ap + (size_t)first * kc, A, a_rs, a_cs, i0 + first, m - first, k0, kc);
+                        if (first < m) pack_a(ap + (size_t)first * kc, A, a_rs, a_cs, i0 + first, m - first, k0, kc, MR);
                         packed_block = blk;
                     }
                     int q_end = (grp + 1) * G < n_panels ? (grp + 1) * G : n_panels;
@@ -2612,7 +2715,7 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
                             int im = m - p < MR ? m - p : MR;
                             int in_place = a_direct && im == MR;
                             const float *a = in_place ? A + (size_t)(i0 + p) * a_rs + k0 : ap + (size_t)p * kc;
-                            micro_kernel(kc, a, in_place ? 1 : MR, in_place ? a_rs : 1, b, direct ? b_rs : NR,
+                            path->kernel(kc, a, in_place ? 1 : MR, in_place ? a_rs : 1, b, direct ? b_rs : NR,
                                          C + (size_t)(i0 + p) * ldc + j0 + q * NR, ldc, im, jn);
                         }
                     }
@@ -3029,8 +3132,8 @@ static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
             fprintf(r->log, "epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s\n");
         fflush(r->log);
     }
-    fprintf(stderr, "deit: training on %d %s images (%d steps of %d per epoch, %d epochs), testing on %d, %d thread(s)\n",
-            r->n_train, r->train_set.name, r->steps_per_epoch, B, cfg->epochs, r->test_set.n, num_threads());
+    fprintf(stderr, "deit: training on %d %s images (%d steps of %d per epoch, %d epochs), testing on %d, %d thread(s), matmul %s\n",
+            r->n_train, r->train_set.name, r->steps_per_epoch, B, cfg->epochs, r->test_set.n, num_threads(), matmul_name());
     int S = net_img_size(net), TS = teacher ? net_img_size(teacher) : S;
     r->images = xmalloc(sizeof(float) * (size_t)B * 3 * S * S), r->targets = xmalloc(sizeof(float) * (size_t)B * C);
     r->labels = xmalloc(sizeof(int) * B), r->order = xmalloc(sizeof(int) * r->n_train);
@@ -4215,13 +4318,13 @@ static int cmd_bench(const Options *o) {
     with_dist.dist_token = pick_int(o->dist_token, 1);
     with_dist.teacher = NULL;
     DeiTConfig c = student_config(&with_dist, 10);
-    printf("deit bench: %d thread(s), batch %d, median of %d repeats, built %s OpenMP\n", num_threads(), B, R,
+    printf("deit bench: %d thread(s), batch %d, median of %d repeats, built %s OpenMP, matmul %s\n", num_threads(), B, R,
 #ifdef _OPENMP
-           "with"
+           "with",
 #else
-           "without"
+           "without",
 #endif
-    );
+           matmul_name());
     printf("student: dim %d depth %d heads %d patch %d, %d tokens, dist token %d\n", c.dim, c.depth, c.heads, c.patch_size,
            1 + c.dist_token + (c.img_size / c.patch_size) * (c.img_size / c.patch_size), c.dist_token);
     int T = 1 + c.dist_token + (c.img_size / c.patch_size) * (c.img_size / c.patch_size), N = T - 1 - c.dist_token;
