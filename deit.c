@@ -540,13 +540,19 @@ static void gelu_forward(float *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erf_approx(inp[i] * 0.70710678118654752f));
 }
 
+/* In chunks of 256: the first loop calls expf (a libm call per element), the second, free of
+   calls, is vectorized by the compiler. */
 static void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
     OMP(omp parallel for schedule(static))
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float cdf = 0.5f * (1.0f + erf_approx(x * 0.70710678118654752f)); /* Phi(x) */
-        float pdf = 0.39894228040143268f * expf(-0.5f * x * x);          /* phi(x) */
-        dinp[i] += dout[i] * (cdf + x * pdf);
+    for (size_t i0 = 0; i0 < n; i0 += 256) {
+        size_t len = n - i0 < 256 ? n - i0 : 256;
+        const float *x = inp + i0;
+        float pdf[256];
+        for (size_t i = 0; i < len; i++) pdf[i] = 0.39894228040143268f * expf(-0.5f * x[i] * x[i]); /* phi(x) */
+        for (size_t i = 0; i < len; i++) {
+            float cdf = 0.5f * (1.0f + erf_approx(x[i] * 0.70710678118654752f));                    /* Phi(x) */
+            dinp[i0 + i] += dout[i0 + i] * (cdf + x[i] * pdf[i]);
+        }
     }
 }
 
@@ -2649,13 +2655,20 @@ static void pack_a(float *restrict dst, const float *A, int a_rs, int a_cs, int 
     }
 }
 
+/* A full panel of a transposed B, k outer so that every store goes to consecutive addresses;
+   inlined with a constant NR (below), so that the compiler unrolls and vectorizes the j loop. */
+static ALWAYS_INLINE void pack_b_transposed(float *restrict dst, const float *src, int b_cs, int kc, const int NR) {
+    for (int k = 0; k < kc; k++)
+        for (int j = 0; j < NR; j++) dst[k * NR + j] = src[(size_t)j * b_cs + k];
+}
+
 /* One panel: B[k0 .. k0+kc) x [j0 .. j0+n) as kc rows of NR numbers, zero padded. */
 static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs, int k0, int kc, int j0, int n, int NR) {
     const float *src = B + (size_t)k0 * b_rs + (size_t)j0 * b_cs;
-    if (b_rs == 1 && n == NR) { /* a full panel of a transposed B: k outer, so that every store
-                                   goes to consecutive addresses */
-        for (int k = 0; k < kc; k++)
-            for (int j = 0; j < NR; j++) dst[k * NR + j] = src[(size_t)j * b_cs + k];
+    if (b_rs == 1 && n == NR) {
+        if (NR == 32) pack_b_transposed(dst, src, b_cs, kc, 32);
+        else if (NR == 24) pack_b_transposed(dst, src, b_cs, kc, 24);
+        else pack_b_transposed(dst, src, b_cs, kc, NR);
         return;
     }
     if (n < NR) memset(dst, 0, sizeof(float) * NR * kc);
