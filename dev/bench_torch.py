@@ -21,6 +21,15 @@ With --threads equal to the core count, any other load on the machine stalls the
 barriers (one 2-thread training step took 30 s instead of 1.2 s), so the median is printed
 with min/max; the pthread OpenBLAS build oversubscribes at 2 threads and runs 3-5x slower.
 
+OpenBLAS 0.3.21 does not recognise some newer CPUs (this project's AMD EPYC and Xeon VMs among
+them) and falls back to its "Prescott" SSE kernels, about 3x slower. Unless OPENBLAS_CORETYPE is
+already set, the re-run sets it from /proc/cpuinfo: SkylakeX where the CPU has AVX-512, Haswell
+where it has AVX2. The "info openblas_core=" line says which kernels OpenBLAS actually runs.
+
+--net resnet20 times the teacher instead: the CIFAR ResNet-20 of deit.c (3x3 stem, 3 stages
+of 3 basic blocks, widths 16/32/64, 1x1 conv + BN shortcuts where the shape changes), SGD with
+Nesterov momentum, at --batch (128 for the teacher).
+
 Every metric is one line `metric <name> key=value ...`, so `grep ^metric` collects them.
 """
 import argparse, ctypes, os, statistics, sys, time
@@ -46,6 +55,37 @@ class Block(nn.Module):
         att = ((q * hd ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, NH, T, T)
         x = x + self.proj((att @ v).transpose(1, 2).reshape(B, T, D))
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))  # exact (erf) GELU
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    def __init__(self, classes=10, widths=(16, 32, 64), blocks=3):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0])
+        layers, cin = [], widths[0]
+        for s, w in enumerate(widths):
+            for b in range(blocks):
+                layers.append(BasicBlock(cin, w, 2 if s > 0 and b == 0 else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = self.layers(F.relu(self.bn(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
 
 
 class DeiT(nn.Module):
@@ -90,6 +130,28 @@ def loaded_blas():
         return "unknown"
 
 
+def openblas_core():
+    """The kernels the loaded OpenBLAS runs (openblas_get_corename), or '-' without OpenBLAS."""
+    for lib in loaded_blas().split(","):
+        if "openblas" in lib:
+            try:
+                f = ctypes.CDLL(lib).openblas_get_corename
+                f.restype = ctypes.c_char_p
+                return f().decode()
+            except (OSError, AttributeError):
+                pass
+    return "-"
+
+
+def default_coretype():
+    flags = ""
+    try:
+        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    return "SkylakeX" if " avx512f" in flags else ("Haswell" if " avx2" in flags else None)
+
+
 def pick_blas(a):
     """Re-exec with LD_LIBRARY_PATH pointing at the chosen Debian OpenBLAS build (once)."""
     if a.blas == "system" or os.environ.get("BENCH_TORCH_REEXEC"):
@@ -99,6 +161,8 @@ def pick_blas(a):
     for k in kinds:
         if os.path.exists(base + k + "/libblas.so.3"):
             env = dict(os.environ, BENCH_TORCH_REEXEC="1")
+            if not env.get("OPENBLAS_CORETYPE") and default_coretype():
+                env["OPENBLAS_CORETYPE"] = default_coretype()
             env["LD_LIBRARY_PATH"] = base + k + ":" + env.get("LD_LIBRARY_PATH", "")
             if k == "pthread" and a.threads > 0:  # the pthread build ignores torch.set_num_threads
                 env.setdefault("OPENBLAS_NUM_THREADS", str(a.threads))
@@ -109,8 +173,9 @@ def pick_blas(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--net", choices=["deit", "resnet20"], default="deit")
     ap.add_argument("--model", choices=MODELS, default="tiny")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=0, help="default 64 for DeiT, 128 for ResNet-20")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave default)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
@@ -128,23 +193,33 @@ def main():
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     d, depth, heads = MODELS[a.model]
-    B, T = a.batch, 66
-    print(f"info torch={torch.__version__} threads={torch.get_num_threads()} model={a.model} "
-          f"dim={d} depth={depth} heads={heads} batch={B} warmup={a.warmup} repeats={a.repeats}")
-    env = " ".join(f"{k}={os.environ.get(k, '-')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    B, T = a.batch or (128 if a.net == "resnet20" else 64), 66
+    what = "net=resnet20" if a.net == "resnet20" else f"net=deit model={a.model} dim={d} depth={depth} heads={heads}"
+    print(f"info torch={torch.__version__} threads={torch.get_num_threads()} {what} batch={B} "
+          f"warmup={a.warmup} repeats={a.repeats}")
+    env = " ".join(f"{k}={os.environ.get(k, '-')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE"))
     print(f"info blas={loaded_blas()} {env} malloc_tune={int(not a.no_malloc_tune)}")
+    print(f"info openblas_core={openblas_core()}")
     skip = set(a.skip.split(","))
-    model = DeiT(d, depth, heads)
+    if a.net == "resnet20":
+        skip.add("gemm")
+    model = ResNet20() if a.net == "resnet20" else DeiT(d, depth, heads)
     x = torch.randn(B, 3, 32, 32)
     y = torch.randint(0, 10, (B,))
 
     if "train" not in skip:
-        opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+        if a.net == "resnet20":
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
         model.train()
 
         def step():
-            out, out_dist = model(x)
-            loss = 0.5 * F.cross_entropy(out, y) + 0.5 * F.cross_entropy(out_dist, y)
+            out = model(x)
+            if a.net == "resnet20":
+                loss = F.cross_entropy(out, y)
+            else:
+                loss = 0.5 * F.cross_entropy(out[0], y) + 0.5 * F.cross_entropy(out[1], y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -156,8 +231,8 @@ def main():
 
         def infer():
             with torch.no_grad():
-                out, out_dist = model(x)
-                return (out + out_dist) / 2
+                out = model(x)
+                return out if a.net == "resnet20" else (out[0] + out[1]) / 2
         med, lo, hi = bench(infer, a.warmup, a.repeats)
         print(f"metric infer img_per_s={B / med:.1f} batch_ms={med * 1e3:.1f} min_ms={lo * 1e3:.1f} max_ms={hi * 1e3:.1f}")
 
