@@ -635,18 +635,18 @@ static void deit_tensor_table(TensorInfo *t, const DeiTConfig *c) {
     size_t N = (size_t)(c->img_size / c->patch_size) * (c->img_size / c->patch_size);
     size_t T = 1 + c->dist_token + N, dt = c->dist_token;
     TensorInfo table[NUM_PARAM_TENSORS] = {
-        {"patch_w", 0, D * K, 1, 1},    {"patch_b", 0, D, 0, 1},
-        {"cls_token", 0, D, 0, 1},      {"dist_token", 0, dt * D, 0, 1},
-        {"pos_embed", 0, T * D, 0, 1},  {"ln1_w", 0, L * D, 0, 1},
-        {"ln1_b", 0, L * D, 0, 1},      {"qkv_w", 0, L * 3 * D * D, 1, 1},
-        {"qkv_b", 0, L * 3 * D, 0, 1},  {"proj_w", 0, L * D * D, 1, 1},
-        {"proj_b", 0, L * D, 0, 1},     {"ln2_w", 0, L * D, 0, 1},
+        {"patch_w", 0, D * K, 1, 1, 1.0f},    {"patch_b", 0, D, 0, 1, 1.0f},
+        {"cls_token", 0, D, 0, 1, 1.0f},      {"dist_token", 0, dt * D, 0, 1, 1.0f},
+        {"pos_embed", 0, T * D, 0, 1, 1.0f},  {"ln1_w", 0, L * D, 0, 1},
+        {"ln1_b", 0, L * D, 0, 1},      {"qkv_w", 0, L * 3 * D * D, 1, 1, 1.0f},
+        {"qkv_b", 0, L * 3 * D, 0, 1, 1.0f},  {"proj_w", 0, L * D * D, 1, 1, 1.0f},
+        {"proj_b", 0, L * D, 0, 1, 1.0f},     {"ln2_w", 0, L * D, 0, 1},
         {"ln2_b", 0, L * D, 0, 1},      {"fc1_w", 0, L * H * D, 1, 1},
         {"fc1_b", 0, L * H, 0, 1},      {"fc2_w", 0, L * D * H, 1, 1},
-        {"fc2_b", 0, L * D, 0, 1},      {"lnf_w", 0, D, 0, 1},
-        {"lnf_b", 0, D, 0, 1},          {"head_w", 0, C * D, 1, 1},
-        {"head_b", 0, C, 0, 1},         {"head_dist_w", 0, dt * C * D, 1, 1},
-        {"head_dist_b", 0, dt * C, 0, 1},
+        {"fc2_b", 0, L * D, 0, 1},      {"lnf_w", 0, D, 0, 1, 1.0f},
+        {"lnf_b", 0, D, 0, 1, 1.0f},          {"head_w", 0, C * D, 1, 1, 1.0f},
+        {"head_b", 0, C, 0, 1, 1.0f},         {"head_dist_w", 0, dt * C * D, 1, 1, 1.0f},
+        {"head_dist_b", 0, dt * C, 0, 1, 1.0f},
     };
     size_t offset = 0;
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
@@ -1626,7 +1626,10 @@ static void optimizer_free(Optimizer *o) {
     o->m = o->v = NULL;
 }
 
-/* One step over every trainable tensor of the table, as PyTorch's AdamW and SGD do it:
+/* One step over every trainable tensor of the table, as PyTorch's AdamW and SGD do it. Each
+   tensor has its own learning rate lr * lr_mult; its weight decay is divided by lr_mult, so that
+   the decay per step (lr * wd) is the same for every tensor (airbench's BatchNorm biases learn 64x
+   faster, and decay as fast as the rest).
    AdamW:  p -= lr * wd * p  (decoupled decay, only where decay is on)
            m = b1 m + (1-b1) g,  v = b2 v + (1-b2) g^2
            p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
@@ -1639,24 +1642,25 @@ static void optimizer_step(Optimizer *o, float *params, const float *grads, cons
     for (int t = 0; t < num_tensors; t++) {
         const TensorInfo *ti = &tensors[t];
         if (!ti->trainable || ti->size == 0) continue;
-        float wd = ti->decay ? o->weight_decay : 0.0f;
+        float mult = ti->lr_mult > 0.0f ? ti->lr_mult : 1.0f, lr_t = lr * mult;
+        float wd = ti->decay ? o->weight_decay / mult : 0.0f;
         float *p = params + ti->offset, *m = o->m + ti->offset, *v = o->v + ti->offset;
         const float *g = grads + ti->offset;
         long n = (long)ti->size;
         if (o->type == OPT_ADAMW) {
             OMP(omp parallel for schedule(static))
             for (long i = 0; i < n; i++) {
-                p[i] -= lr * wd * p[i];
+                p[i] -= lr_t * wd * p[i];
                 m[i] = o->beta1 * m[i] + (1.0f - o->beta1) * g[i];
                 v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * g[i] * g[i];
-                p[i] -= lr * (m[i] / bc1) / (sqrtf(v[i] / bc2) + o->eps);
+                p[i] -= lr_t * (m[i] / bc1) / (sqrtf(v[i] / bc2) + o->eps);
             }
         } else {
             OMP(omp parallel for schedule(static))
             for (long i = 0; i < n; i++) {
                 float gi = g[i] + wd * p[i];
                 m[i] = o->momentum * m[i] + gi;
-                p[i] -= lr * (o->nesterov ? gi + o->momentum * m[i] : m[i]);
+                p[i] -= lr_t * (o->nesterov ? gi + o->momentum * m[i] : m[i]);
             }
         }
     }
@@ -2251,11 +2255,11 @@ static int teacher_load(Teacher *t, const char *path) {
 
 /* A network is a DeiT student or a ResNet teacher; either can be trained, evaluated or serve
    as the teacher of a distillation run (the paper also tries a transformer as the teacher). */
-typedef enum { NET_DEIT = 1, NET_RESNET = 2 } NetKind;
+typedef enum { NET_DEIT = 1, NET_CNN = 2 } NetKind;
 typedef struct {
     NetKind kind;
     DeiT deit;
-    Teacher resnet;
+    Teacher cnn;       /* a convnet teacher: ResNet or airbench */
 } Net;
 
 enum { HEAD_MEAN = 0, HEAD_CLS = 1, HEAD_DIST = 2 }; /* which output of a student to read */
@@ -2270,25 +2274,25 @@ static int net_load(Net *n, const char *path) {
         return deit_load(&n->deit, path);
     }
     if (header[0] == TEACHER_MAGIC) {
-        n->kind = NET_RESNET;
-        return teacher_load(&n->resnet, path);
+        n->kind = NET_CNN;
+        return teacher_load(&n->cnn, path);
     }
     return report("%s: not a deit.c checkpoint (magic %d; student %d, teacher %d)", path, header[0], DEIT_MAGIC, TEACHER_MAGIC);
 }
 
 static int net_save(const Net *n, const char *path) {
-    return n->kind == NET_DEIT ? deit_save(&n->deit, path) : teacher_save(&n->resnet, path);
+    return n->kind == NET_DEIT ? deit_save(&n->deit, path) : teacher_save(&n->cnn, path);
 }
 
 static void net_free(Net *n) {
     if (n->kind == NET_DEIT) deit_free(&n->deit);
-    if (n->kind == NET_RESNET) teacher_free(&n->resnet);
+    if (n->kind == NET_CNN) teacher_free(&n->cnn);
     n->kind = 0;
 }
 
-static int net_num_classes(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.num_classes : n->resnet.config.num_classes; }
-static int net_img_size(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.img_size : n->resnet.config.img_size; }
-static int net_in_chans(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.in_chans : n->resnet.config.in_chans; }
+static int net_num_classes(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.num_classes : n->cnn.config.num_classes; }
+static int net_img_size(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.img_size : n->cnn.config.img_size; }
+static int net_in_chans(const Net *n) { return n->kind == NET_DEIT ? n->deit.config.in_chans : n->cnn.config.in_chans; }
 
 /* A network can run on a CIFAR set when it takes 3-channel images and predicts its classes. */
 static int net_fits_data(const Net *n, const Dataset *d, const char *what) {
@@ -2298,21 +2302,21 @@ static int net_fits_data(const Net *n, const Dataset *d, const char *what) {
     return 0;
 }
 static int net_has_dist(const Net *n) { return n->kind == NET_DEIT && n->deit.config.dist_token; }
-static float *net_params(Net *n) { return n->kind == NET_DEIT ? n->deit.params_memory : n->resnet.params_memory; }
-static float *net_grads(Net *n) { return n->kind == NET_DEIT ? n->deit.grads_memory : n->resnet.grads_memory; }
-static size_t net_num_params(const Net *n) { return n->kind == NET_DEIT ? n->deit.num_params : n->resnet.num_params; }
-static const TensorInfo *net_tensors(const Net *n) { return n->kind == NET_DEIT ? n->deit.tensors : n->resnet.tensors; }
-static int net_num_tensors(const Net *n) { return n->kind == NET_DEIT ? NUM_PARAM_TENSORS : n->resnet.num_tensors; }
+static float *net_params(Net *n) { return n->kind == NET_DEIT ? n->deit.params_memory : n->cnn.params_memory; }
+static float *net_grads(Net *n) { return n->kind == NET_DEIT ? n->deit.grads_memory : n->cnn.grads_memory; }
+static size_t net_num_params(const Net *n) { return n->kind == NET_DEIT ? n->deit.num_params : n->cnn.num_params; }
+static const TensorInfo *net_tensors(const Net *n) { return n->kind == NET_DEIT ? n->deit.tensors : n->cnn.tensors; }
+static int net_num_tensors(const Net *n) { return n->kind == NET_DEIT ? NUM_PARAM_TENSORS : n->cnn.num_tensors; }
 
 static void net_forward(Net *n, const float *images, int B, int train) {
     if (n->kind == NET_DEIT) deit_forward(&n->deit, images, B, train);
-    else teacher_forward(&n->resnet, images, B, train);
+    else teacher_forward(&n->cnn, images, B, train);
 }
 
 /* The inference outputs of a network: for a student the class head, the distillation head or
    their mean (the model's prediction); a ResNet has one head. */
 static const float *net_logits(const Net *n, int head) {
-    if (n->kind == NET_RESNET) return n->resnet.logits;
+    if (n->kind == NET_CNN) return n->cnn.logits;
     const ActivationTensors *a = &n->deit.acts;
     switch (head) {
     case HEAD_CLS: return a->logits;
@@ -2323,7 +2327,7 @@ static const float *net_logits(const Net *n, int head) {
 
 /* The heads as the loss sees them (Heads, I.5). */
 static Heads net_heads(Net *n) {
-    if (n->kind == NET_RESNET) return (Heads){n->resnet.logits, NULL, n->resnet.dlogits, NULL};
+    if (n->kind == NET_CNN) return (Heads){n->cnn.logits, NULL, n->cnn.dlogits, NULL};
     DeiT *m = &n->deit;
     if (!m->config.dist_token) return (Heads){m->acts.logits, NULL, m->grads_acts.logits, NULL};
     return (Heads){m->acts.logits, m->acts.logits_dist, m->grads_acts.logits, m->grads_acts.logits_dist};
@@ -2331,12 +2335,12 @@ static Heads net_heads(Net *n) {
 
 static void net_zero_grad(Net *n) {
     if (n->kind == NET_DEIT) deit_zero_grad(&n->deit);
-    else teacher_zero_grad(&n->resnet);
+    else teacher_zero_grad(&n->cnn);
 }
 
 static void net_backward(Net *n, int B) {
     if (n->kind == NET_DEIT) deit_backward(&n->deit, B);
-    else teacher_backward(&n->resnet, B);
+    else teacher_backward(&n->cnn, B);
 }
 
 /* ---- I.10.1 Evaluation: accuracy of each head, and the confusion matrix of the inference output */
@@ -3158,7 +3162,7 @@ static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
     /* --skip-nonfinite on a ResNet: its forward pass updates BatchNorm's running statistics,
        which live among the parameters, so a skipped step restores the parameters saved here
        (and again after every step). */
-    if (cfg->skip_nonfinite && net->kind == NET_RESNET) {
+    if (cfg->skip_nonfinite && net->kind == NET_CNN) {
         r->params_before_step = xmalloc(sizeof(float) * net_num_params(net));
         memcpy(r->params_before_step, net_params(net), sizeof(float) * net_num_params(net));
     }
@@ -3677,15 +3681,15 @@ static int cmd_train(const Options *o, int is_teacher) {
         fprintf(stderr, "deit: warning: the architecture comes from %s; --model/--dim/--depth/--heads/--patch/--dist-token/--arch ignored\n", from);
     if (from) {
         if (net_load(&net, from)) return 1;
-        if ((net.kind == NET_RESNET) != is_teacher) die("%s is a %s checkpoint; use ./deit %s", from,
-                                                        net.kind == NET_RESNET ? "teacher" : "student", is_teacher ? "train" : "teacher");
+        if ((net.kind == NET_CNN) != is_teacher) die("%s is a %s checkpoint; use ./deit %s", from,
+                                                        net.kind == NET_CNN ? "teacher" : "student", is_teacher ? "train" : "teacher");
     } else if (is_teacher) {
         TeacherConfig tc;
         if (teacher_preset(&tc, o->arch)) die("--arch must be resnet8, resnet20, resnet56 or resnet20w4, not '%s'", o->arch);
         tc.num_classes = classes;
-        net.kind = NET_RESNET;
-        teacher_build(&net.resnet, &tc);
-        teacher_init(&net.resnet, cfg.seed);
+        net.kind = NET_CNN;
+        teacher_build(&net.cnn, &tc);
+        teacher_init(&net.cnn, cfg.seed);
     } else {
         DeiTConfig dc = student_config(o, classes);
         net.kind = NET_DEIT;
@@ -3700,10 +3704,10 @@ static int cmd_train(const Options *o, int is_teacher) {
                                                               net.deit.config.patch_size);
             deit_resize(&resized.deit, &net.deit, o->img_size, bicubic);
         } else {
-            teacher_resize(&resized.resnet, &net.resnet, o->img_size);
+            teacher_resize(&resized.cnn, &net.cnn, o->img_size);
         }
         fprintf(stderr, "deit: %s resized from %d to %d pixels%s\n", from ? from : "the model", net_img_size(&net), o->img_size,
-                net.kind == NET_RESNET ? "" : (bicubic ? " (position embedding: bicubic)" : " (position embedding: bilinear)"));
+                net.kind == NET_CNN ? "" : (bicubic ? " (position embedding: bicubic)" : " (position embedding: bilinear)"));
         net_free(&net);
         net = resized;
     }
@@ -3728,10 +3732,10 @@ static int cmd_train(const Options *o, int is_teacher) {
                 net.deit.drop_path, distill_names[cfg.kd.type], o->teacher && cfg.kd.type ? " from " : "",
                 o->teacher && cfg.kd.type ? o->teacher : "");
     } else {
-        const TeacherConfig *c = &net.resnet.config;
+        const TeacherConfig *c = &net.cnn.config;
         fprintf(stderr, "deit: teacher ResNet %d stages x %d blocks, widths", c->stages, c->blocks);
         for (int s = 0; s < c->stages; s++) fprintf(stderr, " %d", c->widths[s]);
-        fprintf(stderr, ", %zu parameters\n", net.resnet.num_params);
+        fprintf(stderr, ", %zu parameters\n", net.cnn.num_params);
     }
     print_config(&cfg);
     int rc = train(&net, teacher.kind ? &teacher : NULL, &cfg);
@@ -4294,12 +4298,12 @@ static int bench_table(const Options *o) {
         net_free(&net);
     }
     for (size_t i = 0; i < sizeof(resnet_presets) / sizeof(resnet_presets[0]); i++) {
-        Net net = {.kind = NET_RESNET};
+        Net net = {.kind = NET_CNN};
         TeacherConfig c;
         teacher_preset(&c, resnet_presets[i].name);
-        teacher_build(&net.resnet, &c);
-        teacher_init(&net.resnet, 1);
-        printf("| %s | %.2fM | %.1f | |\n", resnet_presets[i].name, net.resnet.num_params / 1e6, inference_speed(&net, B, R));
+        teacher_build(&net.cnn, &c);
+        teacher_init(&net.cnn, 1);
+        printf("| %s | %.2fM | %.1f | |\n", resnet_presets[i].name, net.cnn.num_params / 1e6, inference_speed(&net, B, R));
         net_free(&net);
     }
     if (o->num_files) {
@@ -4353,11 +4357,11 @@ static int cmd_bench(const Options *o) {
     deit_init(&net.deit, 1);
     bench_net(&net, B, R, deit_flops_per_image(&c), "student");
     net_free(&net);
-    net.kind = NET_RESNET;
-    teacher_build(&net.resnet, &tc);
-    teacher_init(&net.resnet, 1);
-    printf("teacher: %s, %zu parameters\n", arch, net.resnet.num_params);
-    bench_net(&net, B, R, teacher_flops_per_image(&net.resnet), arch);
+    net.kind = NET_CNN;
+    teacher_build(&net.cnn, &tc);
+    teacher_init(&net.cnn, 1);
+    printf("teacher: %s, %zu parameters\n", arch, net.cnn.num_params);
+    bench_net(&net, B, R, teacher_flops_per_image(&net.cnn), arch);
     net_free(&net);
     long kb = peak_memory_kb();
     if (kb >= 0) printf("peak memory: %.1f MiB\n", kb / 1024.0);

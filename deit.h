@@ -17,7 +17,8 @@
 #define DEIT_MAGIC 20201223    /* student checkpoint: the day DeiT appeared */
 #define DEIT_VERSION 1
 #define TEACHER_MAGIC 20151210 /* teacher checkpoint: the day ResNet appeared */
-#define TEACHER_VERSION 1
+#define TEACHER_VERSION 1         /* a ResNet; version 2 adds the architecture at header[15] */
+#define TEACHER_VERSION_ARCH 2
 #define STATE_MAGIC 20170608   /* training state (optimizer, step, rng): "Attention is all you need" */
 #define STATE_VERSION 1
 
@@ -108,7 +109,8 @@ typedef struct {
     size_t offset;  /* in floats, from the start of the parameter block */
     size_t size;    /* in floats */
     int decay;      /* weight decay applies (matrices yes; biases, norms, tokens, pos_embed no) */
-    int trainable;  /* 0 for BatchNorm running statistics */
+    int trainable;  /* 0 for BatchNorm running statistics and frozen tensors */
+    float lr_mult;  /* this tensor's learning rate is lr * lr_mult (1, or 64 for airbench's BatchNorm biases) */
 } TensorInfo;
 
 typedef struct {
@@ -135,9 +137,11 @@ typedef struct {
     Rng rng;         /* drop-path masks */
 } DeiT;
 
-/* ---- the teacher: a CIFAR ResNet (He et al. 2016) ---- */
+/* ---- the teacher: a CIFAR ResNet (He et al. 2016), or airbench (Jordan 2024) ---- */
 #define TEACHER_MAX_STAGES 8
+typedef enum { ARCH_RESNET = 0, ARCH_AIRBENCH = 1 } TeacherArch;
 typedef struct {
+    int arch;                         /* ARCH_RESNET or ARCH_AIRBENCH */
     int img_size, in_chans, num_classes;
     int stages;                       /* number of stages (S in the checkpoint format) */
     int blocks;                       /* basic blocks per stage (B in the checkpoint format) */
@@ -160,6 +164,7 @@ typedef struct {
                                            (stem, conv1), ReLU of it + the shortcut (conv2: the block's
                                            output), nothing (shortcut) */
     float *bn_mean, *bn_rstd;           /* (cout) batch statistics of the last training forward */
+    float bn_eps, bn_momentum;          /* 1e-5 and 0.1 (ResNet), 1e-12 and 0.4 (airbench) */
     float *dout;                        /* gradient of out; conv2's is taken back through the block's ReLU
                                            in place before it flows into BatchNorm */
 } ConvBN;
@@ -170,12 +175,31 @@ typedef struct {
     int has_shortcut;
 } BasicBlock;
 
+/* One stage of airbench: conv3x3 -> max-pool 2 -> BN -> GELU -> conv3x3 -> BN -> GELU. conv1's
+   BatchNorm (gamma, beta, statistics, out, dout) works on the pooled output. */
+typedef struct {
+    ConvBN conv1, conv2;
+    int hp, wp;                         /* size after the pool: floor(hout / 2) */
+    float *pooled, *dpooled;            /* (cout, B, hp, wp) max-pool of conv1.conv, and its gradient */
+    int32_t *pool_from;                 /* (cout, B, hp, wp) the index in conv1.conv each max came from */
+    float *act1, *dact1;                /* (cout, B, hp, wp) GELU(conv1.out): the input of conv2 */
+    float *act2, *dact2;                /* (cout, B, hp, wp) GELU(conv2.out): the stage's output */
+} AirStage;
+
 typedef struct {
     TeacherConfig config;
+    /* airbench (config.arch == ARCH_AIRBENCH) */
+    ConvBN whiten;                      /* 2x2 conv with bias, fixed weights; its BN fields are unused;
+                                           whiten.out = GELU(whiten.conv), whiten.dout its gradient */
+    float *whiten_b, *dwhiten_b;        /* (24) */
+    AirStage air[3];
+    float *head_pooled, *dhead_pooled;  /* (B, W_last) max over the last stage's 3x3 pixels */
+    int32_t *head_from;                 /* (B, W_last) which of them */
+    /* ResNet (config.arch == ARCH_RESNET) */
     ConvBN stem;                        /* 3x3 conv + BN + ReLU */
     BasicBlock *blocks;                 /* stages * blocks of them, in order */
     int num_blocks;
-    float *fc_w, *fc_b;                 /* (C, W_last), (C) */
+    float *fc_w, *fc_b;                 /* (C, W_last), (C); airbench's fc has no bias (fc_b NULL) */
     float *dfc_w, *dfc_b;
     float *input;                       /* (in_chans, B, S, S): the images, channel-major */
     float *pooled, *dpooled;            /* (B, W_last) global average pool */

@@ -805,15 +805,15 @@ typedef struct {
 static double probe_teacher(void *p) {
     TeacherCtx *c = p;
     net_forward(c->net, c->images, c->B, 1);
-    return cross_entropy_forward(c->net->resnet.logits, c->targets, c->B, 5);
+    return cross_entropy_forward(c->net->cnn.logits, c->targets, c->B, 5);
 }
 
 static void test_teacher_model(void) {
     TeacherConfig cfg = tiny_teacher_config();
-    Net net = {.kind = NET_RESNET};
-    teacher_build(&net.resnet, &cfg);
-    teacher_init(&net.resnet, 5);
-    Teacher *t = &net.resnet;
+    Net net = {.kind = NET_CNN};
+    teacher_build(&net.cnn, &cfg);
+    teacher_init(&net.cnn, 5);
+    Teacher *t = &net.cnn;
     check(t->blocks[0].has_shortcut == 0 && t->blocks[2].has_shortcut == 1 && t->blocks[2].conv1.stride == 2 &&
               t->blocks[2].conv1.hout == 4 && t->blocks[3].has_shortcut == 0,
           "teacher layout: stride 2 and a 1x1 shortcut at the first block of stage 2");
@@ -878,8 +878,8 @@ static void test_teacher_model(void) {
               h[6] == 2 && h[7] == 4 && h[8] == 6 && h[9] == 0,
           "teacher checkpoint header: magic, version, img, chans, classes, stages, blocks, widths");
     Net back;
-    check(net_load(&back, path) == 0 && back.kind == NET_RESNET && back.resnet.num_params == t->num_params &&
-              !memcmp(back.resnet.params_memory, t->params_memory, 4 * t->num_params),
+    check(net_load(&back, path) == 0 && back.kind == NET_CNN && back.cnn.num_params == t->num_params &&
+              !memcmp(back.cnn.params_memory, t->params_memory, 4 * t->num_params),
           "teacher checkpoint round trip is bit-exact (and detected by its magic)");
     net_free(&back);
     write_bytes(path, bytes, n - 8);
@@ -1163,7 +1163,7 @@ static void test_augmentation(void) {
 
 /* ---- 6. optimizers and schedule against hand-computed steps ----------------------------------- */
 static void test_optimizers(void) {
-    TensorInfo t[2] = {{"w", 0, 2, 1, 1}, {"b", 2, 1, 0, 1}};
+    TensorInfo t[2] = {{"w", 0, 2, 1, 1, 1.0f}, {"b", 2, 1, 0, 1, 1.0f}};
     float p[3] = {1.0f, -2.0f, 0.5f}, g[3] = {0.5f, -0.25f, 2.0f};
     Optimizer o;
     optimizer_init(&o, OPT_ADAMW, 3, 0.1f, 0, 0);
@@ -1378,14 +1378,14 @@ static void test_train_and_resume(void) {
     /* distillation from a teacher checkpoint runs and the teacher is untouched */
     TeacherConfig tcfg = tiny_teacher_config();
     tcfg.img_size = 32, tcfg.num_classes = 10;
-    Net t = {.kind = NET_RESNET};
-    teacher_build(&t.resnet, &tcfg);
-    teacher_init(&t.resnet, 1);
-    float *before = xmalloc(sizeof(float) * t.resnet.num_params);
-    memcpy(before, t.resnet.params_memory, sizeof(float) * t.resnet.num_params);
+    Net t = {.kind = NET_CNN};
+    teacher_build(&t.cnn, &tcfg);
+    teacher_init(&t.cnn, 1);
+    float *before = xmalloc(sizeof(float) * t.cnn.num_params);
+    memcpy(before, t.cnn.params_memory, sizeof(float) * t.cnn.num_params);
     TrainConfig td = tc;
     td.epochs = 1, td.kd.type = DISTILL_HARD, td.out = "test_run_d.bin";
-    check(train(&a, &t, &td) == 0 && !memcmp(before, t.resnet.params_memory, sizeof(float) * t.resnet.num_params),
+    check(train(&a, &t, &td) == 0 && !memcmp(before, t.cnn.params_memory, sizeof(float) * t.cnn.num_params),
           "hard distillation run; the teacher (eval mode) is not modified");
     /* the teacher really reaches the loss: the same start and seed with and without it differ */
     Net with_t = tiny_student(), without_t = tiny_student();
@@ -1674,13 +1674,13 @@ static void test_faults(void) {
        counts: --steps stops after it, and --resume accepts the state. */
     TeacherConfig rcfg = tiny_teacher_config();
     rcfg.img_size = 32, rcfg.num_classes = 10;
-    Net r = {.kind = NET_RESNET};
-    teacher_build(&r.resnet, &rcfg);
-    teacher_init(&r.resnet, 2);
-    for (int i = 0; i < rcfg.widths[0] * 3 * 3 * 3; i++) r.resnet.stem.w[i] = 3e38f;
+    Net r = {.kind = NET_CNN};
+    teacher_build(&r.cnn, &rcfg);
+    teacher_init(&r.cnn, 2);
+    for (int i = 0; i < rcfg.widths[0] * 3 * 3 * 3; i++) r.cnn.stem.w[i] = 3e38f;
     tc = tiny_train_config("test_fault_skip.bin");
     tc.skip_nonfinite = 1, tc.max_steps = 3; /* stops in the middle of epoch 1 (6 steps) */
-    check(train(&r, NULL, &tc) == 0 && all_finite(r.resnet.params_memory, r.resnet.num_params),
+    check(train(&r, NULL, &tc) == 0 && all_finite(r.cnn.params_memory, r.cnn.num_params),
           "fault: --skip-nonfinite on a ResNet keeps BatchNorm's running statistics finite");
     net_free(&r);
     size_t state_n;
@@ -1726,10 +1726,10 @@ static void test_faults(void) {
        argmax-of-NaN targets (always class 0) */
     TeacherConfig bad_cfg = tiny_teacher_config();
     bad_cfg.img_size = 32, bad_cfg.num_classes = 10;
-    Net bad = {.kind = NET_RESNET};
-    teacher_build(&bad.resnet, &bad_cfg);
-    teacher_init(&bad.resnet, 3);
-    bad.resnet.fc_b[2] = NAN;
+    Net bad = {.kind = NET_CNN};
+    teacher_build(&bad.cnn, &bad_cfg);
+    teacher_init(&bad.cnn, 3);
+    bad.cnn.fc_b[2] = NAN;
     n = tiny_student();
     tc = tiny_train_config("test_fault.bin");
     tc.kd.type = DISTILL_HARD, tc.teacher_path = "the bad teacher";
