@@ -634,19 +634,19 @@ static void deit_tensor_table(TensorInfo *t, const DeiTConfig *c) {
     size_t K = (size_t)c->in_chans * c->patch_size * c->patch_size;
     size_t N = (size_t)(c->img_size / c->patch_size) * (c->img_size / c->patch_size);
     size_t T = 1 + c->dist_token + N, dt = c->dist_token;
-    TensorInfo table[NUM_PARAM_TENSORS] = {
-        {"patch_w", 0, D * K, 1, 1, 1.0f},    {"patch_b", 0, D, 0, 1, 1.0f},
-        {"cls_token", 0, D, 0, 1, 1.0f},      {"dist_token", 0, dt * D, 0, 1, 1.0f},
-        {"pos_embed", 0, T * D, 0, 1, 1.0f},  {"ln1_w", 0, L * D, 0, 1},
-        {"ln1_b", 0, L * D, 0, 1},      {"qkv_w", 0, L * 3 * D * D, 1, 1, 1.0f},
-        {"qkv_b", 0, L * 3 * D, 0, 1, 1.0f},  {"proj_w", 0, L * D * D, 1, 1, 1.0f},
-        {"proj_b", 0, L * D, 0, 1, 1.0f},     {"ln2_w", 0, L * D, 0, 1},
-        {"ln2_b", 0, L * D, 0, 1},      {"fc1_w", 0, L * H * D, 1, 1},
-        {"fc1_b", 0, L * H, 0, 1},      {"fc2_w", 0, L * D * H, 1, 1},
-        {"fc2_b", 0, L * D, 0, 1},      {"lnf_w", 0, D, 0, 1, 1.0f},
-        {"lnf_b", 0, D, 0, 1, 1.0f},          {"head_w", 0, C * D, 1, 1, 1.0f},
-        {"head_b", 0, C, 0, 1, 1.0f},         {"head_dist_w", 0, dt * C * D, 1, 1, 1.0f},
-        {"head_dist_b", 0, dt * C, 0, 1, 1.0f},
+    TensorInfo table[NUM_PARAM_TENSORS] = { /* name, offset, size, decay, trainable, lr_mult */
+        {"patch_w", 0, D * K, 1, 1, 1},         {"patch_b", 0, D, 0, 1, 1},
+        {"cls_token", 0, D, 0, 1, 1},           {"dist_token", 0, dt * D, 0, 1, 1},
+        {"pos_embed", 0, T * D, 0, 1, 1},       {"ln1_w", 0, L * D, 0, 1, 1},
+        {"ln1_b", 0, L * D, 0, 1, 1},           {"qkv_w", 0, L * 3 * D * D, 1, 1, 1},
+        {"qkv_b", 0, L * 3 * D, 0, 1, 1},       {"proj_w", 0, L * D * D, 1, 1, 1},
+        {"proj_b", 0, L * D, 0, 1, 1},          {"ln2_w", 0, L * D, 0, 1, 1},
+        {"ln2_b", 0, L * D, 0, 1, 1},           {"fc1_w", 0, L * H * D, 1, 1, 1},
+        {"fc1_b", 0, L * H, 0, 1, 1},           {"fc2_w", 0, L * D * H, 1, 1, 1},
+        {"fc2_b", 0, L * D, 0, 1, 1},           {"lnf_w", 0, D, 0, 1, 1},
+        {"lnf_b", 0, D, 0, 1, 1},               {"head_w", 0, C * D, 1, 1, 1},
+        {"head_b", 0, C, 0, 1, 1},              {"head_dist_w", 0, dt * C * D, 1, 1, 1},
+        {"head_dist_b", 0, dt * C, 0, 1, 1},
     };
     size_t offset = 0;
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
