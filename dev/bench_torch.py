@@ -30,12 +30,24 @@ where it has AVX2. The "info openblas_core=" line says which kernels OpenBLAS ac
 of 3 basic blocks, widths 16/32/64, 1x1 conv + BN shortcuts where the shape changes), SGD with
 Nesterov momentum, at --batch (128 for the teacher).
 
+--net airbench times the airbench94 teacher: dev/convert.py's Airbench module (whitening conv
+2x2 -> GELU -> 3 x [conv3x3, max-pool 2, BN, GELU, conv3x3, BN, GELU] with widths 64/256/256 ->
+max-pool 3 -> linear -> x 1/9), at --batch (default 1024, the recipe's). Its training step is
+the recipe's: cross-entropy with label smoothing 0.2 summed over the batch (not averaged), SGD
+with Nesterov momentum 0.85, BatchNorm biases at lr 0.09375 / weight decay 0.0213, every other
+trainable tensor at lr 0.00146 / weight decay 1.36 (dev/AIRBENCH.md section 4); the whitening
+weight and the BatchNorm weights stay frozen. Float32, NCHW (the recipe's fp16 and
+channels_last are GPU choices). Inference is one plain forward (no test-time augmentation).
+
 Every metric is one line `metric <name> key=value ...`, so `grep ^metric` collects them.
 """
 import argparse, ctypes, os, statistics, sys, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from convert import Airbench  # noqa: E402
 
 MODELS = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12)}  # dim, depth, heads
 
@@ -173,9 +185,9 @@ def pick_blas(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--net", choices=["deit", "resnet20"], default="deit")
+    ap.add_argument("--net", choices=["deit", "resnet20", "airbench"], default="deit")
     ap.add_argument("--model", choices=MODELS, default="tiny")
-    ap.add_argument("--batch", type=int, default=0, help="default 64 for DeiT, 128 for ResNet-20")
+    ap.add_argument("--batch", type=int, default=0, help="default 64 for DeiT, 128 for ResNet-20, 1024 for airbench")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave default)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
@@ -193,23 +205,35 @@ def main():
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     d, depth, heads = MODELS[a.model]
-    B, T = a.batch or (128 if a.net == "resnet20" else 64), 66
-    what = "net=resnet20" if a.net == "resnet20" else f"net=deit model={a.model} dim={d} depth={depth} heads={heads}"
+    B, T = a.batch or {"resnet20": 128, "airbench": 1024}.get(a.net, 64), 66
+    what = {"resnet20": "net=resnet20", "airbench": "net=airbench widths=64,256,256"}.get(
+        a.net, f"net=deit model={a.model} dim={d} depth={depth} heads={heads}")
     print(f"info torch={torch.__version__} threads={torch.get_num_threads()} {what} batch={B} "
           f"warmup={a.warmup} repeats={a.repeats}")
     env = " ".join(f"{k}={os.environ.get(k, '-')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE"))
     print(f"info blas={loaded_blas()} {env} malloc_tune={int(not a.no_malloc_tune)}")
     print(f"info openblas_core={openblas_core()}")
     skip = set(a.skip.split(","))
-    if a.net == "resnet20":
+    if a.net != "deit":
         skip.add("gemm")
-    model = ResNet20() if a.net == "resnet20" else DeiT(d, depth, heads)
+    model = {"resnet20": ResNet20, "airbench": Airbench}.get(a.net, lambda: DeiT(d, depth, heads))()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"info params={n_params} trainable={sum(p.numel() for p in model.parameters() if p.requires_grad)}")
     x = torch.randn(B, 3, 32, 32)
     y = torch.randint(0, 10, (B,))
 
     if "train" not in skip:
         if a.net == "resnet20":
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        elif a.net == "airbench":  # dev/AIRBENCH.md section 4
+            kilostep_scale = 1024 * (1 + 1 / (1 - 0.85))
+            lr, wd = 11.5 / kilostep_scale, 0.0153 * 1024 / kilostep_scale
+            lr_biases = 64 * lr
+            trainable = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+            opt = torch.optim.SGD([
+                dict(params=[p for k, p in trainable if "norm" in k], lr=lr_biases, weight_decay=wd / lr_biases),
+                dict(params=[p for k, p in trainable if "norm" not in k], lr=lr, weight_decay=wd / lr)],
+                momentum=0.85, nesterov=True)
         else:
             opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
         model.train()
@@ -218,6 +242,8 @@ def main():
             out = model(x)
             if a.net == "resnet20":
                 loss = F.cross_entropy(out, y)
+            elif a.net == "airbench":
+                loss = F.cross_entropy(out, y, label_smoothing=0.2, reduction="sum")
             else:
                 loss = 0.5 * F.cross_entropy(out[0], y) + 0.5 * F.cross_entropy(out[1], y)
             opt.zero_grad(set_to_none=True)
@@ -232,7 +258,7 @@ def main():
         def infer():
             with torch.no_grad():
                 out = model(x)
-                return out if a.net == "resnet20" else (out[0] + out[1]) / 2
+                return (out[0] + out[1]) / 2 if a.net == "deit" else out
         med, lo, hi = bench(infer, a.warmup, a.repeats)
         print(f"metric infer img_per_s={B / med:.1f} batch_ms={med * 1e3:.1f} min_ms={lo * 1e3:.1f} max_ms={hi * 1e3:.1f}")
 
