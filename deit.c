@@ -1084,13 +1084,16 @@ static const ResNetPreset resnet_presets[] = {
 };
 
 static int teacher_preset(TeacherConfig *c, const char *name) {
+    memset(c, 0, sizeof(*c));
+    c->img_size = 32, c->in_chans = 3, c->num_classes = 10, c->stages = 3;
+    if (!strcmp(name, "airbench")) { /* I.6b: 24 whitening filters, then 64, 256, 256 channels */
+        c->arch = ARCH_AIRBENCH, c->blocks = 1;
+        c->widths[0] = 64, c->widths[1] = 256, c->widths[2] = 256;
+        return 0;
+    }
     for (size_t i = 0; i < sizeof(resnet_presets) / sizeof(resnet_presets[0]); i++)
         if (!strcmp(name, resnet_presets[i].name)) {
-            memset(c, 0, sizeof(*c));
-            c->img_size = 32;
-            c->in_chans = 3;
-            c->num_classes = 10;
-            c->stages = 3;
+            c->arch = ARCH_RESNET;
             c->blocks = resnet_presets[i].blocks;
             for (int s = 0; s < 3; s++) c->widths[s] = resnet_presets[i].widths[s];
             return 0;
@@ -1257,7 +1260,8 @@ static void bn_dot(const float *dy, const float *x, float c, size_t n, double *s
     for (int j = 0; j < BN_LANES; j++) *sum_dy_x += p[j], *sum_dy += s[j];
 }
 static void batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean, float *running_var,
-                              const float *inp, const float *gamma, const float *beta, int C, size_t n, int train) {
+                              const float *inp, const float *gamma, const float *beta, int C, size_t n, int train,
+                              float eps, float momentum) {
     OMP(omp parallel for schedule(static))
     for (int c = 0; c < C; c++) {
         const float *x = inp + (size_t)c * n;
@@ -1269,14 +1273,14 @@ static void batchnorm_forward(float *out, float *mean, float *rstd, float *runni
             bn_sums(x, (float)mu, n, &unused, &sq); /* about the mean: no cancellation */
             double var = sq / n;
             m = (float)mu;
-            s = (float)(1.0 / sqrt(var + BN_EPS));
+            s = (float)(1.0 / sqrt(var + eps));
             mean[c] = m;
             rstd[c] = s;
-            running_mean[c] = (1 - BN_MOMENTUM) * running_mean[c] + BN_MOMENTUM * m;
-            running_var[c] = (1 - BN_MOMENTUM) * running_var[c] + BN_MOMENTUM * (float)(n > 1 ? sq / (n - 1) : var);
+            running_mean[c] = (1 - momentum) * running_mean[c] + momentum * m;
+            running_var[c] = (1 - momentum) * running_var[c] + momentum * (float)(n > 1 ? sq / (n - 1) : var);
         } else {
             m = running_mean[c];
-            s = 1.0f / sqrtf(running_var[c] + BN_EPS);
+            s = 1.0f / sqrtf(running_var[c] + eps);
         }
         float *y = out + (size_t)c * n;
         float g = gamma[c] * s, b = beta[c] - m * gamma[c] * s;
@@ -1341,7 +1345,7 @@ static void convbn_forward(Teacher *t, ConvBN *l, const float *in, int B, int tr
     size_t n = (size_t)B * l->hout * l->wout;
     conv_forward(l->conv, t->col, in, l->w, l, B);
     batchnorm_forward(l->out, l->bn_mean, l->bn_rstd, l->running_mean, l->running_var, l->conv, l->gamma, l->beta,
-                      l->cout, n, train);
+                      l->cout, n, train, l->bn_eps, l->bn_momentum);
 }
 
 /* From l->dout back to the parameters' gradients and to din (+=). Uses t->dconv as scratch. */
@@ -1381,7 +1385,16 @@ static void basic_block_backward(Teacher *t, BasicBlock *k, float *din, const fl
     convbn_backward(t, &k->conv1, din, in, B);
 }
 
-/* ---- I.6.5 The teacher model: layout, init, forward, backward, checkpoint ------------------ */
+/* ---- I.6.5 The teacher model: layout, init, forward, backward, checkpoint ------------------
+   Two architectures share the Teacher struct: the ResNet below and airbench (I.6b), to which
+   each of these functions hands over when config.arch says so. */
+static void airbench_build(Teacher *t, const TeacherConfig *cfg);
+static void airbench_init(Teacher *t, uint64_t seed);
+static void airbench_alloc_activations(Teacher *t, int B);
+static void airbench_forward(Teacher *t, int B, int train);
+static void airbench_zero_grad(Teacher *t);
+static void airbench_backward(Teacher *t, int B);
+static void airbench_begin_epoch(Teacher *t, int epoch);
 
 /* Walk the architecture once, in checkpoint order, either counting (t == NULL fields) or
    pointing: add_convbn() appends w, gamma, beta, running_mean, running_var to the table. */
@@ -1392,6 +1405,7 @@ static void add_tensor(Teacher *t, const char *name, size_t size, int decay, int
     ti->size = size;
     ti->decay = decay;
     ti->trainable = trainable;
+    ti->lr_mult = 1.0f;
     t->num_params += size;
 }
 
@@ -1400,6 +1414,7 @@ static void add_convbn(Teacher *t, ConvBN *l, int cin, int cout, int k, int stri
     l->hin = hin, l->win = win;
     l->hout = (hin + 2 * l->pad - k) / stride + 1;
     l->wout = (win + 2 * l->pad - k) / stride + 1;
+    l->bn_eps = BN_EPS, l->bn_momentum = BN_MOMENTUM;
     add_tensor(t, "conv_w", (size_t)cout * cin * k * k, 1, 1);
     add_tensor(t, "bn_gamma", cout, 0, 1);
     add_tensor(t, "bn_beta", cout, 0, 1);
@@ -1419,6 +1434,10 @@ static void point_convbn(Teacher *t, ConvBN *l, int *ti) {
 static void teacher_build(Teacher *t, const TeacherConfig *cfg) {
     memset(t, 0, sizeof(*t));
     t->config = *cfg;
+    if (cfg->arch == ARCH_AIRBENCH) {
+        airbench_build(t, cfg);
+        return;
+    }
     int S = cfg->stages, NB = cfg->blocks;
     t->num_blocks = S * NB;
     t->blocks = xcalloc(t->num_blocks, sizeof(BasicBlock));
@@ -1461,10 +1480,17 @@ static void teacher_free(Teacher *t) {
 
 static int teacher_last_width(const Teacher *t) { return t->config.widths[t->config.stages - 1]; }
 
-/* All conv+BN units in forward order (stem, then each block's conv1, conv2, shortcut);
-   list must hold 1 + 3 * num_blocks pointers. Returns how many. */
+/* All convolutions in forward order (ResNet: stem, then each block's conv1, conv2, shortcut;
+   airbench: the whitening conv, then each stage's conv1, conv2); list must hold
+   teacher_max_convs(t) pointers. Returns how many. */
+static int teacher_max_convs(const Teacher *t) { return 7 + 3 * t->num_blocks; }
 static int teacher_convs(Teacher *t, ConvBN **list) {
     int n = 0;
+    if (t->config.arch == ARCH_AIRBENCH) {
+        list[n++] = &t->whiten;
+        for (int s = 0; s < 3; s++) list[n++] = &t->air[s].conv1, list[n++] = &t->air[s].conv2;
+        return n;
+    }
     list[n++] = &t->stem;
     for (int i = 0; i < t->num_blocks; i++) {
         list[n++] = &t->blocks[i].conv1;
@@ -1477,11 +1503,15 @@ static int teacher_convs(Teacher *t, ConvBN **list) {
 /* Init as torchvision's ResNet: convs Kaiming normal (fan_out, ReLU gain), BN weight 1 bias 0,
    running mean 0 / var 1; the classifier PyTorch's default uniform(+-1/sqrt(fan_in)). */
 static void teacher_init(Teacher *t, uint64_t seed) {
+    if (t->config.arch == ARCH_AIRBENCH) {
+        airbench_init(t, seed);
+        return;
+    }
     Rng rng;
     rng_seed(&rng, seed);
     memset(t->params_memory, 0, sizeof(float) * t->num_params); /* BN beta and running mean: 0 */
     /* convs: std = sqrt(2 / (cout * k * k)) */
-    ConvBN **all = xmalloc(sizeof(ConvBN *) * (1 + 3 * (size_t)t->num_blocks));
+    ConvBN **all = xmalloc(sizeof(ConvBN *) * teacher_max_convs(t));
     int n = teacher_convs(t, all);
     for (int i = 0; i < n; i++) {
         ConvBN *l = all[i];
@@ -1499,11 +1529,15 @@ static void teacher_init(Teacher *t, uint64_t seed) {
 }
 
 static void teacher_alloc_activations(Teacher *t, int B) {
+    if (t->config.arch == ARCH_AIRBENCH) {
+        airbench_alloc_activations(t, B);
+        return;
+    }
     if (t->acts_memory && B <= t->batch_size) return;
     free(t->acts_memory);
     const TeacherConfig *c = &t->config;
     size_t total = 0, max_col = 0, max_out = 0, max_w = 0;
-    ConvBN **all = xmalloc(sizeof(ConvBN *) * (1 + 3 * (size_t)t->num_blocks));
+    ConvBN **all = xmalloc(sizeof(ConvBN *) * teacher_max_convs(t));
     int n = teacher_convs(t, all);
     for (int pass = 0; pass < 2; pass++) { /* pass 0 counts, pass 1 points */
         size_t off = 0;
@@ -1550,6 +1584,10 @@ static void teacher_forward(Teacher *t, const float *images, int B, int train) {
     for (int b = 0; b < B; b++) /* (B, C, H, W) -> (C, B, H, W) */
         for (int ch = 0; ch < c->in_chans; ch++)
             memcpy(t->input + ((size_t)ch * B + b) * hw, images + ((size_t)b * c->in_chans + ch) * hw, sizeof(float) * hw);
+    if (c->arch == ARCH_AIRBENCH) {
+        airbench_forward(t, B, train);
+        return;
+    }
     convbn_forward(t, &t->stem, t->input, B, train);
     relu_forward(t->stem.out, (size_t)t->stem.cout * B * hw);
     const float *x = t->stem.out;
@@ -1563,6 +1601,10 @@ static void teacher_forward(Teacher *t, const float *images, int B, int train) {
 }
 
 static void teacher_zero_grad(Teacher *t) {
+    if (t->config.arch == ARCH_AIRBENCH) {
+        airbench_zero_grad(t);
+        return;
+    }
     memset(t->grads_memory, 0, sizeof(float) * t->num_params);
     for (int i = 0; i < t->num_blocks; i++) { /* only the gradients that accumulate need zeroing */
         BasicBlock *k = &t->blocks[i];
@@ -1576,6 +1618,10 @@ static void teacher_zero_grad(Teacher *t) {
 
 /* From t->dlogits (set by the loss) back to all parameter gradients (training mode). */
 static void teacher_backward(Teacher *t, int B) {
+    if (t->config.arch == ARCH_AIRBENCH) {
+        airbench_backward(t, B);
+        return;
+    }
     const TeacherConfig *c = &t->config;
     ConvBN *last = &t->blocks[t->num_blocks - 1].conv2;
     linear_backward(t->dpooled, t->dfc_w, t->dfc_b, t->dlogits, t->pooled, t->fc_w, B, last->cout, c->num_classes);
@@ -1587,6 +1633,355 @@ static void teacher_backward(Teacher *t, int B) {
     }
     relu_backward(t->stem.dout, t->stem.out, (size_t)t->stem.cout * B * t->stem.hout * t->stem.wout);
     convbn_backward(t, &t->stem, NULL, t->input, B);
+}
+
+/* ============================================================================================
+ * I.6b The fast teacher: airbench (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single
+ *      GPU"), the default teacher
+ *
+ * The paper's point about teachers (Sec. 5.2) is that a strong convnet makes the best one. On
+ * two cores, "strong" must also be cheap: airbench94 reaches 94% in 10 epochs, about 0.36 PFLOP
+ * of training. The net: a 2x2 convolution whose 24 filters are fixed, computed from the data
+ * (whitening: the principal directions of 2x2 patches, scaled to unit variance, and their
+ * negatives); then three stages of  conv3x3 -> max-pool 2 -> BatchNorm -> GELU -> conv3x3 ->
+ * BatchNorm -> GELU  with 64, 256, 256 channels (32 -> 31 -> 15 -> 7 -> 3 pixels); a max over the
+ * last 3x3 pixels; a linear layer without bias, its output scaled by 1/9. BatchNorm has eps 1e-12,
+ * running-statistics momentum 0.4, and its weight (gamma) frozen at 1. Its training recipe (SGD
+ * with Nesterov momentum, BatchNorm biases at 64x the learning rate, Lookahead, translation by 2
+ * pixels with alternating flips, test-time augmentation) is spread over I.7, I.8 and I.10;
+ * dev/AIRBENCH.md lists every choice with its source.
+ * ========================================================================================== */
+
+#define AIR_BN_EPS 1e-12f
+#define AIR_BN_MOMENTUM 0.4f
+#define AIR_LOGIT_SCALE (1.0f / 9.0f)
+#define AIR_WHITEN_EPS 5e-4
+
+/* ---- Max-pooling over k x k windows, stride k (floor: a 31-pixel side gives 15) -------------
+   The output is the largest input of its window; the gradient flows back to that input alone.
+   in (planes, h, w) -> out (planes, h/k, w/k); from[o] = the index (y*w + x) of the max.      */
+static void maxpool_forward(float *out, int32_t *from, const float *in, size_t planes, int h, int w, int k) {
+    int ho = h / k, wo = w / k;
+    OMP(omp parallel for schedule(static))
+    for (size_t p = 0; p < planes; p++) {
+        const float *x = in + p * h * w;
+        for (int y = 0; y < ho; y++)
+            for (int xo = 0; xo < wo; xo++) {
+                int best = y * k * w + xo * k;
+                for (int dy = 0; dy < k; dy++)
+                    for (int dx = 0; dx < k; dx++) {
+                        int i = (y * k + dy) * w + xo * k + dx;
+                        if (x[i] > x[best]) best = i;
+                    }
+                size_t o = (p * ho + y) * wo + xo;
+                out[o] = x[best];
+                from[o] = best;
+            }
+    }
+}
+
+/* din[max of each window] += dout. The windows do not overlap, so planes can run in parallel. */
+static void maxpool_backward(float *din, const float *dout, const int32_t *from, size_t planes, int h, int w, int k) {
+    size_t per_plane = (size_t)(h / k) * (w / k);
+    OMP(omp parallel for schedule(static))
+    for (size_t p = 0; p < planes; p++)
+        for (size_t o = p * per_plane; o < (p + 1) * per_plane; o++) din[p * h * w + from[o]] += dout[o];
+}
+
+/* The head's max over all hw pixels of each channel: in (C, B, hw), channel-major, -> out (B, C),
+   the layout of a linear layer's input. */
+static void global_maxpool_forward(float *out, int32_t *from, const float *in, int B, int C, int hw) {
+    for (int c = 0; c < C; c++)
+        for (int b = 0; b < B; b++) {
+            const float *x = in + ((size_t)c * B + b) * hw;
+            int best = 0;
+            for (int i = 1; i < hw; i++) if (x[i] > x[best]) best = i;
+            out[(size_t)b * C + c] = x[best];
+            from[(size_t)b * C + c] = best;
+        }
+}
+
+static void global_maxpool_backward(float *din, const float *dout, const int32_t *from, int B, int C, int hw) {
+    for (int c = 0; c < C; c++)
+        for (int b = 0; b < B; b++) din[((size_t)c * B + b) * hw + from[(size_t)b * C + c]] += dout[(size_t)b * C + c];
+}
+
+/* ---- The eigenvectors of a symmetric matrix (Jacobi's method) -------------------------------
+   Repeatedly zeroes the largest remaining off-diagonal pair A[p][q] with a plane rotation
+   (Golub & Van Loan, Sec. 8.5): A <- J^T A J, V <- V J. A becomes diagonal (its eigenvalues),
+   V's columns the eigenvectors. n is small here (12), so plain and exact is what we want.   */
+static void symmetric_eigen(double *A, double *V, int n) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) V[i * n + j] = i == j;
+    for (int sweep = 0; sweep < 100; sweep++) {
+        double off = 0.0, total = 0.0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) total += A[i * n + j] * A[i * n + j], off += i != j ? A[i * n + j] * A[i * n + j] : 0.0;
+        if (off <= 1e-30 * total) break;
+        for (int p = 0; p < n; p++)
+            for (int q = p + 1; q < n; q++) {
+                if (A[p * n + q] == 0.0) continue;
+                /* the angle that zeroes A[p][q]: t = tan(theta), the smaller root of t^2 + 2 t cot(2 theta) - 1 = 0 */
+                double theta = (A[q * n + q] - A[p * n + p]) / (2.0 * A[p * n + q]);
+                double t = (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
+                double c = 1.0 / sqrt(t * t + 1.0), s = t * c;
+                for (int k = 0; k < n; k++) { /* columns p and q: A J */
+                    double akp = A[k * n + p], akq = A[k * n + q];
+                    A[k * n + p] = c * akp - s * akq, A[k * n + q] = s * akp + c * akq;
+                }
+                for (int k = 0; k < n; k++) { /* rows p and q: J^T (A J) */
+                    double apk = A[p * n + k], aqk = A[q * n + k];
+                    A[p * n + k] = c * apk - s * aqk, A[q * n + k] = s * apk + c * aqk;
+                }
+                for (int k = 0; k < n; k++) {
+                    double vkp = V[k * n + p], vkq = V[k * n + q];
+                    V[k * n + p] = c * vkp - s * vkq, V[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+    }
+}
+
+/* ---- The whitening filters, from the data ---------------------------------------------------
+   Every 2x2 patch (all 31 x 31 positions) of the first 5000 training images, normalised, is a
+   vector x of 12 numbers, in the (channel, row, column) order of a filter. With the (uncentred)
+   second moment  M = mean of x x^T = V diag(lambda) V^T,  filter i (i < 12) is the i-th
+   eigenvector (largest lambda first) divided by sqrt(lambda_i + 5e-4), and filter 12 + i is its
+   negative: the 24 outputs of the convolution are the patch's coordinates along its principal
+   directions, each scaled to variance ~1, split into a positive and a negative half for the GELU. */
+static void airbench_whiten_init(Teacher *t, const uint8_t *images, int n, const float *mean, const float *std) {
+    int C = t->config.in_chans, S = t->config.img_size, K = C * 4, n_img = n < 5000 ? n : 5000;
+    double *M = xcalloc((size_t)K * K, sizeof(double)), *V = xmalloc(sizeof(double) * K * K), x[64];
+    float *norm = xmalloc(sizeof(float) * C * S * S);
+    long count = 0;
+    for (int i = 0; i < n_img; i++) {
+        const uint8_t *img = images + (size_t)i * C * S * S;
+        for (int c = 0; c < C; c++)
+            for (int p = 0; p < S * S; p++) norm[c * S * S + p] = (img[c * S * S + p] / 255.0f - mean[c]) / std[c];
+        for (int y = 0; y + 1 < S; y++)
+            for (int xx = 0; xx + 1 < S; xx++, count++) {
+                for (int c = 0; c < C; c++)
+                    for (int dy = 0; dy < 2; dy++)
+                        for (int dx = 0; dx < 2; dx++) x[(c * 2 + dy) * 2 + dx] = norm[(c * S + y + dy) * S + xx + dx];
+                for (int a = 0; a < K; a++)
+                    for (int b = 0; b < K; b++) M[a * K + b] += x[a] * x[b];
+            }
+    }
+    for (int a = 0; a < K * K; a++) M[a] /= (double)count;
+    symmetric_eigen(M, V, K);
+    int order[64];
+    for (int i = 0; i < K; i++) order[i] = i;
+    for (int i = 1; i < K; i++) /* eigenvalues (the diagonal of M now) largest first */
+        for (int j = i; j > 0 && M[order[j] * K + order[j]] > M[order[j - 1] * K + order[j - 1]]; j--) {
+            int tmp = order[j];
+            order[j] = order[j - 1], order[j - 1] = tmp;
+        }
+    for (int i = 0; i < K; i++) {
+        double lambda = M[order[i] * K + order[i]], scale = 1.0 / sqrt(lambda + AIR_WHITEN_EPS);
+        for (int a = 0; a < K; a++) {
+            t->whiten.w[(size_t)i * K + a] = (float)(V[a * K + order[i]] * scale);
+            t->whiten.w[(size_t)(K + i) * K + a] = -(float)(V[a * K + order[i]] * scale);
+        }
+    }
+    free(M), free(V), free(norm);
+}
+
+/* ---- Layout: the tensors in checkpoint order --------------------------------------------- */
+static void airbench_build(Teacher *t, const TeacherConfig *cfg) {
+    int S = cfg->img_size, K = cfg->in_chans * 4, W = 2 * K; /* 24 whitening filters for RGB */
+    t->tensors = xcalloc(2 + 3 * 2 * 5 + 1, sizeof(TensorInfo));
+    ConvBN *wh = &t->whiten;
+    wh->cin = cfg->in_chans, wh->cout = W, wh->ksize = 2, wh->stride = 1, wh->pad = 0;
+    wh->hin = wh->win = S, wh->hout = wh->wout = S - 1;
+    add_tensor(t, "whiten_w", (size_t)W * K, 0, 0); /* fixed: computed from the data */
+    add_tensor(t, "whiten_b", W, 1, 1);             /* trains for the first 3 epochs (airbench_begin_epoch) */
+    int h = S - 1, cin = W;
+    for (int s = 0; s < 3; s++) {
+        AirStage *st = &t->air[s];
+        int w = cfg->widths[s];
+        add_convbn(t, &st->conv1, cin, w, 3, 1, h, h);
+        st->hp = st->wp = h / 2;
+        add_convbn(t, &st->conv2, w, w, 3, 1, st->hp, st->wp);
+        ConvBN *units[2] = {&st->conv1, &st->conv2};
+        for (int u = 0; u < 2; u++) {
+            units[u]->bn_eps = AIR_BN_EPS, units[u]->bn_momentum = AIR_BN_MOMENTUM;
+            TensorInfo *gamma = &t->tensors[t->num_tensors - 5 * (2 - u) + 1], *beta = gamma + 1;
+            gamma->trainable = 0;                   /* BatchNorm weight frozen at 1 */
+            beta->decay = 1, beta->lr_mult = 64.0f; /* BatchNorm bias: 64x the learning rate */
+        }
+        h = st->hp, cin = w;
+    }
+    add_tensor(t, "fc_w", (size_t)cfg->num_classes * cin, 1, 1);
+    t->params_memory = xcalloc(t->num_params, sizeof(float));
+    t->grads_memory = xcalloc(t->num_params, sizeof(float));
+    int ti = 0;
+    wh->w = t->params_memory + t->tensors[ti].offset, wh->dw = t->grads_memory + t->tensors[ti].offset, ti++;
+    t->whiten_b = t->params_memory + t->tensors[ti].offset, t->dwhiten_b = t->grads_memory + t->tensors[ti].offset, ti++;
+    for (int s = 0; s < 3; s++) {
+        point_convbn(t, &t->air[s].conv1, &ti);
+        point_convbn(t, &t->air[s].conv2, &ti);
+    }
+    t->fc_w = t->params_memory + t->tensors[ti].offset, t->dfc_w = t->grads_memory + t->tensors[ti].offset;
+    t->fc_b = t->dfc_b = NULL;
+}
+
+/* Init as airbench: convolutions PyTorch's default, uniform(+-1/sqrt(fan_in)), then the first
+   cin filters of each made the identity (Dirac: 1 at the centre of their own input channel), so
+   that at the start every stage passes its input through; BatchNorm weight 1, bias 0, running
+   mean 0 and variance 1; the linear layer PyTorch's default. The whitening filters come from the
+   data (airbench_whiten_init); until then they are PyTorch's default too. */
+static void airbench_init(Teacher *t, uint64_t seed) {
+    Rng rng;
+    rng_seed(&rng, seed);
+    memset(t->params_memory, 0, sizeof(float) * t->num_params);
+    ConvBN *wh = &t->whiten;
+    float bound = 1.0f / sqrtf((float)(wh->cin * 4));
+    for (int i = 0; i < wh->cout * wh->cin * 4; i++) wh->w[i] = bound * (2.0f * rng_uniform(&rng) - 1.0f);
+    for (int s = 0; s < 3; s++) {
+        ConvBN *units[2] = {&t->air[s].conv1, &t->air[s].conv2};
+        for (int u = 0; u < 2; u++) {
+            ConvBN *l = units[u];
+            int fan_in = l->cin * 9;
+            bound = 1.0f / sqrtf((float)fan_in);
+            for (int i = 0; i < l->cout * fan_in; i++) l->w[i] = bound * (2.0f * rng_uniform(&rng) - 1.0f);
+            for (int o = 0; o < l->cin && o < l->cout; o++) { /* Dirac */
+                for (int i = 0; i < fan_in; i++) l->w[(size_t)o * fan_in + i] = 0.0f;
+                l->w[(size_t)o * fan_in + o * 9 + 4] = 1.0f;
+            }
+            fill_value(l->gamma, l->cout, 1.0f);
+            fill_value(l->running_var, l->cout, 1.0f);
+        }
+    }
+    int W = teacher_last_width(t), C = t->config.num_classes;
+    bound = 1.0f / sqrtf((float)W);
+    for (int i = 0; i < C * W; i++) t->fc_w[i] = bound * (2.0f * rng_uniform(&rng) - 1.0f);
+}
+
+/* The whitening bias trains for the first 3 epochs only (then it is frozen, as in airbench). */
+static void airbench_begin_epoch(Teacher *t, int epoch) {
+    t->tensors[1].trainable = epoch < 3;
+}
+
+static void airbench_alloc_activations(Teacher *t, int B) {
+    if (t->acts_memory && B <= t->batch_size) return;
+    free(t->acts_memory);
+    const TeacherConfig *c = &t->config;
+    ConvBN *wh = &t->whiten;
+    size_t max_col = conv_col_size(wh, B), max_out = (size_t)wh->cout * B * wh->hout * wh->wout, max_w = 0;
+    for (int pass = 0; pass < 2; pass++) { /* pass 0 counts, pass 1 points */
+        size_t off = 0;
+        float *base = pass ? t->acts_memory : NULL;
+#define TAKE(ptr, count) do { if (pass) (ptr) = (void *)(base + off); off += (count); } while (0)
+        size_t nw = (size_t)wh->cout * B * wh->hout * wh->wout;
+        TAKE(t->input, (size_t)c->in_chans * B * c->img_size * c->img_size);
+        TAKE(wh->conv, nw); TAKE(wh->out, nw); TAKE(wh->dout, nw);
+        for (int s = 0; s < 3; s++) {
+            AirStage *st = &t->air[s];
+            ConvBN *l1 = &st->conv1, *l2 = &st->conv2;
+            size_t n1 = (size_t)l1->cout * B * l1->hout * l1->wout, np = (size_t)l1->cout * B * st->hp * st->wp;
+            TAKE(l1->conv, n1);
+            TAKE(st->pooled, np); TAKE(st->dpooled, np); TAKE(st->pool_from, np);
+            TAKE(l1->out, np); TAKE(l1->dout, np); TAKE(l1->bn_mean, l1->cout); TAKE(l1->bn_rstd, l1->cout);
+            TAKE(st->act1, np); TAKE(st->dact1, np);
+            TAKE(l2->conv, np); TAKE(l2->out, np); TAKE(l2->dout, np); TAKE(l2->bn_mean, l2->cout); TAKE(l2->bn_rstd, l2->cout);
+            TAKE(st->act2, np); TAKE(st->dact2, np);
+            ConvBN *units[2] = {l1, l2};
+            for (int u = 0; u < 2; u++) {
+                size_t col = conv_col_size(units[u], B), out = (size_t)units[u]->cout * B * units[u]->hout * units[u]->wout;
+                size_t w = (size_t)units[u]->cout * units[u]->cin * 9;
+                max_col = col > max_col ? col : max_col, max_out = out > max_out ? out : max_out, max_w = w > max_w ? w : max_w;
+            }
+        }
+        size_t W = (size_t)teacher_last_width(t);
+        TAKE(t->head_pooled, B * W); TAKE(t->dhead_pooled, B * W); TAKE(t->head_from, B * W);
+        TAKE(t->logits, (size_t)B * c->num_classes); TAKE(t->dlogits, (size_t)B * c->num_classes);
+        TAKE(t->col, max_col); TAKE(t->dcol, max_col); TAKE(t->dconv, max_out); TAKE(t->w_flip, max_w);
+#undef TAKE
+        if (!pass) {
+            t->acts_memory = xcalloc(off, sizeof(float));
+            t->num_acts = off;
+        }
+    }
+    t->batch_size = B;
+}
+
+/* images (B, in_chans, S, S) -> logits (B, C); t->input must hold them channel-major already. */
+static void airbench_forward(Teacher *t, int B, int train) {
+    ConvBN *wh = &t->whiten;
+    size_t hw = (size_t)wh->hout * wh->wout;
+    conv_forward(wh->conv, t->col, t->input, wh->w, wh, B);
+    OMP(omp parallel for schedule(static))
+    for (int c = 0; c < wh->cout; c++)
+        for (size_t i = 0; i < (size_t)B * hw; i++) wh->conv[(size_t)c * B * hw + i] += t->whiten_b[c];
+    gelu_forward(wh->out, wh->conv, (size_t)wh->cout * B * hw);
+    const float *x = wh->out;
+    for (int s = 0; s < 3; s++) {
+        AirStage *st = &t->air[s];
+        ConvBN *l1 = &st->conv1;
+        size_t np = (size_t)B * st->hp * st->wp;
+        conv_forward(l1->conv, t->col, x, l1->w, l1, B);
+        maxpool_forward(st->pooled, st->pool_from, l1->conv, (size_t)l1->cout * B, l1->hout, l1->wout, 2);
+        batchnorm_forward(l1->out, l1->bn_mean, l1->bn_rstd, l1->running_mean, l1->running_var, st->pooled, l1->gamma,
+                          l1->beta, l1->cout, np, train, l1->bn_eps, l1->bn_momentum);
+        gelu_forward(st->act1, l1->out, l1->cout * np);
+        convbn_forward(t, &st->conv2, st->act1, B, train);
+        gelu_forward(st->act2, st->conv2.out, st->conv2.cout * np);
+        x = st->act2;
+    }
+    AirStage *last = &t->air[2];
+    int W = last->conv2.cout, C = t->config.num_classes;
+    global_maxpool_forward(t->head_pooled, t->head_from, x, B, W, last->hp * last->wp);
+    linear_forward(t->logits, t->head_pooled, t->fc_w, NULL, B, W, C);
+    for (int i = 0; i < B * C; i++) t->logits[i] *= AIR_LOGIT_SCALE;
+}
+
+static void airbench_zero_grad(Teacher *t) {
+    memset(t->grads_memory, 0, sizeof(float) * t->num_params);
+    int B = t->batch_size;
+    fill_zero(t->whiten.dout, (size_t)t->whiten.cout * B * t->whiten.hout * t->whiten.wout);
+    for (int s = 0; s < 3; s++) {
+        AirStage *st = &t->air[s];
+        size_t np = (size_t)st->conv1.cout * B * st->hp * st->wp;
+        fill_zero(st->dact1, np), fill_zero(st->dact2, np), fill_zero(st->conv1.dout, np), fill_zero(st->conv2.dout, np);
+    }
+    memset(t->dhead_pooled, 0, sizeof(float) * B * teacher_last_width(t));
+    memset(t->dlogits, 0, sizeof(float) * B * t->config.num_classes);
+}
+
+/* From t->dlogits back to every gradient, the forward's steps in reverse. The scale 1/9 of the
+   logits is applied to dlogits in place first. The whitening filters are fixed: only their bias
+   gets a gradient, the sum of dL/d(conv output) over each channel's pixels. */
+static void airbench_backward(Teacher *t, int B) {
+    int W = teacher_last_width(t), C = t->config.num_classes;
+    for (int i = 0; i < B * C; i++) t->dlogits[i] *= AIR_LOGIT_SCALE;
+    linear_backward(t->dhead_pooled, t->dfc_w, NULL, t->dlogits, t->head_pooled, t->fc_w, B, W, C);
+    AirStage *last = &t->air[2];
+    global_maxpool_backward(last->dact2, t->dhead_pooled, t->head_from, B, W, last->hp * last->wp);
+    for (int s = 2; s >= 0; s--) {
+        AirStage *st = &t->air[s];
+        ConvBN *l1 = &st->conv1;
+        size_t np = (size_t)B * st->hp * st->wp, n1 = (size_t)B * l1->hout * l1->wout;
+        const float *x = s == 0 ? t->whiten.out : t->air[s - 1].act2;
+        float *dx = s == 0 ? t->whiten.dout : t->air[s - 1].dact2;
+        gelu_backward(st->conv2.dout, st->dact2, st->conv2.out, st->conv2.cout * np);
+        convbn_backward(t, &st->conv2, st->dact1, st->act1, B);
+        gelu_backward(l1->dout, st->dact1, l1->out, l1->cout * np);
+        fill_zero(st->dpooled, l1->cout * np);
+        batchnorm_backward(st->dpooled, l1->dgamma, l1->dbeta, l1->dout, st->pooled, l1->gamma, l1->bn_mean, l1->bn_rstd,
+                           l1->cout, np);
+        fill_zero(t->dconv, l1->cout * n1);
+        maxpool_backward(t->dconv, st->dpooled, st->pool_from, (size_t)l1->cout * B, l1->hout, l1->wout, 2);
+        conv_backward(dx, l1->dw, t->col, t->dcol, t->w_flip, t->dconv, x, l1->w, l1, B);
+    }
+    ConvBN *wh = &t->whiten;
+    size_t hw = (size_t)B * wh->hout * wh->wout;
+    fill_zero(t->dconv, wh->cout * hw);
+    gelu_backward(t->dconv, wh->dout, wh->conv, wh->cout * hw);
+    OMP(omp parallel for schedule(static))
+    for (int c = 0; c < wh->cout; c++) {
+        double sum = 0.0;
+        for (size_t i = 0; i < hw; i++) sum += t->dconv[(size_t)c * hw + i];
+        t->dwhiten_b[c] += (float)sum;
+    }
 }
 
 /* ============================================================================================
@@ -1605,9 +2000,11 @@ typedef struct {
     size_t n;
     float *m;                /* AdamW first moment, or SGD momentum buffer */
     float *v;                /* AdamW second moment */
+    float *ema;              /* Lookahead's slow weights (NULL without --lookahead) */
 } Optimizer;
 
-static void optimizer_init(Optimizer *o, OptType type, size_t n, float weight_decay, float momentum, int nesterov) {
+static void optimizer_init(Optimizer *o, OptType type, size_t n, float weight_decay, float momentum, int nesterov,
+                           int lookahead) {
     memset(o, 0, sizeof(*o));
     o->type = type;
     o->beta1 = 0.9f;
@@ -1617,13 +2014,30 @@ static void optimizer_init(Optimizer *o, OptType type, size_t n, float weight_de
     o->momentum = momentum;
     o->nesterov = nesterov;
     o->n = n;
-    o->m = xcalloc(2 * n, sizeof(float)); /* m and v in one block: the state file writes it whole */
+    o->m = xcalloc((lookahead ? 3 : 2) * n, sizeof(float)); /* m, v (and ema) in one block: the state file writes it whole */
     o->v = o->m + n;
+    o->ema = lookahead ? o->m + 2 * n : NULL;
 }
 
 static void optimizer_free(Optimizer *o) {
     free(o->m);
-    o->m = o->v = NULL;
+    o->m = o->v = o->ema = NULL;
+}
+
+/* Lookahead (Zhang et al. 2019), as airbench does it: every 5 steps the weights are pulled
+   toward a slow moving average, ema = d ema + (1 - d) w, and continue from it, w = ema. The
+   decay d = 0.95^5 (step / total)^3 grows from 0 (ema follows w) to 0.77 at the end. Every
+   number of the model takes part, BatchNorm's running statistics too. At the last step the
+   weights become the average (d = 1 when that step is not a multiple of 5). */
+static void lookahead_step(Optimizer *o, float *params, long step, long total_steps) {
+    if (!o->ema || (step % 5 != 0 && step != total_steps)) return;
+    double frac = (double)step / (double)total_steps;
+    float d = step % 5 == 0 ? (float)(0.7737809375 * frac * frac * frac) : 1.0f; /* 0.95^5 = 0.7737809375 */
+    OMP(omp parallel for schedule(static))
+    for (size_t i = 0; i < o->n; i++) {
+        o->ema[i] = d * o->ema[i] + (1.0f - d) * params[i];
+        params[i] = o->ema[i];
+    }
 }
 
 /* One step over every trainable tensor of the table, as PyTorch's AdamW and SGD do it. Each
@@ -1667,11 +2081,11 @@ static void optimizer_step(Optimizer *o, float *params, const float *grads, cons
 }
 
 /* Learning rate at a step: linear warmup from warmup_lr to lr, then cosine down to min_lr
-   (or constant). Per step rather than per epoch as timm's scheduler in the reference (which also
+   (or linearly down to it, as airbench; or constant). Per step rather than per epoch as timm's scheduler in the reference (which also
    adds 10 cooldown epochs at min_lr), so the rate changes smoothly within an epoch. The cosine
    starts where the warmup ends; timm's runs from step 0 underneath the warmup, a difference of
    warmup/epochs in the cosine's phase (5/300 in the paper's recipe). */
-typedef enum { SCHED_COSINE = 0, SCHED_CONSTANT = 1 } SchedType;
+typedef enum { SCHED_COSINE = 0, SCHED_CONSTANT = 1, SCHED_LINEAR = 2 } SchedType;
 
 static float lr_at(long step, long total_steps, long warmup_steps, float lr, float min_lr, float warmup_lr,
                    SchedType sched) {
@@ -1679,6 +2093,7 @@ static float lr_at(long step, long total_steps, long warmup_steps, float lr, flo
     if (sched == SCHED_CONSTANT || total_steps <= warmup_steps) return lr;
     double progress = (double)(step - warmup_steps) / (double)(total_steps - warmup_steps);
     if (progress > 1.0) progress = 1.0;
+    if (sched == SCHED_LINEAR) return lr + (min_lr - lr) * (float)progress; /* airbench: a straight line down */
     return min_lr + 0.5f * (lr - min_lr) * (float)(1.0 + cos(3.14159265358979 * progress));
 }
 
@@ -1833,6 +2248,12 @@ typedef struct {
     float mixup_alpha;      /* mixup Beta(alpha, alpha) (0 = off) */
     float cutmix_alpha;     /* cutmix Beta(alpha, alpha) (0 = off); both on: 50/50 per batch */
     float label_smoothing;  /* epsilon */
+    int translate;          /* airbench's crop instead: shifts of up to this many pixels (2), the image
+                               reflect-padded (0: the crop above) */
+    int alternate_flip;     /* airbench: each image's flip is drawn once and reversed every other epoch,
+                               so the image is seen both ways in every two epochs */
+    uint64_t flip_seed;     /* the run's seed, for the alternating flip */
+    int epoch;              /* set by train() for each epoch: which way the alternating flip goes */
 } AugConfig;
 
 /* ---- I.8.2 RandAugment (Cubuk et al. 2020) on one uint8 image (3, 32, 32) ---------------------
@@ -2097,7 +2518,19 @@ static void make_batch(float *images, int S_out, float *targets, int *labels, co
         rng_seed(&rng, seed ^ splitmix64((uint64_t)b + 1));
         const uint8_t *src = d->images + (size_t)indices[b] * CIFAR_PIXELS;
         uint8_t img[CIFAR_PIXELS];
-        if (train && aug->crop_flip) { /* crop 32x32 out of the image zero-padded by 4, then flip */
+        if (train && aug->translate > 0) { /* shift by up to +-translate, reflect-padded; flip */
+            int T = aug->translate, dy = rng_int(&rng, 2 * T + 1) - T, dx = rng_int(&rng, 2 * T + 1) - T;
+            int flip = aug->alternate_flip ? (int)(splitmix64(aug->flip_seed ^ (0x9E37ull * (uint64_t)(indices[b] + 1))) & 1) ^ (aug->epoch & 1)
+                                           : rng_uniform(&rng) < 0.5f;
+            for (int c = 0; c < C; c++)
+                for (int y = 0; y < S; y++)
+                    for (int x = 0; x < S; x++) {
+                        int sy = y + dy, sx = (flip ? S - 1 - x : x) + dx;
+                        sy = sy < 0 ? -sy : (sy >= S ? 2 * (S - 1) - sy : sy); /* reflect: -1 -> 1, S -> S-2 */
+                        sx = sx < 0 ? -sx : (sx >= S ? 2 * (S - 1) - sx : sx);
+                        img[(c * S + y) * S + x] = src[(c * S + sy) * S + sx];
+                    }
+        } else if (train && aug->crop_flip) { /* crop 32x32 out of the image zero-padded by 4, then flip */
             int dy = rng_int(&rng, 9) - 4, dx = rng_int(&rng, 9) - 4, flip = rng_uniform(&rng) < 0.5f;
             for (int c = 0; c < C; c++)
                 for (int y = 0; y < S; y++)
@@ -2150,6 +2583,7 @@ static void deit_resize(DeiT *dst, const DeiT *src, int img_size, int bicubic) {
 
 /* The ResNet is convolutional with global pooling: the same weights work at any image size. */
 static void teacher_resize(Teacher *dst, const Teacher *src, int img_size) {
+    if (src->config.arch == ARCH_AIRBENCH) die("airbench works at 32x32 only; it cannot be fine-tuned at %d", img_size);
     TeacherConfig c = src->config;
     c.img_size = img_size;
     teacher_build(dst, &c);
@@ -2207,20 +2641,23 @@ static int deit_load(DeiT *m, const char *path) {
     return 0;
 }
 
-/* Teacher checkpoint: header [0] magic 20151210, [1] version 1, [2] img_size, [3] in_chans,
-   [4] num_classes, [5] stages S, [6] blocks per stage, [7 .. 7+S-1] widths; then the tensors
-   in the order of teacher_build (stem conv, stem bn, blocks..., fc w, fc b). */
+/* Teacher checkpoint: header [0] magic 20151210, [1] version (1: a ResNet; 2: the architecture
+   is header[15]), [2] img_size, [3] in_chans, [4] num_classes, [5] stages S, [6] blocks per
+   stage, [7 .. 7+S-1] widths, [15] architecture (0 ResNet, 1 airbench); then the tensors in the
+   order of teacher_build (ResNet: stem conv, stem bn, blocks..., fc w, fc b; airbench: see
+   airbench_build). */
 static int teacher_save(const Teacher *t, const char *path) {
     int32_t header[HEADER_INTS] = {0};
     const TeacherConfig *c = &t->config;
     header[0] = TEACHER_MAGIC;
-    header[1] = TEACHER_VERSION;
+    header[1] = c->arch == ARCH_RESNET ? TEACHER_VERSION : TEACHER_VERSION_ARCH; /* a ResNet file reads as before */
     header[2] = c->img_size;
     header[3] = c->in_chans;
     header[4] = c->num_classes;
     header[5] = c->stages;
     header[6] = c->blocks;
     for (int s = 0; s < c->stages; s++) header[7 + s] = c->widths[s];
+    header[15] = c->arch;
     return write_file_atomic(path, header, t->params_memory, t->num_params);
 }
 
@@ -2343,6 +2780,45 @@ static void net_backward(Net *n, int B) {
     else teacher_backward(&n->cnn, B);
 }
 
+static void net_begin_epoch(Net *n, int epoch) {
+    if (n->kind == NET_CNN && n->cnn.config.arch == ARCH_AIRBENCH) airbench_begin_epoch(&n->cnn, epoch);
+}
+
+/* ---- Test-time augmentation (airbench's): the logits averaged over views of each image -------
+   level 0: the image;  level 1: the mean of the image and its mirror;  level 2: half of level 1,
+   plus half of level 1's mean over the image shifted by one pixel down-right and up-left
+   (reflect-padded): 6 forward passes. views (B, 3, S, S) and out (B, C) are scratch buffers;
+   returns the averaged inference logits (level 0: the net's own output buffer).            */
+static void shift_flip(float *dst, const float *src, int B, int C, int S, int dy, int dx, int flip) {
+    OMP(omp parallel for schedule(static))
+    for (int p = 0; p < B * C; p++)
+        for (int y = 0; y < S; y++)
+            for (int x = 0; x < S; x++) {
+                int sy = y - dy, sx = (flip ? S - 1 - x : x) - dx;
+                sy = sy < 0 ? -sy : (sy >= S ? 2 * (S - 1) - sy : sy); /* reflect */
+                sx = sx < 0 ? -sx : (sx >= S ? 2 * (S - 1) - sx : sx);
+                dst[((size_t)p * S + y) * S + x] = src[((size_t)p * S + sy) * S + sx];
+            }
+}
+
+static const float *tta_forward(Net *net, const float *images, int B, int level, float *views, float *out) {
+    net_forward(net, images, B, 0);
+    if (level <= 0) return net_logits(net, HEAD_MEAN);
+    static const struct { int dy, dx, flip; float weight; } view[2][6] = {
+        {{0, 0, 0, 0.5f}, {0, 0, 1, 0.5f}},
+        {{0, 0, 0, 0.25f}, {0, 0, 1, 0.25f}, {1, 1, 0, 0.125f}, {1, 1, 1, 0.125f}, {-1, -1, 0, 0.125f}, {-1, -1, 1, 0.125f}},
+    };
+    int C = net_num_classes(net), S = net_img_size(net), n_views = level == 1 ? 2 : 6;
+    size_t n = (size_t)B * C;
+    for (size_t i = 0; i < n; i++) out[i] = view[level - 1][0].weight * net_logits(net, HEAD_MEAN)[i];
+    for (int v = 1; v < n_views; v++) {
+        shift_flip(views, images, B, 3, S, view[level - 1][v].dy, view[level - 1][v].dx, view[level - 1][v].flip);
+        net_forward(net, views, B, 0);
+        for (size_t i = 0; i < n; i++) out[i] += view[level - 1][v].weight * net_logits(net, HEAD_MEAN)[i];
+    }
+    return out;
+}
+
 /* ---- I.10.1 Evaluation: accuracy of each head, and the confusion matrix of the inference output */
 typedef struct {
     int n;
@@ -2356,13 +2832,16 @@ static int argmax(const float *x, int n) {
     return best;
 }
 
-/* logits_out (optional): the inference logits, (n, C) in test-set order. */
-static void evaluate(Net *net, const Dataset *d, int batch, EvalResult *r, float *logits_out) {
+/* logits_out (optional): the inference logits, (n, C) in test-set order. tta: test-time
+   augmentation level (0 none; 1, 2: see tta_forward). */
+static void evaluate(Net *net, const Dataset *d, int batch, int tta, EvalResult *r, float *logits_out) {
     int C = d->num_classes;
     memset(r, 0, sizeof(*r));
     r->confusion = xcalloc((size_t)C * C, sizeof(int));
     int S = net_img_size(net);
     float *images = xmalloc(sizeof(float) * (size_t)batch * 3 * S * S);
+    float *views = tta ? xmalloc(sizeof(float) * (size_t)batch * 3 * S * S) : NULL;
+    float *tta_out = tta ? xmalloc(sizeof(float) * (size_t)batch * C) : NULL;
     float *targets = xmalloc(sizeof(float) * (size_t)batch * C);
     int *labels = xmalloc(sizeof(int) * batch), *idx = xmalloc(sizeof(int) * batch);
     AugConfig none = {0};
@@ -2370,17 +2849,16 @@ static void evaluate(Net *net, const Dataset *d, int batch, EvalResult *r, float
         int B = d->n - start < batch ? d->n - start : batch;
         for (int b = 0; b < B; b++) idx[b] = start + b;
         make_batch(images, S, targets, labels, d, idx, B, &none, 0, 0);
-        net_forward(net, images, B, 0);
-        for (int h = 0; h < 3; h++) {
-            const float *lg = net_logits(net, h);
-            for (int b = 0; b < B; b++) r->correct[h] += argmax(lg + (size_t)b * C, C) == labels[b];
+        const float *lg = tta_forward(net, images, B, tta, views, tta_out);
+        for (int h = 0; h < 3; h++) { /* with test-time augmentation, the heads are not told apart */
+            const float *head = tta ? lg : net_logits(net, h);
+            for (int b = 0; b < B; b++) r->correct[h] += argmax(head + (size_t)b * C, C) == labels[b];
         }
-        const float *lg = net_logits(net, HEAD_MEAN);
         for (int b = 0; b < B; b++) r->confusion[labels[b] * C + argmax(lg + (size_t)b * C, C)]++;
         if (logits_out) memcpy(logits_out + (size_t)start * C, lg, sizeof(float) * B * C);
     }
     r->n = d->n;
-    free(images), free(targets), free(labels), free(idx);
+    free(images), free(targets), free(labels), free(idx), free(views), free(tta_out);
 }
 
 typedef struct {
@@ -2394,6 +2872,8 @@ typedef struct {
     SchedType sched;
     AugConfig aug;
     Distillation kd;
+    int teacher_tta;          /* views the teacher's logits average: 0 (one), 1 (+ mirror), 2 (six; see tta_forward) */
+    int lookahead;            /* 1: Lookahead every 5 steps (airbench) */
     uint64_t seed;
     const char *data_dir, *out, *log, *resume;
     const char *teacher_path; /* for messages only */
@@ -2440,6 +2920,7 @@ typedef struct {
     float *images, *targets;     /* one batch: (B, 3, S, S) images and (B, C) target distributions */
     int *labels;                 /* (B) */
     float *teacher_images;       /* the batch at the teacher's resolution, when that differs */
+    float *tta_images, *tta_logits; /* --teacher-tta: one view of the batch, and the views' mean */
     Optimizer opt;
     RunState state;
     /* Part III's bookkeeping */
@@ -2477,15 +2958,17 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
     int B = cfg->batch, S = net_img_size(net), C = run.train_set.num_classes;
     for (int epoch = run.state.epochs_done; epoch < cfg->epochs && !run.stop; epoch++) {
         epoch_order(run.order, run.pool, run.n_train, cfg, epoch);
+        AugConfig aug = cfg->aug;
+        aug.epoch = epoch;           /* the alternating flip's direction */
+        net_begin_epoch(net, epoch); /* airbench: the whitening bias trains for 3 epochs */
         int first = epoch == run.state.epochs_done ? run.state.step_in_epoch : 0; /* a resumed run may start mid-epoch */
         for (int s = first; s < run.steps_per_epoch && !run.stop; s++) {
-            make_batch(run.images, S, run.targets, run.labels, &run.train_set, run.order + (size_t)s * B, B, &cfg->aug, 1,
+            make_batch(run.images, S, run.targets, run.labels, &run.train_set, run.order + (size_t)s * B, B, &aug, 1,
                        batch_seed(cfg->seed, epoch, s));
-            const float *teacher_logits = NULL;
-            if (teacher && cfg->kd.type != DISTILL_NONE) {
-                net_forward(teacher, teacher_input(run.teacher_images, run.images, B, S, net_img_size(teacher)), B, 0);
-                teacher_logits = net_logits(teacher, HEAD_MEAN);
-            }
+            const float *teacher_logits = NULL; /* the teacher in eval mode, on the same images */
+            if (teacher && cfg->kd.type != DISTILL_NONE)
+                teacher_logits = tta_forward(teacher, teacher_input(run.teacher_images, run.images, B, S, net_img_size(teacher)),
+                                             B, cfg->teacher_tta, run.tta_images, run.tta_logits);
             float lr = lr_at(run.state.step, run.total_steps, run.warmup_steps, cfg->lr, cfg->min_lr, cfg->warmup_lr, cfg->sched);
             net_forward(net, run.images, B, 1);
             net_zero_grad(net);
@@ -2493,6 +2976,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
             net_backward(net, B);
             if (run_step_check(&run, teacher_logits, loss, s)) continue; /* a NaN or Inf: skipped, or the run stops */
             optimizer_step(&run.opt, net_params(net), net_grads(net), net_tensors(net), net_num_tensors(net), lr);
+            lookahead_step(&run.opt, net_params(net), run.state.step + 1, run.total_steps);
             run_step_done(&run, epoch, s, loss, lr);
         }
         run_epoch_done(&run, epoch); /* test, log, checkpoint and state */
@@ -2914,6 +3398,9 @@ static int deit_config_from_header(DeiTConfig *c, const int32_t *h, const char *
 }
 
 static int teacher_config_check(const TeacherConfig *c, const char *what) {
+    if (c->arch != ARCH_RESNET && c->arch != ARCH_AIRBENCH) return report("%s: architecture %d unknown (0 ResNet, 1 airbench)", what, c->arch);
+    if (c->arch == ARCH_AIRBENCH && (c->img_size != 32 || c->stages != 3 || c->blocks != 1))
+        return report("%s: airbench takes 32x32 images, 3 stages of 1 block (not %d, %d, %d)", what, c->img_size, c->stages, c->blocks);
     if (c->img_size < 1 || c->img_size > 4096) return report("%s: img_size %d out of range [1, 4096]", what, c->img_size);
     if (c->in_chans < 1 || c->in_chans > 64) return report("%s: in_chans %d out of range [1, 64]", what, c->in_chans);
     if (c->num_classes < 2 || c->num_classes > 100000) return report("%s: num_classes %d out of range [2, 100000]", what, c->num_classes);
@@ -2927,8 +3414,11 @@ static int teacher_config_check(const TeacherConfig *c, const char *what) {
 
 static int teacher_config_from_header(TeacherConfig *c, const int32_t *h, const char *path) {
     if (h[0] != TEACHER_MAGIC) return report("%s: not a deit.c teacher checkpoint (magic %d, expected %d)", path, h[0], TEACHER_MAGIC);
-    if (h[1] != TEACHER_VERSION) return report("%s: teacher checkpoint version %d, this program reads version %d", path, h[1], TEACHER_VERSION);
+    if (h[1] != TEACHER_VERSION && h[1] != TEACHER_VERSION_ARCH)
+        return report("%s: teacher checkpoint version %d, this program reads versions %d and %d", path, h[1], TEACHER_VERSION,
+                      TEACHER_VERSION_ARCH);
     memset(c, 0, sizeof(*c));
+    c->arch = h[1] == TEACHER_VERSION_ARCH ? h[15] : ARCH_RESNET;
     c->img_size = h[2];
     c->in_chans = h[3];
     c->num_classes = h[4];
@@ -2937,12 +3427,22 @@ static int teacher_config_from_header(TeacherConfig *c, const int32_t *h, const 
     if (c->stages < 1 || c->stages > TEACHER_MAX_STAGES) return report("%s: stages %d out of range [1, %d]", path, c->stages, TEACHER_MAX_STAGES);
     for (int s = 0; s < c->stages; s++) c->widths[s] = h[7 + s];
     for (int i = 7 + c->stages; i < HEADER_INTS; i++)
-        if (h[i] != 0) return report("%s: header entry %d is %d; entries after the widths are reserved and must be 0", path, i, h[i]);
+        if (h[i] != 0 && !(i == 15 && h[1] == TEACHER_VERSION_ARCH))
+            return report("%s: header entry %d is %d; entries after the widths are reserved and must be 0", path, i, h[i]);
     return teacher_config_check(c, path);
 }
 
 /* The parameter count of a teacher configuration, without building it (same walk as teacher_build). */
 static uint64_t teacher_count_params(const TeacherConfig *c) {
+    if (c->arch == ARCH_AIRBENCH) { /* as airbench_build */
+        uint64_t K = 4ull * c->in_chans, cin = 2 * K, n = 2 * K * K + 2 * K;
+        for (int s = 0; s < 3; s++) {
+            uint64_t w = (uint64_t)c->widths[s];
+            n += cin * 9 * w + 4 * w + w * 9 * w + 4 * w;
+            cin = w;
+        }
+        return n + (uint64_t)c->num_classes * cin;
+    }
     uint64_t n = (uint64_t)c->in_chans * 9 * c->widths[0] + 4ull * c->widths[0];
     uint64_t cin = (uint64_t)c->widths[0];
     for (int s = 0; s < c->stages; s++)
@@ -2967,8 +3467,9 @@ static uint64_t teacher_count_params(const TeacherConfig *c) {
    stopped by --steps continues mid-epoch), [18,19] a hash of the model's weights (so a state
    is never paired with another checkpoint), [20,21] a hash of every training setting),
    [22,23] a hash of the training set (labels and pixels), [24,25] a hash of the teacher's
-   weights (0 without a teacher); then the optimizer moments m and v (float32, 2 x parameter
-   count). A state written before a hash existed has 0 there, and that check is skipped. */
+   weights (0 without a teacher), [26] 1 when Lookahead's slow weights follow (--lookahead);
+   then the optimizer moments m and v and, with [26] = 1, the slow weights (float32, 2 or 3 x
+   parameter count). A state written before a hash existed has 0 there, and that check is skipped. */
 /* (RunState, the numbers of this header, is declared with the training loop in Part I.) */
 
 static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
@@ -2986,6 +3487,9 @@ static uint64_t run_settings_hash(const TrainConfig *c, const Net *net) {
                        c->weight_decay, c->momentum, c->nesterov, c->opt, c->sched, a->crop_flip, a->randaug_ops, a->randaug_mag,
                        a->erase_prob, a->mixup_alpha, a->cutmix_alpha, a->label_smoothing, c->kd.type, c->kd.alpha, c->kd.tau,
                        net->kind == NET_DEIT ? net->deit.drop_path : 0.0f, net_img_size(net), (unsigned long long)c->seed);
+    if (a->translate || a->alternate_flip || c->lookahead || c->teacher_tta) /* settings added later: only when used, so */
+        len += snprintf(s + len, sizeof(s) - (size_t)len, " %d %d %d %d", /* that older states keep their hash */
+                        a->translate, a->alternate_flip, c->lookahead, c->teacher_tta);
     return fnv1a(0xCBF29CE484222325ull, s, (size_t)len);
 }
 
@@ -3011,7 +3515,8 @@ static int state_save(const char *path, Net *net, const Optimizer *o, const RunS
     h[13] = c->epochs, h[14] = c->batch, h[15] = c->train_limit, h[16] = (int32_t)s->elapsed, h[17] = s->step_in_epoch;
     put_u64(h, 18, params_hash(net)), put_u64(h, 20, run_settings_hash(c, net));
     put_u64(h, 22, s->data_hash), put_u64(h, 24, s->teacher_hash);
-    return write_file_atomic(path, h, o->m, 2 * o->n); /* m and v are one block */
+    h[26] = o->ema != NULL;
+    return write_file_atomic(path, h, o->m, (o->ema ? 3 : 2) * o->n); /* m, v (and ema) are one block */
 }
 
 static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, const TrainConfig *c, int steps_per_epoch) {
@@ -3046,14 +3551,16 @@ static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, con
     if (h[16] < 0) return report("%s: negative training time %d s: corrupt", path, h[16]);
     if (net->kind == NET_DEIT && u64_from(h, 6) == 0) /* xorshift stays 0 from 0: drop path would stop */
         return report("%s: drop-path random state is 0: corrupt", path);
-    for (int i = 26; i < HEADER_INTS; i++)
+    if (h[26] != (o->ema != NULL))
+        return report("%s: saved by a run %s --lookahead; resume with the same flags", path, h[26] ? "with" : "without");
+    for (int i = 27; i < HEADER_INTS; i++)
         if (h[i] != 0) return report("%s: header entry %d is %d, expected 0 (reserved): corrupt or a newer format", path, i, h[i]);
     s->epochs_done = h[3];
     s->step_in_epoch = h[17];
     s->step = step;
     s->rng = u64_from(h, 6);
     s->elapsed = h[16];
-    if (read_floats_after_header(path, o->m, 2 * o->n, bytes)) return -1;
+    if (read_floats_after_header(path, o->m, (o->ema ? 3 : 2) * o->n, bytes)) return -1;
     if (o->type == OPT_ADAMW) /* v is a running mean of squares */
         for (size_t i = 0; i < o->n; i++)
             if (o->v[i] < 0.0f) return report("%s: AdamW second moment %zu is negative (%g): corrupt", path, i, o->v[i]);
@@ -3093,6 +3600,7 @@ static LossParts net_loss_backward(Net *net, const float *targets, const float *
 static void run_free(Run *r) {
     if (r->log) fclose(r->log);
     free(r->images), free(r->targets), free(r->labels), free(r->order), free(r->pool), free(r->teacher_images);
+    free(r->tta_images), free(r->tta_logits);
     free(r->params_before_step);
     optimizer_free(&r->opt);
     dataset_free(&r->train_set), dataset_free(&r->test_set);
@@ -3122,7 +3630,8 @@ static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
     if (r->steps_per_epoch < 1) die("batch %d is larger than the %d training images", B, r->n_train);
     r->total_steps = (long)cfg->epochs * r->steps_per_epoch;
     r->warmup_steps = (long)(cfg->warmup_epochs * r->steps_per_epoch);
-    optimizer_init(&r->opt, cfg->opt, net_num_params(net), cfg->weight_decay, cfg->momentum, cfg->nesterov);
+    optimizer_init(&r->opt, cfg->opt, net_num_params(net), cfg->weight_decay, cfg->momentum, cfg->nesterov, cfg->lookahead);
+    if (r->opt.ema) memcpy(r->opt.ema, net_params(net), sizeof(float) * net_num_params(net)); /* (a resumed run loads it) */
     r->state = (RunState){0, 0, 0, 0, 0.0, dataset_hash(&r->train_set), teacher ? params_hash(teacher) : 0};
     path_printf(r->state_path, sizeof(r->state_path), "%s.state", cfg->out);
     if (cfg->resume) {
@@ -3158,6 +3667,10 @@ static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
        sees the same augmented batch resized back to its own size: a ResNet-20 trained on 32x32
        images has never seen objects 1.5x larger, and its labels on upsampled images are poor. */
     r->teacher_images = TS != S ? xmalloc(sizeof(float) * (size_t)B * 3 * TS * TS) : NULL;
+    if (teacher && cfg->teacher_tta > 0) {
+        r->tta_images = xmalloc(sizeof(float) * (size_t)B * 3 * TS * TS);
+        r->tta_logits = xmalloc(sizeof(float) * (size_t)B * C);
+    }
     r->inline_progress = stderr_is_terminal();
     /* --skip-nonfinite on a ResNet: its forward pass updates BatchNorm's running statistics,
        which live among the parameters, so a skipped step restores the parameters saved here
@@ -3240,7 +3753,7 @@ static void run_epoch_done(Run *r, int epoch) {
     int last = epoch + 1 == cfg->epochs || r->stop;
     int every = cfg->eval_every > 0 ? cfg->eval_every : 1, test_now = last || (epoch + 1) % every == 0;
     EvalResult er = {0};
-    if (test_now) evaluate(net, &r->test_set, cfg->batch, &er, NULL);
+    if (test_now) evaluate(net, &r->test_set, cfg->batch, 0, &er, NULL);
     double acc = test_now ? 100.0 * er.correct[HEAD_MEAN] / er.n : 0.0;
     double acc_cls = test_now ? 100.0 * er.correct[HEAD_CLS] / er.n : 0.0;
     double acc_dist = test_now ? 100.0 * er.correct[HEAD_DIST] / er.n : 0.0;
@@ -3431,7 +3944,7 @@ typedef struct {
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
         *logits, *head, *dump, *matmul;
     int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats,
-        skip_nonfinite, eval_every;
+        skip_nonfinite, eval_every, tta, teacher_tta, lookahead;
     long steps, seed;
     float lr, min_lr, warmup_lr, warmup, wd, momentum, mixup, cutmix, erase, smoothing, drop_path, randaug_mag;
     Distillation kd; /* --distill (parsed into kd.type after the flags), --alpha, --tau */
@@ -3448,11 +3961,14 @@ static const Flag flags[] = {
     {"--img-size", F_INT, &opt_values.img_size, CMD_TRAIN, 8, 1024, "image size (default 32); with --init at another size: fine-tune there"},
     {"--pos-interp", F_STR, &opt_values.pos_interp, CMD_TRAIN, 0, 0, "position embedding resize for --img-size: bicubic (default) | bilinear"},
     {"--dist-token", F_INT, &opt_values.dist_token, CMD_TRAIN | CMD_BENCH, 0, 1, "1: class + distillation token (default when distilling), 0: class token only (default otherwise)"},
-    {"--arch", F_STR, &opt_values.arch, CMD_TEACHER | CMD_BENCH, 0, 0, "teacher: resnet20 (default), resnet56, resnet20w4, resnet8"},
+    {"--arch", F_STR, &opt_values.arch, CMD_TEACHER | CMD_BENCH, 0, 0, "teacher: airbench (Jordan 2024, its recipe by default), resnet20 (default), resnet56, resnet20w4, resnet8"},
     {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_BENCH, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
     {"--train-limit", F_INT, &opt_values.train_limit, ALL_TRAIN, 0, 1e9, "train on a class-balanced subset of N images"},
     {"--no-shuffle", F_INT, &opt_values.no_shuffle, ALL_TRAIN, 0, 1, "1: keep the file order (no shuffling)"},
-    {"--aug", F_STR, &opt_values.aug, ALL_TRAIN, 0, 0, "deit (student default) | basic (crop+flip, teacher default) | none"},
+    {"--aug", F_STR, &opt_values.aug, ALL_TRAIN, 0, 0, "deit (student default) | basic (crop+flip, ResNet default) | airbench (2-pixel shifts, alternating flip) | none"},
+    {"--tta", F_INT, &opt_values.tta, CMD_EVAL, 0, 2, "test-time augmentation: 0 none (default), 1 + mirror, 2 + 1-pixel shifts (6 views, airbench's)"},
+    {"--teacher-tta", F_INT, &opt_values.teacher_tta, CMD_TRAIN, 0, 2, "the teacher's logits averaged over 0 (default), 1 or 2 levels of views (as --tta)"},
+    {"--lookahead", F_INT, &opt_values.lookahead, ALL_TRAIN, 0, 1, "1: Lookahead every 5 steps (airbench default), 0: off"},
     {"--mixup", F_FLOAT, &opt_values.mixup, ALL_TRAIN, 0, 100, "mixup alpha (deit: 0.8; 0 off)"},
     {"--cutmix", F_FLOAT, &opt_values.cutmix, ALL_TRAIN, 0, 100, "cutmix alpha (deit: 1.0; 0 off)"},
     {"--erase", F_FLOAT, &opt_values.erase, ALL_TRAIN, 0, 1, "random erasing probability (deit: 0.25)"},
@@ -3466,7 +3982,7 @@ static const Flag flags[] = {
     {"--min-lr", F_FLOAT, &opt_values.min_lr, ALL_TRAIN, 0, 100, "final learning rate of the cosine (AdamW 1e-5, SGD 0)"},
     {"--warmup-lr", F_FLOAT, &opt_values.warmup_lr, ALL_TRAIN, 0, 100, "learning rate at the start of warmup (1e-6)"},
     {"--warmup", F_FLOAT, &opt_values.warmup, ALL_TRAIN, 0, 100000, "warmup epochs (student 5, teacher 1; 0 allowed)"},
-    {"--sched", F_STR, &opt_values.sched, ALL_TRAIN, 0, 0, "cosine (default) | constant"},
+    {"--sched", F_STR, &opt_values.sched, ALL_TRAIN, 0, 0, "cosine (default) | linear (airbench default) | constant"},
     {"--opt", F_STR, &opt_values.opt, ALL_TRAIN, 0, 0, "adamw (student default) | sgd (teacher default)"},
     {"--wd", F_FLOAT, &opt_values.wd, ALL_TRAIN, 0, 100, "weight decay (AdamW 0.05, SGD 5e-4), never on biases/norms/tokens"},
     {"--momentum", F_FLOAT, &opt_values.momentum, ALL_TRAIN, 0, 1, "SGD momentum (0.9)"},
@@ -3561,7 +4077,8 @@ static void options_defaults(Options *o) {
     o->epochs = o->batch = o->randaug = o->nesterov = o->no_shuffle = UNSET;
     o->eval_every = 1;
     o->lr = o->min_lr = o->warmup = o->wd = o->mixup = o->cutmix = o->erase = o->smoothing = o->drop_path = UNSET;
-    o->randaug_mag = 9.0f, o->warmup_lr = 1e-6f, o->momentum = 0.9f, o->kd.alpha = 0.5f, o->kd.tau = 1.0f;
+    o->randaug_mag = 9.0f, o->warmup_lr = o->momentum = UNSET, o->kd.alpha = 0.5f, o->kd.tau = 1.0f;
+    o->lookahead = UNSET;
     o->seed = 1337, o->repeats = 5, o->zoom = 8;
 }
 
@@ -3582,31 +4099,44 @@ static int pick_int(int v, int fallback) { return v == UNSET ? fallback : v; }
 static TrainConfig train_config(const Options *o, int is_teacher) {
     TrainConfig c;
     memset(&c, 0, sizeof(c));
-    c.epochs = pick_int(o->epochs, is_teacher ? 30 : 300);
-    c.batch = pick_int(o->batch, is_teacher ? 128 : 64);
+    /* airbench's recipe (dev/AIRBENCH.md): 10 epochs (its 9.9, rounded) of batch 1024, SGD with
+       Nesterov momentum 0.85, lr 1.5 x batch/1024 (its 11.5 per 1024 images of a summed loss,
+       for our mean loss) warming up from 0.2x over 23% of the steps, then linearly down to 0.07x;
+       weight decay 0.00133 (the same decay per step as its 0.0153); label smoothing 0.2; shifts
+       of 2 pixels with the alternating flip; Lookahead. */
+    int air = is_teacher && !strcmp(o->arch, "airbench");
+    c.epochs = pick_int(o->epochs, air ? 10 : is_teacher ? 30 : 300);
+    c.batch = pick_int(o->batch, air ? 1024 : is_teacher ? 128 : 64);
     const char *opt = o->opt ? o->opt : (is_teacher ? "sgd" : "adamw");
     if (!strcmp(opt, "sgd")) c.opt = OPT_SGD;
     else if (!strcmp(opt, "adamw")) c.opt = OPT_ADAMW;
     else die("--opt must be adamw or sgd, not '%s'", opt);
-    c.lr = pick(o->lr, c.opt == OPT_ADAMW ? 5e-4f * c.batch / 512.0f : 0.1f * c.batch / 128.0f);
-    c.min_lr = pick(o->min_lr, c.opt == OPT_ADAMW ? 1e-5f : 0.0f);
+    c.lr = pick(o->lr, air ? 1.5f * c.batch / 1024.0f : c.opt == OPT_ADAMW ? 5e-4f * c.batch / 512.0f : 0.1f * c.batch / 128.0f);
+    c.min_lr = pick(o->min_lr, air ? 0.07f * c.lr : c.opt == OPT_ADAMW ? 1e-5f : 0.0f);
     if (c.min_lr > c.lr) { /* the cosine would climb instead of decay */
         if (o->min_lr != UNSET) die("--min-lr %g is above the learning rate %g", c.min_lr, c.lr);
         c.min_lr = c.lr; /* a tiny batch: the default lr 5e-4 * B / 512 is below the default floor */
     }
-    c.warmup_lr = o->warmup_lr;
-    c.warmup_epochs = pick(o->warmup, is_teacher ? 1.0f : 5.0f);
-    c.weight_decay = pick(o->wd, c.opt == OPT_ADAMW ? 0.05f : 5e-4f);
-    c.momentum = o->momentum;
+    c.warmup_lr = pick(o->warmup_lr, air ? 0.2f * c.lr : 1e-6f);
+    c.warmup_epochs = pick(o->warmup, air ? 0.23f * c.epochs : is_teacher ? 1.0f : 5.0f);
+    c.weight_decay = pick(o->wd, air ? 0.00133043f : c.opt == OPT_ADAMW ? 0.05f : 5e-4f);
+    c.momentum = pick(o->momentum, air ? 0.85f : 0.9f);
     c.nesterov = pick_int(o->nesterov, is_teacher ? 1 : 0);
-    if (!o->sched || !strcmp(o->sched, "cosine")) c.sched = SCHED_COSINE;
-    else if (!strcmp(o->sched, "constant")) c.sched = SCHED_CONSTANT;
-    else die("--sched must be cosine or constant, not '%s'", o->sched);
-    const char *aug = o->aug ? o->aug : (is_teacher ? "basic" : "deit");
+    c.lookahead = pick_int(o->lookahead, air);
+    c.teacher_tta = o->teacher_tta;
+    const char *sched = o->sched ? o->sched : (air ? "linear" : "cosine");
+    if (!strcmp(sched, "cosine")) c.sched = SCHED_COSINE;
+    else if (!strcmp(sched, "linear")) c.sched = SCHED_LINEAR;
+    else if (!strcmp(sched, "constant")) c.sched = SCHED_CONSTANT;
+    else die("--sched must be cosine, linear or constant, not '%s'", sched);
+    const char *aug = o->aug ? o->aug : (air ? "airbench" : is_teacher ? "basic" : "deit");
     AugConfig a = {0};
-    if (!strcmp(aug, "deit")) a = (AugConfig){1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
-    else if (!strcmp(aug, "basic")) a = (AugConfig){1, 0, 9.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    else if (strcmp(aug, "none")) die("--aug must be deit, basic or none, not '%s'", aug);
+    if (!strcmp(aug, "deit")) a = (AugConfig){.crop_flip = 1, .randaug_ops = 2, .randaug_mag = 9.0f, .erase_prob = 0.25f,
+                                              .mixup_alpha = 0.8f, .cutmix_alpha = 1.0f, .label_smoothing = 0.1f};
+    else if (!strcmp(aug, "basic")) a = (AugConfig){.crop_flip = 1};
+    else if (!strcmp(aug, "airbench")) a = (AugConfig){.translate = 2, .alternate_flip = 1, .label_smoothing = 0.2f};
+    else if (strcmp(aug, "none")) die("--aug must be deit, basic, airbench or none, not '%s'", aug);
+    a.flip_seed = (uint64_t)o->seed;
     a.randaug_ops = pick_int(o->randaug, a.randaug_ops);
     a.randaug_mag = o->randaug_mag;
     a.erase_prob = pick(o->erase, a.erase_prob);
@@ -3648,12 +4178,13 @@ static DeiTConfig student_config(const Options *o, int num_classes) {
 static int data_num_classes(const char *dir) { return dataset_is_cifar100(dir) ? 100 : 10; }
 
 static void print_config(const TrainConfig *c) {
-    fprintf(stderr, "deit: epochs %d, batch %d, %s lr %.3g (min %.3g, warmup %.3g epochs, %s), wd %.3g\n", c->epochs, c->batch,
-            c->opt == OPT_ADAMW ? "adamw" : "sgd", c->lr, c->min_lr, c->warmup_epochs,
-            c->sched == SCHED_COSINE ? "cosine" : "constant", c->weight_decay);
-    fprintf(stderr, "deit: aug crop+flip %d, randaug %d ops m%.0f, erase %.2f, mixup %.2f, cutmix %.2f, label smoothing %.2f\n",
-            c->aug.crop_flip, c->aug.randaug_ops, c->aug.randaug_mag, c->aug.erase_prob, c->aug.mixup_alpha,
-            c->aug.cutmix_alpha, c->aug.label_smoothing);
+    static const char *sched_names[] = {"cosine", "constant", "linear"};
+    fprintf(stderr, "deit: epochs %d, batch %d, %s lr %.3g (min %.3g, warmup %.3g epochs from %.3g, %s), wd %.3g, momentum %.2f%s%s\n",
+            c->epochs, c->batch, c->opt == OPT_ADAMW ? "adamw" : "sgd", c->lr, c->min_lr, c->warmup_epochs, c->warmup_lr,
+            sched_names[c->sched], c->weight_decay, c->momentum, c->nesterov ? " (Nesterov)" : "", c->lookahead ? ", Lookahead" : "");
+    fprintf(stderr, "deit: aug crop+flip %d, shifts %d%s, randaug %d ops m%.0f, erase %.2f, mixup %.2f, cutmix %.2f, label smoothing %.2f\n",
+            c->aug.crop_flip, c->aug.translate, c->aug.alternate_flip ? " (alternating flip)" : "", c->aug.randaug_ops,
+            c->aug.randaug_mag, c->aug.erase_prob, c->aug.mixup_alpha, c->aug.cutmix_alpha, c->aug.label_smoothing);
 }
 
 /* An output that names an input would overwrite it (compared by name: a typo's usual form). */
@@ -3685,11 +4216,17 @@ static int cmd_train(const Options *o, int is_teacher) {
                                                         net.kind == NET_CNN ? "teacher" : "student", is_teacher ? "train" : "teacher");
     } else if (is_teacher) {
         TeacherConfig tc;
-        if (teacher_preset(&tc, o->arch)) die("--arch must be resnet8, resnet20, resnet56 or resnet20w4, not '%s'", o->arch);
+        if (teacher_preset(&tc, o->arch)) die("--arch must be airbench, resnet8, resnet20, resnet56 or resnet20w4, not '%s'", o->arch);
         tc.num_classes = classes;
         net.kind = NET_CNN;
         teacher_build(&net.cnn, &tc);
         teacher_init(&net.cnn, cfg.seed);
+        if (tc.arch == ARCH_AIRBENCH) { /* the whitening filters come from the training images */
+            Dataset d;
+            if (dataset_load(&d, o->data, 1)) return 1;
+            airbench_whiten_init(&net.cnn, d.images, d.n, d.mean, d.std);
+            dataset_free(&d);
+        }
     } else {
         DeiTConfig dc = student_config(o, classes);
         net.kind = NET_DEIT;
@@ -3733,7 +4270,7 @@ static int cmd_train(const Options *o, int is_teacher) {
                 o->teacher && cfg.kd.type ? o->teacher : "");
     } else {
         const TeacherConfig *c = &net.cnn.config;
-        fprintf(stderr, "deit: teacher ResNet %d stages x %d blocks, widths", c->stages, c->blocks);
+        fprintf(stderr, "deit: teacher %s %d stages x %d blocks, widths", c->arch == ARCH_AIRBENCH ? "airbench" : "ResNet", c->stages, c->blocks);
         for (int s = 0; s < c->stages; s++) fprintf(stderr, " %d", c->widths[s]);
         fprintf(stderr, ", %zu parameters\n", net.cnn.num_params);
     }
@@ -3767,7 +4304,7 @@ static int cmd_eval(const Options *o) {
     float *logits = o->logits ? xmalloc(sizeof(float) * (size_t)test.n * C) : NULL;
     EvalResult r;
     double t0 = now_seconds();
-    evaluate(&net, &test, pick_int(o->batch, 100), &r, logits);
+    evaluate(&net, &test, pick_int(o->batch, 100), o->tta, &r, logits);
     double dt = now_seconds() - t0;
     printf("%s on %d %s test images (%.1f img/s)\n", o->ckpt, r.n, test.name, r.n / dt);
     if (net_has_dist(&net))
@@ -4156,7 +4693,7 @@ static double deit_flops_per_image(const DeiTConfig *c) {
 }
 
 static double teacher_flops_per_image(Teacher *t) {
-    ConvBN **all = xmalloc(sizeof(ConvBN *) * (1 + 3 * (size_t)t->num_blocks));
+    ConvBN **all = xmalloc(sizeof(ConvBN *) * teacher_max_convs(t));
     int n = teacher_convs(t, all);
     double f = 2.0 * teacher_last_width(t) * t->config.num_classes;
     for (int i = 0; i < n; i++) f += 2.0 * all[i]->cout * all[i]->cin * all[i]->ksize * all[i]->ksize * all[i]->hout * all[i]->wout;
@@ -4173,7 +4710,7 @@ static void bench_net(Net *net, int B, int R, double flops_per_image, const char
     for (size_t i = 0; i < (size_t)B * 3 * S * S; i++) images[i] = rng_normal(&rng);
     for (int b = 0; b < B; b++) targets[(size_t)b * C + rng_int(&rng, C)] = 1.0f;
     Optimizer opt;
-    optimizer_init(&opt, OPT_ADAMW, net_num_params(net), 0.05f, 0, 0);
+    optimizer_init(&opt, OPT_ADAMW, net_num_params(net), 0.05f, 0, 0, 0);
     double *t_train = xmalloc(sizeof(double) * (R + 1)), *t_inf = xmalloc(sizeof(double) * (R + 1));
     for (int r = 0; r <= R; r++) { /* r = 0 is the warm-up */
         double t0 = now_seconds();
@@ -4311,7 +4848,7 @@ static int bench_table(const Options *o) {
             Net net;
             if (net_load(&net, o->files[f])) return 1;
             EvalResult r;
-            evaluate(&net, &d, B, &r, NULL);
+            evaluate(&net, &d, B, 0, &r, NULL);
             printf("| %s | %.2fM | %.1f | %.2f%% |\n", o->files[f], net_num_params(&net) / 1e6, inference_speed(&net, B, R),
                    100.0 * r.correct[HEAD_MEAN] / r.n);
             free(r.confusion);
@@ -4329,7 +4866,7 @@ static int cmd_bench(const Options *o) {
     const char *arch = o->teacher ? o->teacher : o->arch;
     if (o->teacher && strcmp(o->arch, "resnet20") && strcmp(o->arch, o->teacher))
         die("bench: --teacher %s and --arch %s name two teachers; give one", o->teacher, o->arch);
-    if (teacher_preset(&tc, arch)) die("the teacher must be resnet8, resnet20, resnet56 or resnet20w4, not '%s'", arch);
+    if (teacher_preset(&tc, arch)) die("the teacher must be airbench, resnet8, resnet20, resnet56 or resnet20w4, not '%s'", arch);
     int B = pick_int(o->batch, 64), R = o->repeats;
     Options with_dist = *o; /* the benchmark's student has the distillation token unless told otherwise */
     with_dist.dist_token = pick_int(o->dist_token, 1);

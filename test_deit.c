@@ -569,7 +569,7 @@ static void test_model_behaviour(void) {
     /* overfit one batch with AdamW, drop path on */
     m.drop_path = 0.1f;
     Optimizer opt;
-    optimizer_init(&opt, OPT_ADAMW, m.num_params, 0.0f, 0, 0);
+    optimizer_init(&opt, OPT_ADAMW, m.num_params, 0.0f, 0, 0, 0);
     float loss = 0;
     for (int step = 0; step < 300; step++) {
         deit_forward(&m, images, B, 1);
@@ -739,7 +739,7 @@ typedef struct {
 
 static double probe_bn(void *p) {
     BNCtx *c = p;
-    batchnorm_forward(c->out, c->mean, c->rstd, c->rm, c->rv, c->x, c->gamma, c->beta, c->C, c->n, 1);
+    batchnorm_forward(c->out, c->mean, c->rstd, c->rm, c->rv, c->x, c->gamma, c->beta, c->C, c->n, 1, BN_EPS, BN_MOMENTUM);
     return dot(c->out, c->R, (size_t)c->C * c->n);
 }
 
@@ -762,7 +762,7 @@ static void test_batchnorm(void) {
     check_grad("batchnorm (train)", "dbeta", c.beta, db, 3, probe_bn, &c, 1e-2f, 1e-2);
     /* eval mode uses the running statistics */
     float rm[1] = {1.0f}, rv[1] = {4.0f}, g[1] = {2.0f}, b[1] = {0.5f}, x[2] = {3.0f, -1.0f}, y[2], mm[1], rs[1];
-    batchnorm_forward(y, mm, rs, rm, rv, x, g, b, 1, 2, 0);
+    batchnorm_forward(y, mm, rs, rm, rv, x, g, b, 1, 2, 0, BN_EPS, BN_MOMENTUM);
     check(fabsf(y[0] - (2.0f * 2.0f / sqrtf(4.0f + 1e-5f) + 0.5f)) < 1e-5f &&
               fabsf(y[1] - (2.0f * -2.0f / sqrtf(4.0f + 1e-5f) + 0.5f)) < 1e-5f && rm[0] == 1.0f && rv[0] == 4.0f,
           "batchnorm eval mode normalises with the running statistics and leaves them unchanged");
@@ -902,6 +902,170 @@ static void test_teacher_model(void) {
     net_free(&net);
 }
 
+/* ---- the airbench teacher (I.6b): its new layers, the whitening, the whole net ------------ */
+typedef struct {
+    float *x, *out, *R;
+    int32_t *from;
+    size_t planes;
+    int h, w, k;
+} MaxPoolCtx;
+
+static double probe_maxpool(void *p) {
+    MaxPoolCtx *c = p;
+    maxpool_forward(c->out, c->from, c->x, c->planes, c->h, c->w, c->k);
+    return dot(c->out, c->R, c->planes * (c->h / c->k) * (c->w / c->k));
+}
+
+static void test_airbench_layers(void) {
+    for (int k = 2; k <= 3; k++) { /* 7x5 planes: floor, the last row/column is left out */
+        MaxPoolCtx c = {.planes = 3, .h = 7, .w = 5, .k = k};
+        size_t n_in = 3 * 7 * 5, n_out = 3 * (7 / k) * (5 / k);
+        c.x = rand_tensor(n_in, 1), c.out = zeros(n_out), c.R = rand_tensor(n_out, 1);
+        c.from = remember(xcalloc(n_out, sizeof(int32_t)));
+        float *dx = zeros(n_in);
+        probe_maxpool(&c);
+        maxpool_backward(dx, c.R, c.from, c.planes, c.h, c.w, c.k);
+        char name[32];
+        snprintf(name, sizeof(name), "maxpool %dx%d", k, k);
+        check_grad(name, "dx", c.x, dx, n_in, probe_maxpool, &c, 1e-3f, 1e-3);
+        int ok = 1; /* every output is the max of its window */
+        for (size_t p = 0; p < c.planes; p++)
+            for (int y = 0; y < 7 / k; y++)
+                for (int x = 0; x < 5 / k; x++) {
+                    float m = -1e30f;
+                    for (int dy = 0; dy < k; dy++)
+                        for (int dx2 = 0; dx2 < k; dx2++) m = fmaxf(m, c.x[p * 35 + (y * k + dy) * 5 + x * k + dx2]);
+                    ok &= c.out[(p * (7 / k) + y) * (5 / k) + x] == m;
+                }
+        check(ok, "maxpool %dx%d: each output is the largest of its window (floor: 7x5 -> %dx%d)", k, k, 7 / k, 5 / k);
+    }
+    /* Jacobi: a random symmetric 12 x 12 matrix, A V = V diag(lambda), V^T V = I */
+    int n = 12;
+    double A[144], A0[144], V[144], err = 0.0, orth = 0.0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j <= i; j++) A0[i * n + j] = A0[j * n + i] = rng_normal(&test_rng);
+    memcpy(A, A0, sizeof(A));
+    symmetric_eigen(A, V, n);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            double av = 0.0, vv = 0.0;
+            for (int k = 0; k < n; k++) av += A0[i * n + k] * V[k * n + j], vv += V[k * n + i] * V[k * n + j];
+            err = fmax(err, fabs(av - V[i * n + j] * A[j * n + j]));
+            orth = fmax(orth, fabs(vv - (i == j)));
+        }
+    check(err < 1e-10 && orth < 1e-12, "symmetric_eigen (Jacobi), 12x12: |A v - lambda v| %.1e, |V^T V - I| %.1e", err, orth);
+    /* whitening from data: on images with correlated channels, the 24 filters' outputs over all
+       2x2 patches have second moments lambda / (lambda + eps) on the diagonal (about 1) and
+       ~0 off it, for the first 12; the other 12 are their negatives */
+    TeacherConfig cfg;
+    teacher_preset(&cfg, "airbench");
+    cfg.widths[0] = 4, cfg.widths[1] = 6, cfg.widths[2] = 6;
+    Teacher t;
+    teacher_build(&t, &cfg);
+    teacher_init(&t, 3);
+    int n_img = 40;
+    uint8_t *imgs = remember(xmalloc((size_t)n_img * 3072));
+    for (int i = 0; i < n_img * 1024; i++) { /* a smooth random field, green following red */
+        int im = i / 1024, y = (i % 1024) / 32, x = i % 32;
+        float v = 128 + 60 * sinf(0.3f * x + im) * cosf(0.2f * y + 0.5f * im) + 20 * rng_normal(&test_rng);
+        float g = 0.7f * v + 0.3f * (128 + 30 * rng_normal(&test_rng));
+        imgs[im * 3072 + (i % 1024)] = clamp_u8(v), imgs[im * 3072 + 1024 + (i % 1024)] = clamp_u8(g);
+        imgs[im * 3072 + 2048 + (i % 1024)] = clamp_u8(255 - v);
+    }
+    float mean[3] = {0.5f, 0.5f, 0.5f}, std[3] = {0.25f, 0.25f, 0.25f};
+    airbench_whiten_init(&t, imgs, n_img, mean, std);
+    double M[24 * 24] = {0};
+    long count = 0;
+    for (int im = 0; im < n_img; im++)
+        for (int y = 0; y < 31; y++)
+            for (int x = 0; x < 31; x++, count++) {
+                double z[24];
+                for (int f = 0; f < 24; f++) {
+                    z[f] = 0.0;
+                    for (int c = 0; c < 3; c++)
+                        for (int dy = 0; dy < 2; dy++)
+                            for (int dx = 0; dx < 2; dx++)
+                                z[f] += t.whiten.w[f * 12 + (c * 2 + dy) * 2 + dx] *
+                                        ((imgs[im * 3072 + c * 1024 + (y + dy) * 32 + x + dx] / 255.0 - mean[c]) / std[c]);
+                }
+                for (int a = 0; a < 24; a++)
+                    for (int b = 0; b < 24; b++) M[a * 24 + b] += z[a] * z[b];
+            }
+    double off = 0.0, diag_lo = 1e9, diag_hi = 0.0, neg = 0.0;
+    for (int a = 0; a < 12; a++) {
+        for (int b = 0; b < 12; b++)
+            if (a != b) off = fmax(off, fabs(M[a * 24 + b] / count));
+        diag_lo = fmin(diag_lo, M[a * 24 + a] / count), diag_hi = fmax(diag_hi, M[a * 24 + a] / count);
+        for (int f = 0; f < 12; f++) neg = fmax(neg, fabs(t.whiten.w[a * 12 + f] + t.whiten.w[(12 + a) * 12 + f]));
+    }
+    check(off < 1e-4 && diag_hi < 1.0 + 1e-4 && diag_lo > 0.0 && neg == 0.0,
+          "whitening filters: patch outputs decorrelated (|off-diagonal| %.1e), variances in (0, 1] (%.3f .. %.3f), filters 12-23 = -(0-11)",
+          off, diag_lo, diag_hi);
+    teacher_free(&t);
+}
+
+static void test_airbench_model(void) {
+    TeacherConfig cfg;
+    teacher_preset(&cfg, "airbench");
+    cfg.num_classes = 5, cfg.widths[0] = 4, cfg.widths[1] = 6, cfg.widths[2] = 6;
+    Net net = {.kind = NET_CNN};
+    teacher_build(&net.cnn, &cfg);
+    teacher_init(&net.cnn, 9);
+    Teacher *t = &net.cnn;
+    check(t->whiten.hout == 31 && t->air[0].hp == 15 && t->air[1].hp == 7 && t->air[2].hp == 3 && t->fc_b == NULL &&
+              t->tensors[0].trainable == 0 && t->tensors[3].trainable == 0 && t->tensors[4].lr_mult == 64.0f &&
+              !strcmp(t->tensors[4].name, "bn_beta") && teacher_count_params(&cfg) == t->num_params,
+          "airbench layout: 32 -> 31 -> 15 -> 7 -> 3 pixels, fixed whitening and BN weights, BN biases at 64x lr, fc without bias");
+    int B = 3, labels[3] = {0, 2, 4};
+    TeacherCtx c = {.net = &net, .B = B};
+    c.images = rand_tensor((size_t)B * 3 * 1024, 1), c.targets = zeros(B * 5);
+    smooth_targets(c.targets, labels, 0.2f, B, 5);
+    for (int i = 0; i < t->num_tensors; i++) /* random biases, so that every path carries a gradient */
+        if (!strcmp(t->tensors[i].name, "bn_beta") || !strcmp(t->tensors[i].name, "whiten_b"))
+            for (size_t j = 0; j < t->tensors[i].size; j++) t->params_memory[t->tensors[i].offset + j] = 0.5f * rng_normal(&test_rng);
+    net_forward(&net, c.images, B, 1);
+    net_loss_backward(&net, c.targets, NULL, &(Distillation){DISTILL_NONE, 0.5f, 1.0f}, B);
+    /* Element by element (as for the student), not along a direction of a whole tensor: moving
+       every weight of a convolution at once moves thousands of pixels, and the max-pools then
+       switch their choice in some windows (kinks of max, not errors); one weight at a time moves
+       one channel by ~h, and such switches become rare. */
+    double worst = 0;
+    const char *worst_name = "";
+    int checked = 0;
+    for (int i = 0; i < t->num_tensors; i++) {
+        const TensorInfo *ti = &t->tensors[i];
+        if (!ti->trainable) continue;
+        double e = grad_error(t->params_memory + ti->offset, t->grads_memory + ti->offset, ti->size, probe_teacher, &c, 1e-3f,
+                              1e-3, 6);
+        if (getenv("DEIT_TEST_VERBOSE")) printf("     airbench tensor %2d %-10s worst rel err %.2e\n", i, ti->name, e);
+        if (e > worst) worst = e, worst_name = ti->name;
+        checked++;
+    }
+    check(worst < 5e-2, "gradcheck airbench (train-mode BN, max-pools, 1/9 logit scale), %d trainable tensors: worst %s rel err %.2e",
+          checked, worst_name, worst);
+    /* checkpoint: version 2 with the architecture, round trip bit-exact */
+    const char *path = "test_airbench.bin";
+    check(teacher_save(t, path) == 0, "airbench checkpoint written");
+    size_t nb;
+    unsigned char *bytes = read_bytes(path, &nb);
+    int32_t h[HEADER_INTS];
+    memcpy(h, bytes, sizeof(h));
+    Net back;
+    check(h[0] == 20151210 && h[1] == 2 && h[15] == 1 && h[5] == 3 && h[7] == 4 && h[9] == 6 && nb == 1024 + 4 * t->num_params &&
+              net_load(&back, path) == 0 && back.cnn.config.arch == ARCH_AIRBENCH &&
+              !memcmp(back.cnn.params_memory, t->params_memory, 4 * t->num_params),
+          "airbench checkpoint: version 2, header[15] = 1 (airbench), round trip bit-exact");
+    net_free(&back);
+    h[15] = 7;
+    memcpy(bytes, h, sizeof(h));
+    write_bytes(path, bytes, nb);
+    check(net_load(&back, path) != 0, "a teacher checkpoint with an unknown architecture is rejected");
+    free(bytes);
+    remove(path);
+    net_free(&net);
+}
+
+
 /* ---- 8. data: loaders on tiny synthetic files, augmentation invariants ------------------------ */
 static const char *test_dir = "test_data_tmp";
 
@@ -1038,7 +1202,7 @@ static void test_augmentation(void) {
     float expect = (d.images[(size_t)idx[2] * CIFAR_PIXELS + 1024 + 33] / 255.0f - 0.4822f) / 0.2435f;
     check(fabsf(images[2 * CIFAR_PIXELS + 1024 + 33] - expect) < 1e-6f && labels[2] == d.labels[idx[2]],
           "eval batch: pixel / 255 normalised with the CIFAR-10 mean and std, label kept");
-    AugConfig deit = {1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
+    AugConfig deit = {.crop_flip = 1, .randaug_ops = 2, .randaug_mag = 9.0f, .erase_prob = 0.25f, .mixup_alpha = 0.8f, .cutmix_alpha = 1.0f, .label_smoothing = 0.1f};
     int ok_sum = 1, ok_finite = 1, changed = 0;
     for (int trial = 0; trial < 20; trial++) {
         float *img2 = xmalloc(sizeof(float) * B * CIFAR_PIXELS);
@@ -1166,7 +1330,7 @@ static void test_optimizers(void) {
     TensorInfo t[2] = {{"w", 0, 2, 1, 1, 1.0f}, {"b", 2, 1, 0, 1, 1.0f}};
     float p[3] = {1.0f, -2.0f, 0.5f}, g[3] = {0.5f, -0.25f, 2.0f};
     Optimizer o;
-    optimizer_init(&o, OPT_ADAMW, 3, 0.1f, 0, 0);
+    optimizer_init(&o, OPT_ADAMW, 3, 0.1f, 0, 0, 0);
     optimizer_step(&o, p, g, t, 2, 0.01f);
     /* first AdamW step: p (1 - lr wd) - lr * g / (|g| + eps) */
     check(fabsf(p[0] - (1.0f * (1 - 0.001f) - 0.01f)) < 1e-6f && fabsf(p[1] - (-2.0f * (1 - 0.001f) + 0.01f)) < 1e-6f &&
@@ -1182,7 +1346,7 @@ static void test_optimizers(void) {
     check(fabs(p[2] - bias3) < 1e-6, "AdamW third step, gradient reversed: %.6f by hand (sign-SGD would give 0.49)", bias3);
     optimizer_free(&o);
     float q[3] = {1.0f, -2.0f, 0.5f};
-    optimizer_init(&o, OPT_SGD, 3, 0.1f, 0.9f, 0);
+    optimizer_init(&o, OPT_SGD, 3, 0.1f, 0.9f, 0, 0);
     optimizer_step(&o, q, g, t, 2, 0.1f);
     float b1 = 0.5f + 0.1f * 1.0f; /* g + wd p */
     check(fabsf(q[0] - (1.0f - 0.1f * b1)) < 1e-6f && fabsf(q[2] - (0.5f - 0.1f * 2.0f)) < 1e-6f, "SGD first step: p -= lr (g + wd p)");
@@ -1191,7 +1355,7 @@ static void test_optimizers(void) {
     check(fabsf(q[0] - (p0 - 0.1f * b2)) < 1e-6f, "SGD second step uses the momentum buffer");
     optimizer_free(&o);
     float r[3] = {1.0f, -2.0f, 0.5f};
-    optimizer_init(&o, OPT_SGD, 3, 0.0f, 0.9f, 1);
+    optimizer_init(&o, OPT_SGD, 3, 0.0f, 0.9f, 1, 0);
     optimizer_step(&o, r, g, t, 2, 0.1f);
     check(fabsf(r[0] - (1.0f - 0.1f * (0.5f + 0.9f * 0.5f))) < 1e-6f, "SGD Nesterov step: p -= lr (g + momentum buf)");
     optimizer_free(&o);
@@ -1208,7 +1372,7 @@ static void test_optimizers(void) {
 static TrainConfig tiny_train_config(const char *out) {
     TrainConfig tc = {.epochs = 2, .batch = 10, .shuffle = 1, .lr = 1e-3f, .min_lr = 1e-5f, .warmup_lr = 1e-6f, .warmup_epochs = 1,
                       .weight_decay = 0.05f, .opt = OPT_ADAMW, .sched = SCHED_COSINE, .kd = {DISTILL_NONE, 0.5f, 1.0f}, .seed = 11, .data_dir = test_dir, .out = out};
-    tc.aug = (AugConfig){1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
+    tc.aug = (AugConfig){.crop_flip = 1, .randaug_ops = 2, .randaug_mag = 9.0f, .erase_prob = 0.25f, .mixup_alpha = 0.8f, .cutmix_alpha = 1.0f, .label_smoothing = 0.1f};
     return tc;
 }
 
@@ -1231,7 +1395,7 @@ static void test_train_and_resume(void) {
     cfg.img_size = 32, cfg.patch_size = 8, cfg.num_classes = 10;
     TrainConfig tc = {.epochs = 3, .batch = 10, .shuffle = 1, .lr = 1e-3f, .min_lr = 1e-5f, .warmup_lr = 1e-6f, .warmup_epochs = 1,
                       .weight_decay = 0.05f, .opt = OPT_ADAMW, .sched = SCHED_COSINE, .kd = {DISTILL_NONE, 0.5f, 1.0f}, .seed = 5, .data_dir = test_dir, .out = "test_run_a.bin"};
-    tc.aug = (AugConfig){1, 2, 9.0f, 0.25f, 0.8f, 1.0f, 0.1f};
+    tc.aug = (AugConfig){.crop_flip = 1, .randaug_ops = 2, .randaug_mag = 9.0f, .erase_prob = 0.25f, .mixup_alpha = 0.8f, .cutmix_alpha = 1.0f, .label_smoothing = 0.1f};
     Net a = {.kind = NET_DEIT};
     deit_build(&a.deit, &cfg);
     deit_init(&a.deit, 5);
@@ -1309,7 +1473,7 @@ static void test_train_and_resume(void) {
     tw.lr = 2e-3f;
     int refused = 1;
     Optimizer o2;
-    optimizer_init(&o2, OPT_ADAMW, e.deit.num_params, 0.05f, 0, 0);
+    optimizer_init(&o2, OPT_ADAMW, e.deit.num_params, 0.05f, 0, 0, 0);
     Dataset run_data;
     dataset_load(&run_data, test_dir, 1);
     RunState r2 = {.data_hash = dataset_hash(&run_data)}; /* what train() sets before state_load */
@@ -1603,7 +1767,7 @@ static void test_evaluate(void) {
     p->head_b[7] = 5.0f, p->head_dist_b[3] = 10.0f;
     EvalResult r;
     float *logits = zeros((size_t)d.n * 10);
-    evaluate(&n, &d, 7, &r, logits);
+    evaluate(&n, &d, 7, 0, &r, logits);
     int confusion_ok = 1, logits_ok = 1;
     for (int t = 0; t < 10; t++)
         for (int c = 0; c < 10; c++) confusion_ok &= r.confusion[t * 10 + c] == (c == 3 ? 2 : 0);
@@ -1617,7 +1781,7 @@ static void test_evaluate(void) {
     net_free(&n);
     /* with the initial (random) heads every row differs: row i must be test image i's own logits */
     n = tiny_student();
-    evaluate(&n, &d, 7, &r, logits);
+    evaluate(&n, &d, 7, 0, &r, logits);
     free(r.confusion);
     double worst = 0;
     float one[CIFAR_PIXELS], target[10];
@@ -1851,7 +2015,7 @@ static void test_fuzz(void) {
     /* training-state files */
     Net sn = tiny_student();
     Optimizer o;
-    optimizer_init(&o, OPT_ADAMW, sn.deit.num_params, 0.05f, 0, 0);
+    optimizer_init(&o, OPT_ADAMW, sn.deit.num_params, 0.05f, 0, 0, 0);
     RunState rs = {1, 0, 6, 99, 1.0, 0, 0};
     TrainConfig sc = tiny_train_config("unused.bin");
     sc.epochs = 5;
@@ -2219,6 +2383,8 @@ int main(void) {
     test_batchnorm();
     test_relu_pool();
     test_teacher_model();
+    test_airbench_layers();
+    test_airbench_model();
     printf("== data ==\n");
     test_loaders();
     test_augmentation();
