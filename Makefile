@@ -42,6 +42,7 @@ test: deit test_deit test_deit_asan deit_debug
 	ASAN_OPTIONS=detect_leaks=1 ./test_deit_asan
 	@echo "== the README's gdb walkthrough, replayed =="
 	sh dev/gdb_walkthrough.sh
+	sh dev/reading_guide.sh --check
 
 # For gdb: -O0 -g, no OpenMP, and every product through the naive three loops of Part I
 # (DEIT_MATMUL_FAST=0; --matmul fast still picks the other). Separate binaries: ./deit stays fast.

@@ -32,6 +32,7 @@
 #include <float.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -64,7 +65,12 @@
 #include <omp.h>
 #define OMP(...) _Pragma(#__VA_ARGS__)
 static int num_threads(void) { return omp_get_max_threads(); }
-static void set_threads(int n) { if (n > 0) omp_set_num_threads(n); }
+static void set_threads(int n) {
+    if (n > omp_get_num_procs())
+        fprintf(stderr, "deit: warning: --threads %d on %d processors: the threads will wait on each other (slower)\n", n,
+                omp_get_num_procs());
+    if (n > 0) omp_set_num_threads(n);
+}
 #else
 #define OMP(...)
 static int num_threads(void) { return 1; }
@@ -2874,6 +2880,7 @@ typedef struct {
     Distillation kd;
     int teacher_tta;          /* views the teacher's logits average: 0 (one), 1 (+ mirror), 2 (six; see tta_forward) */
     int lookahead;            /* 1: Lookahead every 5 steps (airbench) */
+    float save_every;         /* minutes between checkpoints inside an epoch (0: only at its end) */
     uint64_t seed;
     const char *data_dir, *out, *log, *resume;
     const char *teacher_path; /* for messages only */
@@ -2924,10 +2931,10 @@ typedef struct {
     Optimizer opt;
     RunState state;
     /* Part III's bookkeeping */
-    int stop, status, next_step, steps_done, inline_progress, nothing_to_do;
+    int stop, status, next_step, steps_done, inline_progress, nothing_to_do, signalled;
     long skipped;
     float lr;
-    double epoch_start, last_print, loss_sum;
+    double epoch_start, last_print, loss_sum, last_save;
     float *params_before_step;   /* --skip-nonfinite on a ResNet: the weights to restore */
     FILE *log;
     char state_path[4096];
@@ -3588,6 +3595,14 @@ static int stderr_is_terminal(void) {
     return ftell(stderr) < 0 && term && *term && strcmp(term, "dumb");
 }
 
+/* Ctrl-C (SIGINT) or SIGTERM: the step in progress finishes, the checkpoint and its state are
+   written (mid-epoch), and the run stops with a non-zero exit status. A second one kills. */
+static volatile sig_atomic_t stop_signal = 0;
+static void on_stop_signal(int sig) {
+    stop_signal = sig;
+    signal(sig, SIG_DFL);
+}
+
 /* The gradients of one step, as train() computes them: zero, loss, backward (after a training
    forward). For bench, debug-state and the tests. */
 static LossParts net_loss_backward(Net *net, const float *targets, const float *teacher_logits, const Distillation *kd, int B) {
@@ -3598,6 +3613,8 @@ static LossParts net_loss_backward(Net *net, const float *targets, const float *
 }
 
 static void run_free(Run *r) {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
     if (r->log) fclose(r->log);
     free(r->images), free(r->targets), free(r->labels), free(r->order), free(r->pool), free(r->teacher_images);
     free(r->tta_images), free(r->tta_logits);
@@ -3658,8 +3675,9 @@ static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
             fprintf(r->log, "epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s\n");
         fflush(r->log);
     }
-    fprintf(stderr, "deit: training on %d %s images (%d steps of %d per epoch, %d epochs), testing on %d, %d thread(s), matmul %s\n",
-            r->n_train, r->train_set.name, r->steps_per_epoch, B, cfg->epochs, r->test_set.n, num_threads(), matmul_name());
+    fprintf(stderr, "deit: training on %d %s images (%d steps of %d per epoch, %d epoch%s), testing on %d, %d thread%s, matmul %s\n",
+            r->n_train, r->train_set.name, r->steps_per_epoch, B, cfg->epochs, cfg->epochs == 1 ? "" : "s", r->test_set.n,
+            num_threads(), num_threads() == 1 ? "" : "s", matmul_name());
     int S = net_img_size(net), TS = teacher ? net_img_size(teacher) : S;
     r->images = xmalloc(sizeof(float) * (size_t)B * 3 * S * S), r->targets = xmalloc(sizeof(float) * (size_t)B * C);
     r->labels = xmalloc(sizeof(int) * B), r->order = xmalloc(sizeof(int) * r->n_train);
@@ -3679,7 +3697,10 @@ static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
         r->params_before_step = xmalloc(sizeof(float) * net_num_params(net));
         memcpy(r->params_before_step, net_params(net), sizeof(float) * net_num_params(net));
     }
-    r->epoch_start = now_seconds();
+    r->epoch_start = r->last_save = now_seconds();
+    stop_signal = 0;
+    signal(SIGINT, on_stop_signal);
+    signal(SIGTERM, on_stop_signal);
     return 0;
 }
 
@@ -3722,7 +3743,27 @@ static int run_step_check(Run *r, const float *teacher_logits, LossParts loss, i
     return 1;
 }
 
-/* After the optimizer step: counters, and a progress line (every 30 s, or inline on a terminal). */
+/* The checkpoint and its state inside an epoch, after step next_step - 1: --resume continues
+   with step next_step of this epoch, exactly as if the run had not stopped. */
+static int run_save_mid_epoch(Run *r, int epoch) {
+    RunState st = r->state;
+    st.epochs_done = epoch, st.step_in_epoch = r->next_step;
+    st.rng = r->net->kind == NET_DEIT ? r->net->deit.rng.state : 0;
+    st.elapsed += now_seconds() - r->epoch_start;
+    if (net_save(r->net, r->cfg->out) || state_save(r->state_path, r->net, &r->opt, &st, r->cfg)) return -1;
+    r->last_save = now_seconds();
+    return 0;
+}
+
+static void format_duration(char *buf, size_t size, double seconds) {
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600) snprintf(buf, size, "%ldh%02ldm", s / 3600, s / 60 % 60);
+    else if (s >= 60) snprintf(buf, size, "%ldm%02lds", s / 60, s % 60);
+    else snprintf(buf, size, "%lds", s);
+}
+
+/* After the optimizer step: counters, a progress line (every 30 s, or inline on a terminal),
+   the timed mid-epoch checkpoint (--save-every), and the stop on Ctrl-C / SIGTERM. */
 static void run_step_done(Run *r, int epoch, int s, LossParts loss, float lr) {
     const TrainConfig *cfg = r->cfg;
     run_count_step(r, s);
@@ -3733,10 +3774,26 @@ static void run_step_done(Run *r, int epoch, int s, LossParts loss, float lr) {
     double dt = now_seconds() - r->epoch_start;
     if (r->inline_progress || dt - r->last_print > 30.0 || s + 1 == r->steps_per_epoch) {
         double ips = (double)r->steps_done * cfg->batch / dt, eta = (r->steps_per_epoch - s - 1) * cfg->batch / ips;
-        fprintf(stderr, "%sepoch %d/%d step %d/%d loss %.4f lr %.2e %.1f img/s eta %.0fs%s", r->inline_progress ? "\r" : "",
-                epoch + 1, cfg->epochs, s + 1, r->steps_per_epoch, r->loss_sum / r->steps_done, lr, ips, eta,
-                r->inline_progress ? "   " : "\n");
+        char epoch_eta[32], run_eta[32];
+        format_duration(epoch_eta, sizeof(epoch_eta), eta);
+        format_duration(run_eta, sizeof(run_eta), (double)(r->total_steps - r->state.step) * cfg->batch / ips);
+        fprintf(stderr, "%sepoch %d/%d step %d/%d loss %.4f lr %.2e %.1f img/s eta %s (run %s, tests not counted)%s",
+                r->inline_progress ? "\r" : "", epoch + 1, cfg->epochs, s + 1, r->steps_per_epoch, r->loss_sum / r->steps_done,
+                lr, ips, epoch_eta, run_eta, r->inline_progress ? "   " : "\n");
         r->last_print = dt;
+    }
+    int mid_epoch = r->next_step < r->steps_per_epoch && !r->stop; /* else run_epoch_done saves */
+    if (mid_epoch && (stop_signal || (cfg->save_every > 0 && now_seconds() - r->last_save >= 60.0 * cfg->save_every)) &&
+        run_save_mid_epoch(r, epoch)) {
+        r->status = -1, r->stop = 1;
+        return;
+    }
+    if (stop_signal) {
+        if (r->inline_progress) fprintf(stderr, "\n");
+        fprintf(stderr, "deit: stopped by %s %s step %d of epoch %d; wrote %s and its .state: the same command with "
+                        "--resume %s continues from here\n", stop_signal == SIGINT ? "Ctrl-C (SIGINT)" : "SIGTERM",
+                mid_epoch ? "after" : "at the end of, after", s + 1, epoch + 1, cfg->out, cfg->out);
+        r->stop = 1, r->signalled = 1;
     }
 }
 
@@ -3745,8 +3802,8 @@ static void run_step_done(Run *r, int epoch, int s, LossParts loss, float lr) {
 static void run_epoch_done(Run *r, int epoch) {
     const TrainConfig *cfg = r->cfg;
     Net *net = r->net;
-    if (r->inline_progress) fprintf(stderr, "\n");
-    if (r->status) return;
+    if (r->inline_progress && !r->signalled) fprintf(stderr, "\n");
+    if (r->status || (r->signalled && r->next_step < r->steps_per_epoch)) return; /* (a stop mid-epoch has saved) */
     double train_time = now_seconds() - r->epoch_start;
     r->state.elapsed += train_time;
     int stopped_early = r->stop && r->next_step < r->steps_per_epoch; /* --steps ended the run inside this epoch */
@@ -3785,14 +3842,16 @@ static void run_epoch_done(Run *r, int epoch) {
     r->state.step_in_epoch = stopped_early ? r->next_step : 0;
     r->state.rng = net->kind == NET_DEIT ? net->deit.rng.state : 0;
     if (state_save(r->state_path, net, &r->opt, &r->state, cfg)) { r->status = -1, r->stop = 1; return; }
-    if (stopped_early)
+    if (stopped_early && !r->signalled)
         fprintf(stderr, "deit: stopped after %ld steps (--steps); wrote %s (--resume continues from here)\n", r->state.step, cfg->out);
     r->steps_done = 0, r->loss_sum = 0.0, r->last_print = 0.0, r->lr = 0.0f;
     r->epoch_start = now_seconds();
 }
 
 static int run_end(Run *r) {
-    if (r->status == 0 && !r->nothing_to_do) fprintf(stderr, "deit: wrote %s (%.0f s of training)\n", r->cfg->out, r->state.elapsed);
+    if (r->status == 0 && !r->nothing_to_do && !r->signalled)
+        fprintf(stderr, "deit: wrote %s (%.0f s of training)\n", r->cfg->out, r->state.elapsed);
+    if (r->signalled && r->status == 0) r->status = -1; /* stopped by a signal: the run is not finished */
     if (r->skipped) fprintf(stderr, "deit: %ld step(s) skipped for non-finite values\n", r->skipped);
     int status = r->status;
     run_free(r);
@@ -3899,7 +3958,7 @@ static int write_png(const char *path, const unsigned char *rgb, int w, int h) {
              png_chunk(f, "IEND", NULL, 0);
     if (f) ok = (fclose(f) == 0) && ok;
     free(raw), free(z);
-    return ok ? 0 : report("%s: cannot write the PNG file", path);
+    return ok ? 0 : report("%s: cannot write the PNG file (does its directory exist? mkdir -p it first)", path);
 }
 
 /* The input image (3, S, S) bytes, upscaled by `zoom` (nearest), with a G x G heat map laid
@@ -3944,9 +4003,9 @@ typedef struct {
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
         *logits, *head, *dump, *matmul;
     int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats,
-        skip_nonfinite, eval_every, tta, teacher_tta, lookahead;
+        skip_nonfinite, eval_every, tta, teacher_tta, lookahead, force;
     long steps, seed;
-    float lr, min_lr, warmup_lr, warmup, wd, momentum, mixup, cutmix, erase, smoothing, drop_path, randaug_mag;
+    float lr, min_lr, warmup_lr, warmup, wd, momentum, mixup, cutmix, erase, smoothing, drop_path, randaug_mag, save_every;
     Distillation kd; /* --distill (parsed into kd.type after the flags), --alpha, --tau */
 } Options;
 
@@ -3968,12 +4027,14 @@ static const Flag flags[] = {
     {"--aug", F_STR, &opt_values.aug, ALL_TRAIN, 0, 0, "deit (student default) | basic (crop+flip, ResNet default) | airbench (2-pixel shifts, alternating flip) | none"},
     {"--tta", F_INT, &opt_values.tta, CMD_EVAL, 0, 2, "test-time augmentation: 0 none (default), 1 + mirror, 2 + 1-pixel shifts (6 views, airbench's)"},
     {"--teacher-tta", F_INT, &opt_values.teacher_tta, CMD_TRAIN, 0, 2, "the teacher's logits averaged over 0 (default), 1 or 2 levels of views (as --tta)"},
+    {"--save-every", F_FLOAT, &opt_values.save_every, ALL_TRAIN, 0, 1e6, "minutes between checkpoints inside an epoch (default 10; 0: at epoch ends only)"},
+    {"--force", F_INT, &opt_values.force, ALL_TRAIN, 0, 1, "1: a new run may overwrite an existing --out (default: refused)"},
     {"--lookahead", F_INT, &opt_values.lookahead, ALL_TRAIN, 0, 1, "1: Lookahead every 5 steps (airbench default), 0: off"},
-    {"--mixup", F_FLOAT, &opt_values.mixup, ALL_TRAIN, 0, 100, "mixup alpha (deit: 0.8; 0 off)"},
-    {"--cutmix", F_FLOAT, &opt_values.cutmix, ALL_TRAIN, 0, 100, "cutmix alpha (deit: 1.0; 0 off)"},
-    {"--erase", F_FLOAT, &opt_values.erase, ALL_TRAIN, 0, 1, "random erasing probability (deit: 0.25)"},
-    {"--randaug", F_INT, &opt_values.randaug, ALL_TRAIN, 0, 10, "RandAugment ops per image (deit: 2; 0 off)"},
-    {"--randaug-mag", F_FLOAT, &opt_values.randaug_mag, ALL_TRAIN, 0, 10, "RandAugment magnitude (deit: 9)"},
+    {"--mixup", F_FLOAT, &opt_values.mixup, CMD_TRAIN, 0, 100, "mixup alpha (deit: 0.8; 0 off)"},
+    {"--cutmix", F_FLOAT, &opt_values.cutmix, CMD_TRAIN, 0, 100, "cutmix alpha (deit: 1.0; 0 off)"},
+    {"--erase", F_FLOAT, &opt_values.erase, CMD_TRAIN, 0, 1, "random erasing probability (deit: 0.25)"},
+    {"--randaug", F_INT, &opt_values.randaug, CMD_TRAIN, 0, 10, "RandAugment ops per image (deit: 2; 0 off)"},
+    {"--randaug-mag", F_FLOAT, &opt_values.randaug_mag, CMD_TRAIN, 0, 10, "RandAugment magnitude (deit: 9)"},
     {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN | CMD_DEBUG, 0, 1, "label smoothing epsilon (deit: 0.1)"},
     {"--drop-path", F_FLOAT, &opt_values.drop_path, CMD_TRAIN, 0, 0.99, "stochastic depth rate (--aug deit: 0.1, else 0)"},
     {"--epochs", F_INT, &opt_values.epochs, ALL_TRAIN, 1, 100000, "epochs (student 300, teacher 30)"},
@@ -3998,7 +4059,8 @@ static const Flag flags[] = {
     {"--steps", F_LONG, &opt_values.steps, ALL_TRAIN, 1, 1e15, "stop after N optimizer steps"},
     {"--eval-every", F_INT, &opt_values.eval_every, ALL_TRAIN, 1, 100000, "test every N epochs and after the last (default 1)"},
     {"--skip-nonfinite", F_INT, &opt_values.skip_nonfinite, ALL_TRAIN, 0, 1, "1: skip steps with a NaN/Inf loss or gradient (default: stop)"},
-    {"--out", F_STR, &opt_values.out, ALL_TRAIN | CMD_ATTENTION, 0, 0, "checkpoint to write (student.bin / teacher.bin; also OUT.state); attention: directory for the PNGs"},
+    {"--out", F_STR, &opt_values.out, ALL_TRAIN, 0, 0, "checkpoint to write (student.bin / teacher.bin; also OUT.state)"},
+    {"--out", F_STR, &opt_values.out, CMD_ATTENTION, 0, 0, "directory for the PNGs (created if missing)"},
     {"--resume", F_STR, &opt_values.resume, ALL_TRAIN, 0, 0, "continue the run that wrote this checkpoint (and FILE.state)"},
     {"--log", F_STR, &opt_values.log, ALL_TRAIN, 0, 0, "CSV log: epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s"},
     {"--ckpt", F_STR, &opt_values.ckpt, CMD_EVAL | CMD_DEBUG | CMD_TOKENS | CMD_ATTENTION, 0, 0, "checkpoint to evaluate (student or teacher)"},
@@ -4029,24 +4091,42 @@ static void command_usage(unsigned cmd) {
         if (flags[i].commands & cmd) fprintf(stderr, "  %-18s %s\n", flags[i].name, flags[i].help);
 }
 
-/* Every flag takes a value; numbers must parse completely and be in range. */
+/* Flags take a value, as "--flag value" or "--flag=value"; a 0/1 flag alone means 1
+   ("--no-shuffle"). Numbers must parse completely and be in range. A word that is not a flag is
+   a checkpoint file: the one of eval, tokens, attention and debug-state (as --ckpt), or one of
+   compare's and bench --table's. */
 static void parse_flags(int argc, char **argv, unsigned cmd) {
     for (int a = 2; a < argc; a++) {
         if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) {
             command_usage(cmd);
             exit(0);
         }
+        char name[64];
+        const char *eq = strncmp(argv[a], "--", 2) ? NULL : strchr(argv[a], '=');
+        size_t len = eq ? (size_t)(eq - argv[a]) : strlen(argv[a]);
+        snprintf(name, sizeof(name), "%.*s", (int)(len < sizeof(name) ? len : sizeof(name) - 1), argv[a]);
         const Flag *f = NULL;
         for (int i = 0; i < NUM_FLAGS; i++)
-            if (!strcmp(argv[a], flags[i].name) && (flags[i].commands & cmd)) f = &flags[i];
-        if (!f && (cmd == CMD_COMPARE || cmd == CMD_BENCH) && strncmp(argv[a], "--", 2)) { /* checkpoint files */
-            if (opt_values.num_files >= MAX_FILES) die("at most %d checkpoint files", MAX_FILES);
-            opt_values.files[opt_values.num_files++] = argv[a];
-            continue;
+            if (!strcmp(name, flags[i].name) && (flags[i].commands & cmd)) f = &flags[i];
+        if (!f && strncmp(argv[a], "--", 2)) { /* checkpoint files */
+            if (cmd & (CMD_EVAL | CMD_TOKENS | CMD_ATTENTION | CMD_DEBUG)) {
+                if (opt_values.ckpt) die("./deit %s takes one checkpoint: '%s' and '%s'", command_name(cmd), opt_values.ckpt, argv[a]);
+                opt_values.ckpt = argv[a];
+                continue;
+            }
+            if (cmd == CMD_COMPARE || cmd == CMD_BENCH) {
+                if (opt_values.num_files >= MAX_FILES) die("at most %d checkpoint files", MAX_FILES);
+                opt_values.files[opt_values.num_files++] = argv[a];
+                continue;
+            }
         }
-        if (!f) die("unknown option '%s' for ./deit %s (see ./deit %s --help)", argv[a], command_name(cmd), command_name(cmd));
-        if (a + 1 >= argc) die("option %s needs a value", argv[a]);
-        const char *v = argv[++a];
+        if (!f) die("unknown option '%s' for ./deit %s (see ./deit %s --help)", name, command_name(cmd), command_name(cmd));
+        int boolean = f->type == F_INT && f->lo == 0 && f->hi == 1;
+        const char *v;
+        if (eq) v = eq + 1;
+        else if (boolean && (a + 1 >= argc || !strncmp(argv[a + 1], "--", 2))) v = "1";
+        else if (a + 1 >= argc) die("option %s needs a value", name);
+        else v = argv[++a];
         if (f->type == F_STR) {
             *(const char **)f->value = v;
             continue;
@@ -4078,7 +4158,7 @@ static void options_defaults(Options *o) {
     o->eval_every = 1;
     o->lr = o->min_lr = o->warmup = o->wd = o->mixup = o->cutmix = o->erase = o->smoothing = o->drop_path = UNSET;
     o->randaug_mag = 9.0f, o->warmup_lr = o->momentum = UNSET, o->kd.alpha = 0.5f, o->kd.tau = 1.0f;
-    o->lookahead = UNSET;
+    o->lookahead = UNSET, o->save_every = UNSET;
     o->seed = 1337, o->repeats = 5, o->zoom = 8;
 }
 
@@ -4119,11 +4199,19 @@ static TrainConfig train_config(const Options *o, int is_teacher) {
     }
     c.warmup_lr = pick(o->warmup_lr, air ? 0.2f * c.lr : 1e-6f);
     c.warmup_epochs = pick(o->warmup, air ? 0.23f * c.epochs : is_teacher ? 1.0f : 5.0f);
+    if (o->warmup == UNSET && !air && c.warmup_epochs > 0.2f * c.epochs) { /* a short run: its lr would barely reach the peak */
+        c.warmup_epochs = 0.1f * c.epochs;
+        fprintf(stderr, "deit: note: %d epochs: the warmup is %.2g epochs (10%%; --warmup sets it)\n", c.epochs, c.warmup_epochs);
+    } else if (c.warmup_epochs >= c.epochs) {
+        fprintf(stderr, "deit: warning: --warmup %g >= --epochs %d: the learning rate never reaches its peak %g\n", c.warmup_epochs,
+                c.epochs, c.lr);
+    }
     c.weight_decay = pick(o->wd, air ? 0.00133043f : c.opt == OPT_ADAMW ? 0.05f : 5e-4f);
     c.momentum = pick(o->momentum, air ? 0.85f : 0.9f);
     c.nesterov = pick_int(o->nesterov, is_teacher ? 1 : 0);
     c.lookahead = pick_int(o->lookahead, air);
     c.teacher_tta = o->teacher_tta;
+    c.save_every = pick(o->save_every, 10.0f);
     const char *sched = o->sched ? o->sched : (air ? "linear" : "cosine");
     if (!strcmp(sched, "cosine")) c.sched = SCHED_COSINE;
     else if (!strcmp(sched, "linear")) c.sched = SCHED_LINEAR;
@@ -4202,6 +4290,10 @@ static int cmd_train(const Options *o, int is_teacher) {
     for (int i = 0; i < 5; i++) refuse_same_file(o->log, "--log", checkpoints[i], checkpoint_flags[i]);
     if (o->pos_interp && strcmp(o->pos_interp, "bicubic") && strcmp(o->pos_interp, "bilinear"))
         die("--pos-interp must be bicubic or bilinear, not '%s'", o->pos_interp);
+    if (check_writable(cfg.out)) return 1; /* a directory, an unwritable place: said now, not after an epoch */
+    if (!o->resume && !o->force && file_exists(cfg.out))
+        die("%s exists: --resume %s continues its run, --force 1 starts a new one over it (or choose another --out)", cfg.out,
+            cfg.out);
     Net net, teacher;
     memset(&teacher, 0, sizeof(teacher));
     int classes = data_num_classes(o->data);
@@ -4282,7 +4374,7 @@ static int cmd_train(const Options *o, int is_teacher) {
 }
 
 static int cmd_eval(const Options *o) {
-    if (!o->ckpt) die("eval needs --ckpt FILE");
+    if (!o->ckpt) die("eval needs a checkpoint: ./deit eval FILE (or --ckpt FILE)");
     refuse_same_file(o->logits, "--logits", o->ckpt, "--ckpt");
     Net net;
     if (net_load(&net, o->ckpt)) return 1;
@@ -4312,12 +4404,18 @@ static int cmd_eval(const Options *o) {
                100.0 * r.correct[HEAD_CLS] / r.n, 100.0 * r.correct[HEAD_DIST] / r.n);
     else
         printf("accuracy: %.2f%%\n", 100.0 * r.correct[HEAD_MEAN] / r.n);
+    char names[20][32] = {{0}}; /* class names from batches.meta.txt (CIFAR-10), when it is there */
+    char meta[4096];
+    path_printf(meta, sizeof(meta), "%s/batches.meta.txt", o->data);
+    FILE *mf = fopen(meta, "r");
+    for (int i = 0; mf && i < C && i < 20 && fgets(names[i], sizeof(names[i]), mf); i++) names[i][strcspn(names[i], "\r\n")] = 0;
+    if (mf) fclose(mf);
     if (C <= 20) {
         printf("per-class accuracy and confusion matrix (rows: true class, columns: predicted):\n");
         for (int i = 0; i < C; i++) {
             int row = 0;
             for (int j = 0; j < C; j++) row += r.confusion[i * C + j];
-            printf("  class %2d %6.2f%% |", i, row ? 100.0 * r.confusion[i * C + i] / row : 0.0);
+            printf("  %2d %-10s %6.2f%% |", i, names[i], row ? 100.0 * r.confusion[i * C + i] / row : 0.0);
             for (int j = 0; j < C; j++) printf(" %5d", r.confusion[i * C + j]);
             printf("\n");
         }
@@ -4371,7 +4469,7 @@ static Dataset load_test_or_die(const char *dir) {
 /* Class vs distillation token: the learned embeddings, the heads, and the tokens after each
    block averaged over the test set (paper Sec. 4: cosine 0.06 at the input, 0.93 at the end). */
 static int cmd_tokens(const Options *o) {
-    if (!o->ckpt) die("tokens needs --ckpt FILE");
+    if (!o->ckpt) die("tokens needs a checkpoint: ./deit tokens FILE (or --ckpt FILE)");
     Net net;
     if (net_load(&net, o->ckpt)) return 1;
     if (!net_has_dist(&net)) die("%s: tokens needs a student with a distillation token", o->ckpt);
@@ -4503,7 +4601,7 @@ static int cmd_compare(const Options *o) {
 
 /* Where the class and distillation tokens look: last layer per head, and the rollout. */
 static int cmd_attention(const Options *o) {
-    if (!o->ckpt || !o->out) die("attention needs --ckpt FILE and --out DIR (an existing directory)");
+    if (!o->ckpt || !o->out) die("attention needs a checkpoint (--ckpt FILE, or FILE) and --out DIR (an existing directory)");
     Net net;
     if (net_load(&net, o->ckpt)) return 1;
     if (net.kind != NET_DEIT) die("%s: attention maps need a student checkpoint", o->ckpt);

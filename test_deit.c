@@ -2118,6 +2118,12 @@ static void test_cli(void) {
     check(run("./deit train --bogus 1") != 0 && output_has("unknown option '--bogus'"), "unknown flag: clear error");
     check(run("./deit train --epochs abc") != 0 && output_has("'abc' is not a number"), "malformed number: clear error");
     check(run("./deit train --lr -1") != 0 && output_has("option --lr: -1 is out of range"), "out-of-range flag: clear error naming it");
+    check(run("./deit train --epochs=abc") != 0 && output_has("option --epochs: 'abc' is not a number"), "--flag=value is read as --flag value");
+    check(run("./deit train --bogus=1") != 0 && output_has("unknown option '--bogus'"), "--unknown=value: the error names the flag alone");
+    check(run("./deit teacher --help") == 0 && !output_has("--mixup") && !output_has("--cutmix") && !output_has("PNG") &&
+              output_has("--out") && output_has("airbench"),
+          "teacher --help lists its own options only (no mixup, CutMix, PNG directory)");
+    check(run("./deit eval a.bin b.bin") != 0 && output_has("takes one checkpoint"), "eval with two positional checkpoints: clear error");
     check(run("./deit train --batch 2.5") != 0 && output_has("option --batch: '2.5' is not a whole number"), "fractional integer flag: clear error naming it");
     check(run("./deit train --data no_such_dir --steps 1") != 0 && output_has("no_such_dir"), "missing data directory named in the error");
     char long_out[4200 + 64];
@@ -2130,6 +2136,14 @@ static void test_cli(void) {
     check(run("./deit teacher --arch resnet8 --epochs 1 --batch 10 --data test_data_tmp --out test_cli_t.bin --log test_cli_t.csv") == 0 &&
               file_exists("test_cli_t.bin") && file_exists("test_cli_t.bin.state"),
           "./deit teacher trains, writes checkpoint and state");
+    check(run("./deit eval test_cli_t.bin --data test_data_tmp") == 0 && output_has("accuracy:"),
+          "./deit eval FILE: the checkpoint given positionally");
+    check(run("./deit eval --ckpt=test_cli_t.bin --data=test_data_tmp --tta 2") == 0 && output_has("accuracy:"),
+          "./deit eval --ckpt=FILE --data=DIR --tta 2: '=' forms and test-time augmentation");
+    check(run("./deit teacher --arch resnet8 --epochs 1 --batch 10 --data test_data_tmp --no-shuffle --steps 1 --out test_cli_t2.bin") == 0 &&
+              file_exists("test_cli_t2.bin"),
+          "a bare 0/1 flag (--no-shuffle) followed by another flag means 1");
+    remove("test_cli_t2.bin"), remove("test_cli_t2.bin.state");
     size_t n = 0;
     unsigned char *csv = read_bytes("test_cli_t.csv", &n);
     check(csv && n > 33 && !memcmp(csv, "epoch,step,lr,train_loss,test_acc", 33) && csv_lines(csv, n) == 2 &&
@@ -2182,6 +2196,40 @@ static void test_cli(void) {
     check(full_rc == 0 && resume_rc == 0 && epochs_done >= 1 && epochs_done < 40 && f1 && f2 && n1 == n2 && !memcmp(f1, f2, n1),
           "kill -9 during epoch %d of 40, --resume: final checkpoint bit-identical to an uninterrupted run", epochs_done + 1);
     free(f1), free(f2);
+    /* Ctrl-C: the step in progress finishes, the checkpoint and its state are written (mid-epoch),
+       the exit status is not 0, and --resume ends bit-identical to the uninterrupted run */
+    remove("test_cli_int.bin"), remove("test_cli_int.bin.state");
+    snprintf(cmd, sizeof(cmd),
+             "{ %s --save-every 0 --out test_cli_int.bin & pid=$!; while kill -0 $pid 2>/dev/null && [ ! -f test_cli_int.bin.state ]; do sleep 0.01; done; "
+             "kill -INT $pid; wait $pid; echo \"exit $?\"; }",
+             args);
+    run(cmd);
+    int int_stopped = output_has("stopped by Ctrl-C (SIGINT)") && !output_has("exit 0");
+    snprintf(cmd, sizeof(cmd), "%s --resume test_cli_int.bin", args);
+    resume_rc = run(cmd);
+    f1 = read_bytes("test_cli_full.bin", &n1), f2 = read_bytes("test_cli_int.bin", &n2);
+    check(int_stopped && resume_rc == 0 && f1 && f2 && n1 == n2 && !memcmp(f1, f2, n1),
+          "Ctrl-C: checkpoint and state written, exit status not 0; --resume: bit-identical to an uninterrupted run");
+    free(f1), free(f2);
+    /* --save-every: a checkpoint inside the epoch; kill -9 once one exists (step in epoch > 0) */
+    remove("test_cli_se.bin"), remove("test_cli_se.bin.state");
+    snprintf(cmd, sizeof(cmd),
+             "{ %s --save-every 0.002 --out test_cli_se.bin & pid=$!; s=0; while kill -0 $pid 2>/dev/null && [ $s -eq 0 ]; do "
+             "s=$(od -An -tu4 -j68 -N4 test_cli_se.bin.state 2>/dev/null); s=${s:-0}; s=$((s + 0)); done; kill -9 $pid; wait $pid; "
+             "echo \"step in epoch $s\"; }",
+             args);
+    run(cmd);
+    int mid = !output_has("step in epoch 0");
+    snprintf(cmd, sizeof(cmd), "%s --resume test_cli_se.bin", args);
+    resume_rc = run(cmd);
+    f1 = read_bytes("test_cli_full.bin", &n1), f2 = read_bytes("test_cli_se.bin", &n2);
+    check(mid && resume_rc == 0 && f1 && f2 && n1 == n2 && !memcmp(f1, f2, n1),
+          "--save-every: a mid-epoch checkpoint, kill -9, --resume: bit-identical to an uninterrupted run");
+    free(f1), free(f2);
+    check(run("./deit train --dim 32 --depth 2 --heads 2 --patch 4 --epochs 1 --batch 10 --data test_data_tmp --out test_cli_full.bin") != 0 &&
+              output_has("exists: --resume test_cli_full.bin continues its run, --force 1"),
+          "a new run refuses to overwrite an existing --out without --force 1");
+    remove("test_cli_int.bin"), remove("test_cli_int.bin.state"), remove("test_cli_se.bin"), remove("test_cli_se.bin.state");
     remove("test_cli_full.bin"), remove("test_cli_full.bin.state"), remove("test_cli_kill.bin"), remove("test_cli_kill.bin.state");
     check(run("./deit tokens --ckpt test_cli_s.bin --data test_data_tmp") == 0 && output_has("after block 1") && output_has("learned embeddings"),
           "./deit tokens prints the token similarity per block");

@@ -51,7 +51,7 @@ run() {
     else
         echo "== $name: $* --epochs $epochs"
         echo "=== start $(date -u +%FT%TZ): $* --epochs $epochs --out $bin" > "$out"
-        "$@" --epochs "$epochs" --out "$bin" --log "$log" $THREADS_ARG >> "$out" 2>&1
+        "$@" --epochs "$epochs" --out "$bin" --log "$log" --force 1 $THREADS_ARG >> "$out" 2>&1
     fi
     tail -n 2 "$out" | sed "s/^/   /"
 }
