@@ -77,6 +77,18 @@ static int num_threads(void) { return 1; }
 static void set_threads(int n) { (void)n; }
 #endif
 
+/* Vector width for the plain build. `cc -O3 deit.c -lm` compiles for the oldest x86-64 (SSE2: 4
+   floats at a time). The loops where the time goes outside the matmul carry VECTOR_CLONES: GCC
+   and Clang then compile each of them three times (AVX-512, AVX2 + FMA, plain) and the program
+   takes the best one the processor has when it starts (Part II does the same for the matmul).
+   With -march=native (make), -fopenmp or -O0 (make debug: what gdb shows stays plain), they are
+   compiled once, as any other function. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__OPTIMIZE__) && !defined(__AVX2__) && !defined(_OPENMP)
+#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
 static double now_seconds(void) {
     struct timespec ts;
     timespec_get(&ts, TIME_UTC);
@@ -128,6 +140,7 @@ static void *xcalloc(size_t n, size_t size) {
 
 /* Whole-tensor memory loops (zero, copy, add), split over the threads: on one thread they
    would leave the other threads waiting while megabytes of activations stream by.          */
+VECTOR_CLONES
 static void fill_zero(float *x, size_t n) {
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < n; i++) x[i] = 0.0f;
@@ -236,6 +249,7 @@ static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
 
 /* Linear layer, y = x W^T + b, with W stored (out, in) as in PyTorch.
      inp (M, K), w (N, K), b (N) -> out (M, N)                                             */
+VECTOR_CLONES
 static void linear_forward(float *out, const float *inp, const float *w, const float *b, int M, int K, int N) {
     OMP(omp parallel for schedule(static))
     for (int i = 0; i < M; i++)
@@ -247,6 +261,7 @@ static void linear_forward(float *out, const float *inp, const float *w, const f
      dx = dy W          (M,N)(N,K)  -> (M,K)
      dW = dy^T x        (N,M)(M,K)  -> (N,K)
      db = sum over rows of dy                                                              */
+VECTOR_CLONES
 static void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                             const float *w, int M, int K, int N) {
     if (dinp) matmul(dinp, K, dout, N, 1, w, K, 1, M, K, N);
@@ -301,6 +316,7 @@ static void patch_embed_backward(float *dw, float *db, const float *dout, const 
 /* ---- I.3.2 Class token, distillation token, position embedding ---------------------------
    x[b] = [cls + pos_0, dist + pos_1, patch_1 + pos_2, ..., patch_N + pos_{T-1}]
    Without a distillation token: [cls + pos_0, patch_1 + pos_1, ...].                       */
+VECTOR_CLONES
 static void tokens_forward(float *x, const float *patch_emb, const float *cls, const float *dist,
                            const float *pos, int B, int N, int D, int has_dist) {
     int T = 1 + has_dist + N;
@@ -320,6 +336,7 @@ static void tokens_forward(float *x, const float *patch_emb, const float *cls, c
 
 /* Sums are linear: each token's gradient flows unchanged to its source; the class and
    distillation tokens and the position embedding are shared by the batch, so sum over b. */
+VECTOR_CLONES
 static void tokens_backward(float *dpatch_emb, float *dcls, float *ddist, float *dpos, const float *dx,
                             int B, int N, int D, int has_dist) {
     int T = 1 + has_dist + N;
@@ -347,6 +364,7 @@ static void tokens_backward(float *dpatch_emb, float *dcls, float *ddist, float 
 /* ---- I.3.3 LayerNorm (eps 1e-6), over the last dimension of each of R rows ----------------
    y = (x - mean) * rstd * w + b,   rstd = 1 / sqrt(var + eps)                              */
 #define LN_EPS 1e-6f
+VECTOR_CLONES
 static void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                               const float *b, int R, int D) {
     OMP(omp parallel for schedule(static))
@@ -369,6 +387,7 @@ static void layernorm_forward(float *out, float *mean, float *rstd, const float 
 /* With xhat = (x - mean) * rstd and g = dy * w:
      dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
      dw = sum over rows of dy * xhat,   db = sum over rows of dy                             */
+VECTOR_CLONES
 static void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                const float *w, const float *mean, const float *rstd, int R, int D) {
     OMP(omp parallel for schedule(static))
@@ -413,6 +432,7 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
 /* y[j] += sum over r < rows of w[r*w_stride] * x[r*x_stride + j], for j < n.
    Four rows per pass: y is loaded and stored rows/4 times instead of rows times (each pass
    must wait for the previous one's stores, so this is what sets the speed).                */
+VECTOR_CLONES
 static void weighted_row_sum(float *restrict y, const float *w, int w_stride, const float *x, size_t x_stride,
                              int rows, int n) {
     int r = 0;
@@ -429,6 +449,7 @@ static void weighted_row_sum(float *restrict y, const float *w, int w_stride, co
     }
 }
 
+VECTOR_CLONES
 static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int D, int NH) {
     int hd = D / NH;
     float scale = 1.0f / sqrtf((float)hd);
@@ -477,6 +498,7 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
      dv_t2      += sum_t  att[t][t2] dout_t
    dscore of the head is kept (T x T) so that dq, dk and dv are each one pass that sums into a
    local row. Each (b, h) writes only its own slice of dqkv, so the parallel loop is race-free. */
+VECTOR_CLONES
 static void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
                                int B, int T, int D, int NH) {
     int hd = D / NH;
@@ -541,6 +563,7 @@ static inline float erf_approx(float x) {
     return x < 0.0f ? -e : e;
 }
 
+VECTOR_CLONES
 static void gelu_forward(float *out, const float *inp, size_t n) {
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erf_approx(inp[i] * 0.70710678118654752f));
@@ -548,6 +571,7 @@ static void gelu_forward(float *out, const float *inp, size_t n) {
 
 /* In chunks of 256: the first loop calls expf (a libm call per element), the second, free of
    calls, is vectorized by the compiler. */
+VECTOR_CLONES
 static void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
     OMP(omp parallel for schedule(static))
     for (size_t i0 = 0; i0 < n; i0 += 256) {
@@ -571,6 +595,7 @@ static void drop_path_sample(float *scale, float rate, int B, Rng *rng) {
     for (int b = 0; b < B; b++) scale[b] = (rate > 0.0f) ? (rng_uniform(rng) < keep ? 1.0f / keep : 0.0f) : 1.0f;
 }
 
+VECTOR_CLONES
 static void residual_forward(float *out, const float *x, const float *branch, const float *scale, int B, size_t n) {
     OMP(omp parallel for schedule(static))
     for (int b = 0; b < B; b++) {
@@ -579,6 +604,7 @@ static void residual_forward(float *out, const float *x, const float *branch, co
     }
 }
 
+VECTOR_CLONES
 static void residual_backward(float *dx, float *dbranch, const float *dout, const float *scale, int B, size_t n) {
     OMP(omp parallel for schedule(static))
     for (int b = 0; b < B; b++) {
@@ -1113,6 +1139,7 @@ static int teacher_preset(TeacherConfig *c, const char *name) {
    each chunk's col is built, used by the matmul while it is still in cache, and overwritten by
    the next chunk. Its rows are ld = pixels + 16 floats apart: a power-of-two row stride would
    make all rows of a matmul tile fall into the same cache sets.                                */
+VECTOR_CLONES
 static void im2col(float *col, int ld, const float *in, int B, int b0, int nb, int cin, int hin, int win, int k,
                    int stride, int pad, int hout, int wout) {
     OMP(omp parallel for schedule(static))
@@ -1141,6 +1168,7 @@ static void im2col(float *col, int ld, const float *in, int B, int b0, int nb, i
 
 /* The adjoint of im2col: every col entry flows back to the input pixel it was copied from.
    Each thread owns one input channel, so the += never races. */
+VECTOR_CLONES
 static void col2im(float *din, const float *dcol, int ld, int B, int b0, int nb, int cin, int hin, int win, int k,
                    int stride, int pad, int hout, int wout) {
     OMP(omp parallel for schedule(static))
@@ -1265,6 +1293,7 @@ static void bn_dot(const float *dy, const float *x, float c, size_t n, double *s
     *sum_dy_x = *sum_dy = 0.0;
     for (int j = 0; j < BN_LANES; j++) *sum_dy_x += p[j], *sum_dy += s[j];
 }
+VECTOR_CLONES
 static void batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean, float *running_var,
                               const float *inp, const float *gamma, const float *beta, int C, size_t n, int train,
                               float eps, float momentum) {
@@ -1297,6 +1326,7 @@ static void batchnorm_forward(float *out, float *mean, float *rstd, float *runni
 /* Training-mode backward, the same algebra as LayerNorm's but per channel:
      dx = rstd * (g - mean(g) - xhat * mean(g xhat)),  g = dy * gamma
      dgamma = sum dy * xhat,  dbeta = sum dy                                                    */
+VECTOR_CLONES
 static void batchnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                                const float *gamma, const float *mean, const float *rstd, int C, size_t n) {
     OMP(omp parallel for schedule(static))
@@ -2055,6 +2085,7 @@ static void lookahead_step(Optimizer *o, float *params, long step, long total_st
            p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
    SGD:    g += wd * p (only where decay is on);  buf = momentum buf + g
            p -= lr * buf,   or with Nesterov  p -= lr * (g + momentum buf)                   */
+VECTOR_CLONES
 static void optimizer_step(Optimizer *o, float *params, const float *grads, const TensorInfo *tensors,
                            int num_tensors, float lr) {
     o->step++;
@@ -3140,6 +3171,7 @@ static const char *matmul_name(void) {
 }
 
 /* A[i0 .. i0+m) x [k0 .. k0+kc) into panels of MR rows (MR numbers per k), zero padded. */
+VECTOR_CLONES
 static void pack_a(float *restrict dst, const float *A, int a_rs, int a_cs, int i0, int m, int k0, int kc, int MR) {
     for (int p = 0; p < m; p += MR, dst += (size_t)MR * kc) {
         int rows = m - p < MR ? m - p : MR;
@@ -3158,6 +3190,7 @@ static ALWAYS_INLINE void pack_b_transposed(float *restrict dst, const float *sr
 }
 
 /* One panel: B[k0 .. k0+kc) x [j0 .. j0+n) as kc rows of NR numbers, zero padded. */
+VECTOR_CLONES
 static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs, int k0, int kc, int j0, int n, int NR) {
     const float *src = B + (size_t)k0 * b_rs + (size_t)j0 * b_cs;
     if (b_rs == 1 && n == NR) {
