@@ -3568,6 +3568,10 @@ static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, con
     if (h[2] != (int)net->kind || u64_from(h, 8) != net_num_params(net))
         return report("%s: training state belongs to a different model than the checkpoint", path);
     if (h[10] != (int)o->type) return report("%s: saved with --opt %s", path, h[10] == OPT_SGD ? "sgd" : "adamw");
+    if (h[13] != c->epochs && u64_from(h, 11) == c->seed && h[14] == c->batch && h[15] == c->train_limit)
+        return report("%s: saved by a run of --epochs %d, not %d: its schedule was planned for %d epochs, so --resume "
+                      "continues only that; to train on from its weights, start a new run with --init (and --out another file)",
+                      path, h[13], c->epochs, h[13]);
     if (u64_from(h, 11) != c->seed || h[13] != c->epochs || h[14] != c->batch || h[15] != c->train_limit)
         return report("%s: saved by a run with --seed %llu --epochs %d --batch %d --train-limit %d; resume with the same flags",
                       path, (unsigned long long)u64_from(h, 11), h[13], h[14], h[15]);
