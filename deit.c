@@ -4021,7 +4021,8 @@ static void overlay_image(unsigned char *rgb, const uint8_t *img, int S, const f
  * III.5 The command line
  * ========================================================================================== */
 
-enum { CMD_TEACHER = 1, CMD_TRAIN = 2, CMD_EVAL = 4, CMD_BENCH = 8, CMD_DEBUG = 16, CMD_TOKENS = 32, CMD_COMPARE = 64, CMD_ATTENTION = 128 };
+enum { CMD_TEACHER = 1, CMD_TRAIN = 2, CMD_EVAL = 4, CMD_BENCH = 8, CMD_DEBUG = 16, CMD_TOKENS = 32, CMD_COMPARE = 64, CMD_ATTENTION = 128,
+       CMD_DEMO = 256 };
 typedef enum { F_INT, F_LONG, F_FLOAT, F_STR } FlagType;
 typedef struct {
     const char *name;
@@ -4050,16 +4051,16 @@ typedef struct {
 static Options opt_values;
 static const Flag flags[] = {
     {"--model", F_STR, &opt_values.model, CMD_TRAIN | CMD_BENCH, 0, 0, "student size: tiny (192/12/3), small (384/12/6), base (768/12/12)"},
-    {"--dim", F_INT, &opt_values.dim, CMD_TRAIN | CMD_BENCH, 1, 16384, "override the token width D"},
-    {"--depth", F_INT, &opt_values.depth, CMD_TRAIN | CMD_BENCH, 1, 1000, "override the number of blocks"},
-    {"--heads", F_INT, &opt_values.heads, CMD_TRAIN | CMD_BENCH, 1, 16384, "override the number of heads"},
+    {"--dim", F_INT, &opt_values.dim, CMD_TRAIN | CMD_BENCH | CMD_DEMO, 1, 16384, "override the token width D"},
+    {"--depth", F_INT, &opt_values.depth, CMD_TRAIN | CMD_BENCH | CMD_DEMO, 1, 1000, "override the number of blocks"},
+    {"--heads", F_INT, &opt_values.heads, CMD_TRAIN | CMD_BENCH | CMD_DEMO, 1, 16384, "override the number of heads"},
     {"--patch", F_INT, &opt_values.patch, CMD_TRAIN | CMD_BENCH, 1, 32, "patch size (default 4: 64 patches of 32x32 images)"},
     {"--img-size", F_INT, &opt_values.img_size, CMD_TRAIN, 8, 1024, "image size (default 32); with --init at another size: fine-tune there"},
     {"--pos-interp", F_STR, &opt_values.pos_interp, CMD_TRAIN, 0, 0, "position embedding resize for --img-size: bicubic (default) | bilinear"},
     {"--dist-token", F_INT, &opt_values.dist_token, CMD_TRAIN | CMD_BENCH, 0, 1, "1: class + distillation token (default when distilling), 0: class token only (default otherwise)"},
     {"--arch", F_STR, &opt_values.arch, CMD_TEACHER | CMD_BENCH, 0, 0, "teacher: airbench (default; Jordan 2024, with its recipe), resnet20, resnet56, resnet20w4, resnet8"},
-    {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_BENCH, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
-    {"--train-limit", F_INT, &opt_values.train_limit, ALL_TRAIN, 0, 1e9, "train on a class-balanced subset of N images"},
+    {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_BENCH | CMD_DEMO, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
+    {"--train-limit", F_INT, &opt_values.train_limit, ALL_TRAIN | CMD_DEMO, 0, 1e9, "train on a class-balanced subset of N images"},
     {"--no-shuffle", F_INT, &opt_values.no_shuffle, ALL_TRAIN, 0, 1, "1: keep the file order (no shuffling)"},
     {"--aug", F_STR, &opt_values.aug, ALL_TRAIN, 0, 0, "deit (student default) | basic (crop+flip, ResNet default) | airbench (2-pixel shifts, alternating flip) | none"},
     {"--tta", F_INT, &opt_values.tta, CMD_EVAL, 0, 2, "test-time augmentation: 0 none (default), 1 + mirror, 2 + 1-pixel shifts (6 views, airbench's)"},
@@ -4074,9 +4075,9 @@ static const Flag flags[] = {
     {"--randaug-mag", F_FLOAT, &opt_values.randaug_mag, CMD_TRAIN, 0, 10, "RandAugment magnitude (deit: 9)"},
     {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN | CMD_DEBUG, 0, 1, "label smoothing epsilon (deit: 0.1)"},
     {"--drop-path", F_FLOAT, &opt_values.drop_path, CMD_TRAIN, 0, 0.99, "stochastic depth rate (--aug deit: 0.1, else 0)"},
-    {"--epochs", F_INT, &opt_values.epochs, ALL_TRAIN, 1, 100000, "epochs (student 300, teacher 30)"},
-    {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE, 1, 65536, "batch size (student 64, teacher 128)"},
-    {"--lr", F_FLOAT, &opt_values.lr, ALL_TRAIN, 0, 100, "learning rate (AdamW: 5e-4 * batch / 512; SGD: 0.1 * batch / 128)"},
+    {"--epochs", F_INT, &opt_values.epochs, ALL_TRAIN | CMD_DEMO, 1, 100000, "epochs (student 300, teacher 30)"},
+    {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_DEMO, 1, 65536, "batch size (student 64, teacher 128)"},
+    {"--lr", F_FLOAT, &opt_values.lr, ALL_TRAIN | CMD_DEMO, 0, 100, "learning rate (AdamW: 5e-4 * batch / 512; SGD: 0.1 * batch / 128)"},
     {"--min-lr", F_FLOAT, &opt_values.min_lr, ALL_TRAIN, 0, 100, "final learning rate of the cosine (AdamW 1e-5, SGD 0)"},
     {"--warmup-lr", F_FLOAT, &opt_values.warmup_lr, ALL_TRAIN, 0, 100, "learning rate at the start of warmup (1e-6)"},
     {"--warmup", F_FLOAT, &opt_values.warmup, ALL_TRAIN, 0, 100000, "warmup epochs (student 5, teacher 1; 0 allowed)"},
@@ -4086,22 +4087,23 @@ static const Flag flags[] = {
     {"--momentum", F_FLOAT, &opt_values.momentum, ALL_TRAIN, 0, 1, "SGD momentum (0.9)"},
     {"--nesterov", F_INT, &opt_values.nesterov, ALL_TRAIN, 0, 1, "1: Nesterov momentum (teacher default 1)"},
     {"--distill", F_STR, &opt_values.distill, CMD_TRAIN | CMD_DEBUG, 0, 0, "none | soft | hard (default hard with --teacher, else none)"},
-    {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN | CMD_DEBUG | CMD_BENCH, 0, 0, "teacher checkpoint (a ResNet, or a student); bench: teacher architecture"},
+    {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN | CMD_DEBUG | CMD_BENCH | CMD_DEMO, 0, 0, "teacher checkpoint (a ResNet, or a student); bench: teacher architecture"},
     {"--alpha", F_FLOAT, &opt_values.kd.alpha, CMD_TRAIN | CMD_DEBUG, 0, 1, "weight of the distillation loss (0.5)"},
     {"--tau", F_FLOAT, &opt_values.kd.tau, CMD_TRAIN | CMD_DEBUG, 1e-3, 1000, "soft distillation temperature (1.0)"},
-    {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH | CMD_DEBUG, 0, 9e18, "random seed (1337)"},
-    {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION, 1, 1024, "OpenMP threads (default: all cores)"},
-    {"--matmul", F_STR, &opt_values.matmul, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION, 0, 0, "fast (default: Part II's packed matmul) | naive (the three loops of Part I.2)"},
+    {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH | CMD_DEBUG | CMD_DEMO, 0, 9e18, "random seed (1337)"},
+    {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_DEMO, 1, 1024, "OpenMP threads (default: all cores)"},
+    {"--matmul", F_STR, &opt_values.matmul, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_DEMO, 0, 0, "fast (default: Part II's packed matmul) | naive (the three loops of Part I.2)"},
     {"--init", F_STR, &opt_values.init, ALL_TRAIN, 0, 0, "start from this checkpoint's weights"},
     {"--steps", F_LONG, &opt_values.steps, ALL_TRAIN, 1, 1e15, "stop after N optimizer steps"},
     {"--eval-every", F_INT, &opt_values.eval_every, ALL_TRAIN, 1, 100000, "test every N epochs and after the last (default 1)"},
     {"--skip-nonfinite", F_INT, &opt_values.skip_nonfinite, ALL_TRAIN, 0, 1, "1: skip steps with a NaN/Inf loss or gradient (default: stop)"},
     {"--out", F_STR, &opt_values.out, ALL_TRAIN, 0, 0, "checkpoint to write (student.bin / teacher.bin; also OUT.state)"},
-    {"--out", F_STR, &opt_values.out, CMD_ATTENTION, 0, 0, "directory for the PNGs (created if missing)"},
+    {"--out", F_STR, &opt_values.out, CMD_ATTENTION, 0, 0, "directory for the PNGs (an existing one)"},
+    {"--out", F_STR, &opt_values.out, CMD_DEMO, 0, 0, "prefix of the files written (default demo: demo_none.bin, demo_dist.bin, ...)"},
     {"--resume", F_STR, &opt_values.resume, ALL_TRAIN, 0, 0, "continue the run that wrote this checkpoint (and FILE.state)"},
     {"--log", F_STR, &opt_values.log, ALL_TRAIN, 0, 0, "CSV log: epoch,step,lr,train_loss,test_acc,test_acc_cls,test_acc_dist,img_per_s,elapsed_s"},
     {"--ckpt", F_STR, &opt_values.ckpt, CMD_EVAL | CMD_DEBUG | CMD_TOKENS | CMD_ATTENTION, 0, 0, "checkpoint to evaluate (student or teacher)"},
-    {"--image", F_INT, &opt_values.image, CMD_ATTENTION, 0, 1e9, "index of the test image (default 0)"},
+    {"--image", F_INT, &opt_values.image, CMD_ATTENTION | CMD_DEMO, 0, 1e9, "index of the test image (default 0)"},
     {"--zoom", F_INT, &opt_values.zoom, CMD_ATTENTION, 1, 32, "upscaling of the 32x32 image in the PNGs (default 8)"},
     {"--limit", F_INT, &opt_values.limit, CMD_TOKENS | CMD_COMPARE, 1, 1e9, "use only the first N test images"},
     {"--dump", F_STR, &opt_values.dump, CMD_DEBUG, 0, 0, "directory for the debug-state files (must exist)"},
@@ -4113,7 +4115,7 @@ static const Flag flags[] = {
 
 static const struct { unsigned cmd; const char *name; } command_names[] = {
     {CMD_TEACHER, "teacher"}, {CMD_TRAIN, "train"}, {CMD_EVAL, "eval"}, {CMD_BENCH, "bench"}, {CMD_DEBUG, "debug-state"},
-    {CMD_TOKENS, "tokens"}, {CMD_COMPARE, "compare"}, {CMD_ATTENTION, "attention"},
+    {CMD_TOKENS, "tokens"}, {CMD_COMPARE, "compare"}, {CMD_ATTENTION, "attention"}, {CMD_DEMO, "demo"},
 };
 #define NUM_COMMANDS ((int)(sizeof(command_names) / sizeof(command_names[0])))
 static const char *command_name(unsigned cmd) {
@@ -4127,6 +4129,8 @@ static void command_usage(unsigned cmd) {
     for (int i = 0; i < NUM_FLAGS; i++)
         if (flags[i].commands & cmd) fprintf(stderr, "  %-18s %s\n", flags[i].name, flags[i].help);
 }
+
+static unsigned char flag_given[NUM_FLAGS]; /* set by parse_flags: this flag was on the command line */
 
 /* Flags take a value, as "--flag value" or "--flag=value"; a 0/1 flag alone means 1
    ("--no-shuffle"). Numbers must parse completely and be in range. A word that is not a flag is
@@ -4158,6 +4162,7 @@ static void parse_flags(int argc, char **argv, unsigned cmd) {
             }
         }
         if (!f) die("unknown option '%s' for ./deit %s (see ./deit %s --help)", name, command_name(cmd), command_name(cmd));
+        flag_given[f - flags] = 1;
         int boolean = f->type == F_INT && f->lo == 0 && f->hi == 1;
         const char *v;
         if (eq) v = eq + 1;
@@ -4210,6 +4215,134 @@ static DistillType distill_type(const Options *o) {
     return DISTILL_NONE;
 }
 static int pick_int(int v, int fallback) { return v == UNSET ? fallback : v; }
+
+/* ---- A run's flags, kept beside its checkpoint as FILE.flags, for --resume FILE ----------------
+   A new run writes every flag it was given that decides what it computes, one "--flag value" per
+   line (FILE.flags is text). --resume FILE reads them back first, so a bare "--resume FILE" continues
+   the run as it was started; flags given again must have the same value, and one that differs is
+   named. Not kept: where files go and how the work is done (--out, --log, --threads, --steps,
+   --save-every, --matmul, --eval-every, --skip-nonfinite, --force, --resume, --init). */
+static int flag_is_setting(const Flag *f) {
+    static const char *bookkeeping[] = {"--out", "--log", "--threads", "--steps", "--save-every", "--matmul",
+                                        "--eval-every", "--skip-nonfinite", "--force", "--resume", "--init"};
+    for (size_t i = 0; i < sizeof(bookkeeping) / sizeof(bookkeeping[0]); i++)
+        if (!strcmp(f->name, bookkeeping[i])) return 0;
+    return 1;
+}
+/* --teacher and --data are kept too, but may name another path on resume: the run checks the
+   teacher's weights and the data themselves (their hashes in FILE.state). */
+static int flag_is_path(const Flag *f) { return !strcmp(f->name, "--teacher") || !strcmp(f->name, "--data"); }
+
+/* The flag's value in another Options (flags[] point into opt_values). */
+static void *flag_field(const Flag *f, const Options *o) {
+    return (char *)o + ((const char *)f->value - (const char *)&opt_values);
+}
+
+static int flag_values_equal(const Flag *f, const Options *a, const Options *b) {
+    const void *x = flag_field(f, a), *y = flag_field(f, b);
+    switch (f->type) {
+    case F_INT: return *(const int *)x == *(const int *)y;
+    case F_LONG: return *(const long *)x == *(const long *)y;
+    case F_FLOAT: return *(const float *)x == *(const float *)y;
+    default: {
+        const char *s = *(const char *const *)x, *t = *(const char *const *)y;
+        return s == t || (s && t && !strcmp(s, t));
+    }
+    }
+}
+
+static void flag_value_text(char *buf, size_t size, const Flag *f, const Options *o) {
+    const void *x = flag_field(f, o);
+    if (f->type == F_INT) snprintf(buf, size, "%d", *(const int *)x);
+    else if (f->type == F_LONG) snprintf(buf, size, "%ld", *(const long *)x);
+    else if (f->type == F_FLOAT) { /* the shortest text that reads back exactly */
+        float v = *(const float *)x;
+        for (int digits = 6; digits <= 9; digits++) {
+            snprintf(buf, size, "%.*g", digits, (double)v);
+            if (strtof(buf, NULL) == v) break;
+        }
+    }
+    else snprintf(buf, size, "%s", *(const char *const *)x ? *(const char *const *)x : "");
+}
+
+/* Written when a new run starts (path = its --out + ".flags"), atomically: every setting that has a
+   value (defaults included, except those chosen later by train_config: they are still unset here). */
+static int write_run_flags(const char *path, const Options *o, unsigned cmd) {
+    char tmp[4096], value[4096];
+    path_printf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return report("%s: cannot open for writing: %s", tmp, strerror(errno));
+    for (int i = 0; i < NUM_FLAGS; i++) {
+        const Flag *fl = &flags[i];
+        if (!(fl->commands & cmd) || !flag_is_setting(fl)) continue;
+        const void *v = flag_field(fl, o);
+        double x = fl->type == F_INT ? *(const int *)v : fl->type == F_LONG ? (double)*(const long *)v : fl->type == F_FLOAT ? *(const float *)v : 0;
+        if (fl->type == F_STR ? !*(const char *const *)v : x < fl->lo || x > fl->hi) continue; /* not set (UNSET, or 0 = none) */
+        flag_value_text(value, sizeof(value), fl, o);
+        fprintf(f, "%s %s\n", fl->name, value);
+    }
+    int ok = fflush(f) == 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        remove(tmp);
+        return report("%s: cannot write: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+/* --resume FILE: the flags of FILE.flags, then the command line's on top (which must agree). A run
+   written before .flags files existed has none: its flags come from the command line alone. */
+static void parse_flags(int argc, char **argv, unsigned cmd);
+static void resume_flags(int argc, char **argv, unsigned cmd) {
+    char path[4096];
+    path_printf(path, sizeof(path), "%s.flags", opt_values.resume);
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    unsigned char given[NUM_FLAGS];
+    memcpy(given, flag_given, sizeof(given));
+    static char *args[2 + 2 * NUM_FLAGS];
+    int n = 0;
+    args[n++] = argv[0], args[n++] = argv[1];
+    char line[4200];
+    while (n + 2 <= 2 + 2 * NUM_FLAGS && fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\r\n")] = 0;
+        char *space = strchr(line, ' ');
+        if (strncmp(line, "--", 2) || !space) die("%s: not a deit.c flags file (line '%s')", path, line);
+        *space = 0;
+        for (int k = 0; k < 2; k++) {
+            const char *part = k ? space + 1 : line;
+            size_t len = strlen(part) + 1;
+            args[n] = xmalloc(len); /* kept to the end: the options point into them */
+            memcpy(args[n++], part, len);
+        }
+    }
+    fclose(f);
+    options_defaults(&opt_values);
+    parse_flags(n, args, cmd);
+    Options recorded = opt_values;
+    memset(flag_given, 0, sizeof(flag_given));
+    parse_flags(argc, argv, cmd); /* the command line again, on top */
+    for (int i = 0; i < NUM_FLAGS; i++) {
+        const Flag *fl = &flags[i];
+        if (!given[i] || !flag_is_setting(fl) || flag_is_path(fl) || flag_values_equal(fl, &recorded, &opt_values)) continue;
+        char was[4096], now[4096];
+        flag_value_text(was, sizeof(was), fl, &recorded);
+        flag_value_text(now, sizeof(now), fl, &opt_values);
+        if (!strcmp(fl->name, "--epochs"))
+            die("--epochs %s: the run of %s was planned for --epochs %s (%s), and its schedule with it, so --resume continues "
+                "only that; to train on from its weights, start a new run with --init %s --out OTHER.bin", now,
+                opt_values.resume, was, path, opt_values.resume);
+        die("%s %s: the run of %s was started with %s %s (%s). --resume continues it with its own flags: leave %s out, or "
+            "start a new run from its weights with --init %s --out OTHER.bin", fl->name, now, opt_values.resume, fl->name,
+            *was ? was : "unset", path, fl->name, opt_values.resume);
+    }
+    memcpy(flag_given, given, sizeof(given));
+    /* the architecture is the checkpoint's; its flags, recorded or repeated, agree with it */
+    Options defaults;
+    options_defaults(&defaults);
+    opt_values.model = defaults.model, opt_values.arch = defaults.arch, opt_values.patch = defaults.patch;
+    opt_values.dim = opt_values.depth = opt_values.heads = opt_values.dist_token = UNSET;
+}
 
 /* Is the teacher being trained an airbench? Its recipe is then the default. A run that continues
    (--resume) or starts from a checkpoint (--init) has the architecture of that file. */
@@ -4342,6 +4475,11 @@ static int cmd_train(const Options *o, int is_teacher) {
     if (!o->resume && !o->force && file_exists(cfg.out))
         die("%s exists: --resume %s continues its run, --force 1 starts a new one over it (or choose another --out)", cfg.out,
             cfg.out);
+    if (!o->resume) { /* FILE.flags: what a bare --resume FILE continues with */
+        char flags_path[4096];
+        path_printf(flags_path, sizeof(flags_path), "%s.flags", cfg.out);
+        if (write_run_flags(flags_path, o, is_teacher ? CMD_TEACHER : CMD_TRAIN)) return 1;
+    }
     Net net, teacher;
     memset(&teacher, 0, sizeof(teacher));
     int classes = data_num_classes(o->data);
@@ -4421,6 +4559,16 @@ static int cmd_train(const Options *o, int is_teacher) {
     return rc ? 1 : 0;
 }
 
+/* Class names from batches.meta.txt (CIFAR-10), when it is there; "" otherwise. At most 20. */
+static void class_names(char names[][32], int C, const char *data_dir) {
+    char meta[4096];
+    for (int i = 0; i < 20; i++) names[i][0] = 0;
+    path_printf(meta, sizeof(meta), "%s/batches.meta.txt", data_dir);
+    FILE *mf = fopen(meta, "r");
+    for (int i = 0; mf && i < C && i < 20 && fgets(names[i], 32, mf); i++) names[i][strcspn(names[i], "\r\n")] = 0;
+    if (mf) fclose(mf);
+}
+
 static int cmd_eval(const Options *o) {
     if (!o->ckpt) die("eval needs a checkpoint: ./deit eval FILE (or --ckpt FILE)");
     refuse_same_file(o->logits, "--logits", o->ckpt, "--ckpt");
@@ -4452,12 +4600,8 @@ static int cmd_eval(const Options *o) {
                100.0 * r.correct[HEAD_CLS] / r.n, 100.0 * r.correct[HEAD_DIST] / r.n);
     else
         printf("accuracy: %.2f%%\n", 100.0 * r.correct[HEAD_MEAN] / r.n);
-    char names[20][32] = {{0}}; /* class names from batches.meta.txt (CIFAR-10), when it is there */
-    char meta[4096];
-    path_printf(meta, sizeof(meta), "%s/batches.meta.txt", o->data);
-    FILE *mf = fopen(meta, "r");
-    for (int i = 0; mf && i < C && i < 20 && fgets(names[i], sizeof(names[i]), mf); i++) names[i][strcspn(names[i], "\r\n")] = 0;
-    if (mf) fclose(mf);
+    char names[20][32];
+    class_names(names, C, o->data);
     if (C <= 20) {
         printf("per-class accuracy and confusion matrix (rows: true class, columns: predicted):\n");
         for (int i = 0; i < C; i++) {
@@ -4493,6 +4637,7 @@ static void usage(void) {
             "deit.c: DeiT (data-efficient image transformers) in one C file\n"
             "usage: ./deit <command> [options]     (./deit <command> --help lists its options)\n"
             "commands:\n"
+            "  demo      the distillation token at work in a few minutes (two small students)\n"
             "  teacher   train the CNN teacher (airbench by default, or a CIFAR ResNet)\n"
             "  train     train the DeiT student, with or without distillation\n"
             "  eval      evaluate a student or teacher checkpoint on the test set\n"
@@ -4647,7 +4792,43 @@ static int cmd_compare(const Options *o) {
     return 0;
 }
 
-/* Where the class and distillation tokens look: last layer per head, and the rollout. */
+/* Where the class and distillation tokens look: last layer per head, and the rollout. The PNG
+   files are named PREFIX + "input.png", PREFIX + "cls_rollout.png", ... (PREFIX "DIR/" for
+   ./deit attention, "demo_attention_" for ./deit demo). Returns the number written, -1 on error. */
+static int attention_maps(DeiT *m, const Dataset *d, int idx, const char *prefix, int zoom) {
+    int L = m->config.depth, NH = m->config.heads, T = m->num_tokens, G = m->config.img_size / m->config.patch_size;
+    int first_patch = 1 + m->config.dist_token, C = d->num_classes, W = CIFAR_SIDE * zoom;
+    float *image = xmalloc(sizeof(float) * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * C);
+    int label;
+    AugConfig none = {0};
+    make_batch(image, CIFAR_SIDE, targets, &label, d, &idx, 1, &none, 0, 0);
+    deit_forward(m, image, 1, 0);
+    const float *att = m->acts.att; /* (L, 1, NH, T, T) */
+    float *rollout = xmalloc(sizeof(float) * T * T), *heat = xmalloc(sizeof(float) * G * G);
+    attention_rollout(rollout, att, L, NH, T);
+    unsigned char *rgb = xmalloc((size_t)W * W * 3);
+    const uint8_t *pixels = d->images + (size_t)idx * CIFAR_PIXELS;
+    char path[4096];
+    int written = 0;
+    path_printf(path, sizeof(path), "%sinput.png", prefix);
+    overlay_image(rgb, pixels, CIFAR_SIDE, NULL, G, zoom);
+    if (write_png(path, rgb, W, W)) written = -1;
+    else written++;
+    for (int tok = 0; tok < first_patch && written > 0; tok++) {
+        const char *tname = tok == 0 ? "cls" : "dist";
+        for (int h = 0; h <= NH && written > 0; h++) { /* h < NH: last layer, head h; h == NH: rollout */
+            const float *row = h < NH ? att + ((((size_t)(L - 1)) * NH + h) * T + tok) * T : rollout + (size_t)tok * T;
+            for (int p = 0; p < G * G; p++) heat[p] = row[first_patch + p];
+            if (h < NH) path_printf(path, sizeof(path), "%s%s_last_layer_head%d.png", prefix, tname, h);
+            else path_printf(path, sizeof(path), "%s%s_rollout.png", prefix, tname);
+            overlay_image(rgb, pixels, CIFAR_SIDE, heat, G, zoom);
+            written = write_png(path, rgb, W, W) ? -1 : written + 1;
+        }
+    }
+    free(image), free(targets), free(rollout), free(heat), free(rgb);
+    return written;
+}
+
 static int cmd_attention(const Options *o) {
     if (!o->ckpt || !o->out) die("attention needs a checkpoint (--ckpt FILE, or FILE) and --out DIR (an existing directory)");
     Net net;
@@ -4658,40 +4839,82 @@ static int cmd_attention(const Options *o) {
     Dataset d = load_test_or_die(o->data);
     if (net_fits_data(&net, &d, o->ckpt)) return 1;
     if (o->image < 0 || o->image >= d.n) die("--image %d: the test set has images 0..%d", o->image, d.n - 1);
-    int L = m->config.depth, NH = m->config.heads, T = m->num_tokens, G = m->config.img_size / m->config.patch_size;
-    int first_patch = 1 + m->config.dist_token, C = d.num_classes, zoom = o->zoom, W = CIFAR_SIDE * zoom;
-    float *image = xmalloc(sizeof(float) * CIFAR_PIXELS), *targets = xmalloc(sizeof(float) * C);
-    int label, idx = o->image;
-    AugConfig none = {0};
-    make_batch(image, CIFAR_SIDE, targets, &label, &d, &idx, 1, &none, 0, 0);
-    deit_forward(m, image, 1, 0);
-    const float *att = m->acts.att; /* (L, 1, NH, T, T) */
-    float *rollout = xmalloc(sizeof(float) * T * T), *heat = xmalloc(sizeof(float) * G * G);
-    attention_rollout(rollout, att, L, NH, T);
-    unsigned char *rgb = xmalloc((size_t)W * W * 3);
-    const uint8_t *pixels = d.images + (size_t)idx * CIFAR_PIXELS;
-    char path[4096];
-    int written = 0, pred = argmax(m->acts.logits_mean, C);
-    path_printf(path, sizeof(path), "%s/input.png", o->out);
-    overlay_image(rgb, pixels, CIFAR_SIDE, NULL, G, zoom);
-    if (write_png(path, rgb, W, W)) return 1;
-    written++;
-    for (int tok = 0; tok < first_patch; tok++) {
-        const char *tname = tok == 0 ? "cls" : "dist";
-        for (int h = 0; h <= NH; h++) { /* h < NH: last layer, head h; h == NH: rollout */
-            const float *row = h < NH ? att + ((((size_t)(L - 1)) * NH + h) * T + tok) * T : rollout + (size_t)tok * T;
-            for (int p = 0; p < G * G; p++) heat[p] = row[first_patch + p];
-            if (h < NH) path_printf(path, sizeof(path), "%s/%s_last_layer_head%d.png", o->out, tname, h);
-            else path_printf(path, sizeof(path), "%s/%s_rollout.png", o->out, tname);
-            overlay_image(rgb, pixels, CIFAR_SIDE, heat, G, zoom);
-            if (write_png(path, rgb, W, W)) return 1;
-            written++;
-        }
-    }
-    printf("test image %d (label %d, predicted %d): wrote %d PNG files of %dx%d to %s/\n", idx, label, pred, written, W, W, o->out);
-    free(image), free(targets), free(rollout), free(heat), free(rgb);
+    char prefix[4096], names[20][32];
+    path_printf(prefix, sizeof(prefix), "%s/", o->out);
+    int written = attention_maps(m, &d, o->image, prefix, o->zoom), C = m->config.num_classes;
+    if (written < 0) return 1;
+    int label = d.labels[o->image], pred = argmax(m->acts.logits_mean, C);
+    class_names(names, C, o->data);
+    printf("test image %d (%s %d, predicted %s %d): wrote %d PNG files of %dx%d to %s/\n", o->image, label < 20 ? names[label] : "",
+           label, pred < 20 ? names[pred] : "", pred, written, CIFAR_SIDE * o->zoom, CIFAR_SIDE * o->zoom, o->out);
     dataset_free(&d);
     net_free(&net);
+    return 0;
+}
+
+/* ---- ./deit demo: the paper's idea in five minutes ------------------------------------------
+   Two small students on a class-balanced subset of the training images, identical except that
+   the second has the distillation token and learns from the teacher's hard labels through it
+   (Sec. 4); then their test accuracies, the cosine of the two tokens layer by layer, how often
+   each disagrees with the teacher, and where the two tokens look in one test image. */
+#define DEMO_TEACHER "experiments/checkpoints/teacher_airbench_seed1.bin"
+static int cmd_demo(const Options *o) {
+    double t0 = now_seconds();
+    const char *prefix = o->out ? o->out : "demo", *teacher = o->teacher ? o->teacher : DEMO_TEACHER;
+    if (!file_exists(teacher))
+        die("%s: no such teacher (the repository has it; or train one with ./deit teacher --out teacher.bin and give "
+            "--teacher teacher.bin)", teacher);
+    Options run = *o; /* the demo's flags (--seed, --threads, --data, sizes) pass through */
+    run.dim = pick_int(o->dim, 64), run.depth = pick_int(o->depth, 4), run.heads = pick_int(o->heads, 2);
+    run.train_limit = o->train_limit ? o->train_limit : 2000;
+    run.epochs = pick_int(o->epochs, 20), run.batch = pick_int(o->batch, 64);
+    run.lr = pick(o->lr, 1e-3f), run.warmup = 0.1f * run.epochs, run.aug = "basic";
+    run.force = 1, run.save_every = 0, run.eval_every = run.epochs, run.out = NULL;
+    char bin[2][4096], log[2][4096];
+    static const char *kind[2] = {"none", "dist"};
+    for (int k = 0; k < 2; k++) {
+        path_printf(bin[k], sizeof(bin[k]), "%s_%s.bin", prefix, kind[k]);
+        path_printf(log[k], sizeof(log[k]), "%s_%s.csv", prefix, kind[k]);
+        run.out = bin[k], run.log = log[k];
+        run.teacher = k ? teacher : NULL, run.kd.type = k ? DISTILL_HARD : DISTILL_NONE, run.dist_token = k;
+        fprintf(stderr, "\ndemo: %s: %d training images, %d epochs -> %s\n",
+                k ? "DeiT: class + distillation token, hard distillation from the teacher" : "the same student, no distillation",
+                run.train_limit, run.epochs, bin[k]);
+        if (cmd_train(&run, 0)) return 1;
+    }
+    Dataset test = load_test_or_die(o->data);
+    EvalResult r[2];
+    for (int k = 0; k < 2; k++) {
+        Net net;
+        if (net_load(&net, bin[k])) return 1;
+        evaluate(&net, &test, 100, 0, &r[k], NULL);
+        free(r[k].confusion);
+        net_free(&net);
+    }
+    dataset_free(&test);
+    printf("\n== tokens: the class and distillation tokens of %s, layer by layer\n", bin[1]);
+    Options a = *o;
+    a.ckpt = bin[1], a.limit = 1000;
+    if (cmd_tokens(&a)) return 1;
+    printf("\n== compare: how often the teacher and the students disagree\n");
+    a.files[0] = teacher, a.files[1] = bin[0], a.files[2] = bin[1], a.num_files = 3, a.limit = 0;
+    if (cmd_compare(&a)) return 1;
+    char png[4096];
+    path_printf(png, sizeof(png), "%s_attention_", prefix);
+    Net net;
+    if (net_load(&net, bin[1])) return 1;
+    test = load_test_or_die(o->data);
+    int image = o->image, written = attention_maps(&net.deit, &test, image, png, 8);
+    dataset_free(&test);
+    net_free(&net);
+    if (written < 0) return 1;
+    double n = r[0].n, none = 100.0 * r[0].correct[HEAD_MEAN] / n, dist = 100.0 * r[1].correct[HEAD_MEAN] / n;
+    printf("\n== demo (%.1f minutes): test accuracy on %d images\n", (now_seconds() - t0) / 60.0, r[0].n);
+    printf("  no distillation:                        %.2f%%\n", none);
+    printf("  DeiT, class + distillation token:       %.2f%% (class head %.2f%%, distillation head %.2f%%)\n", dist,
+           100.0 * r[1].correct[HEAD_CLS] / n, 100.0 * r[1].correct[HEAD_DIST] / n);
+    printf("  the distillation token's gain:          %+.2f points\n", dist - none);
+    printf("  attention of test image %d: %sinput.png, %scls_rollout.png, %sdist_rollout.png (and per head)\n", image, png, png, png);
     return 0;
 }
 
@@ -4787,6 +5010,7 @@ static int deit_main(int argc, char **argv) {
     }
     options_defaults(&opt_values);
     parse_flags(argc, argv, cmd);
+    if ((cmd & ALL_TRAIN) && opt_values.resume) resume_flags(argc, argv, cmd);
     opt_values.kd.type = distill_type(&opt_values);
     if (opt_values.matmul && strcmp(opt_values.matmul, "naive") && strcmp(opt_values.matmul, "fast"))
         die("--matmul must be naive or fast, not '%s'", opt_values.matmul);
@@ -4801,6 +5025,7 @@ static int deit_main(int argc, char **argv) {
     case CMD_TOKENS: return cmd_tokens(&opt_values);
     case CMD_COMPARE: return cmd_compare(&opt_values);
     case CMD_ATTENTION: return cmd_attention(&opt_values);
+    case CMD_DEMO: return cmd_demo(&opt_values);
     default: return cmd_bench(&opt_values);
     }
 }

@@ -1,0 +1,30 @@
+#!/bin/sh
+# The overnight recipe (README's two commands) and the comparison that tests the paper's claim.
+#   STAGE=lr      sh experiments/overnight.sh   # the learning-rate search: 2-epoch runs of DeiT-Ti/4
+#   STAGE=rows    sh experiments/overnight.sh   # rows (a) no distillation, (b) DeiT hard distillation
+#   STAGE=quick   SEED=1 sh experiments/overnight.sh  # rows (a), (b) at the quick size (6 x 128)
+# The teacher of every row is the committed airbench teacher (experiments/airbench.sh, seed 1).
+# Runs are resumable (lib.sh): kill them any time, run the same line again. Each stage's runs go
+# side by side, one thread each (THREADS=1): two trainings on two cores.
+. "$(dirname "$0")/lib.sh"
+THREADS_ARG="--threads ${THREADS:-1}"
+teacher=experiments/runs/teacher_airbench_seed1.bin
+[ -f "$teacher" ] || cp experiments/checkpoints/teacher_airbench_seed1.bin "$teacher"
+
+# DeiT-Ti/4 with DeiT's augmentation (the defaults of --aug deit: RandAugment 2/9, mixup 0.8,
+# CutMix 1.0, erasing 0.25, label smoothing 0.1, drop path 0.1), AdamW, wd 0.05, batch 128.
+TINY="--model tiny --patch 4 --batch 128 --aug deit"
+DIST="--teacher $teacher --distill hard --dist-token 1"
+NONE="--distill none --dist-token 0"
+
+case "${STAGE:-}" in
+lr)
+    # Each run is a whole 2-epoch schedule (half an epoch of warmup, cosine to 1e-5), so that its
+    # peak learning rate is reached and held; the lr that learns fastest without spikes wins.
+    for lr in ${LRS:-5e-4 1e-3 2e-3}; do
+        run lr_tiny_$lr 2 ./deit train $TINY $DIST --lr "$lr" --warmup 0.5 --seed 1 &
+    done
+    wait
+    ;;
+*) echo "STAGE must be lr, rows or quick" >&2; exit 2 ;;
+esac
