@@ -2244,6 +2244,26 @@ static void test_cli(void) {
     remove("test_cli_full.bin"), remove("test_cli_full.bin.state"), remove("test_cli_full.bin.flags"), remove("test_cli_kill.bin"), remove("test_cli_kill.bin.state"), remove("test_cli_kill.bin.flags");
     check(run("./deit tokens --ckpt test_cli_s.bin --data test_data_tmp") == 0 && output_has("after block 1") && output_has("learned embeddings"),
           "./deit tokens prints the token similarity per block");
+    check(run("./deit demo --teacher test_cli_t.bin --data test_data_tmp --dim 16 --depth 1 --heads 2 --train-limit 20 --epochs 2 "
+              "--batch 10 --out test_demo") == 0 &&
+              output_has("no distillation:") && output_has("class head") && output_has("after block 1") &&
+              output_has("[0] ground truth") && output_has("the distillation token's gain") && file_exists("test_demo_none.bin") &&
+              file_exists("test_demo_dist.bin") && file_exists("test_demo_attention_dist_rollout.png"),
+          "./deit demo: both students trained, accuracies, token cosines, disagreement, attention maps");
+    check(run("./deit demo --teacher no_such_teacher.bin --data test_data_tmp") != 0 && output_has("no_such_teacher.bin: no such teacher"),
+          "./deit demo without its teacher: clear error");
+    {
+        const char *demo_files[] = {"test_demo_none.bin", "test_demo_dist.bin", "test_demo_none.csv", "test_demo_dist.csv"};
+        char p[64];
+        for (int i = 0; i < 4; i++) {
+            remove(demo_files[i]);
+            snprintf(p, sizeof(p), "%s.state", demo_files[i]), remove(p);
+            snprintf(p, sizeof(p), "%s.flags", demo_files[i]), remove(p);
+        }
+        const char *pngs[] = {"input", "cls_rollout", "dist_rollout", "cls_last_layer_head0", "cls_last_layer_head1",
+                              "dist_last_layer_head0", "dist_last_layer_head1"};
+        for (int i = 0; i < 7; i++) snprintf(p, sizeof(p), "test_demo_attention_%s.png", pngs[i]), remove(p);
+    }
     /* compare's first row (ground truth vs each classifier) is 100 - the accuracies eval prints */
     double acc[4] = {-1, -1, -1, -1}, row0[5] = {-1, -1, -1, -1, -1};
     char *text = NULL, *at = NULL;

@@ -9,6 +9,8 @@
 #     without one in runs/, a copy carried from another machine in experiments/carry/ is used;
 #   - otherwise it starts from scratch.
 # BUDGET=quick|paper picks the sizes; THREADS (default: all cores) is passed as --threads.
+# STEPS=N stops every run after N optimizer steps in all (--steps N; a trial of a driver: run it
+# again with a larger N and each run resumes; dev/readme_commands.sh does that).
 
 set -eu
 cd "$(dirname "$0")/.."
@@ -19,6 +21,8 @@ BUDGET=${BUDGET:-quick}
 case "$BUDGET" in quick | paper) ;; *) echo "BUDGET must be quick or paper, not '$BUDGET'" >&2; exit 2 ;; esac
 THREADS_ARG=""
 [ -n "${THREADS:-}" ] && THREADS_ARG="--threads $THREADS"
+STEPS_ARG=""
+[ -n "${STEPS:-}" ] && STEPS_ARG="--steps $STEPS"
 
 # last_epoch LOG: the highest epoch number in a CSV log (0 if none)
 last_epoch() {
@@ -47,11 +51,11 @@ run() {
     if [ -f "$bin.state" ]; then
         echo "== $name: resuming $bin ($(last_epoch "$log")/$epochs epochs logged)"
         echo "=== resume $(date -u +%FT%TZ)" >> "$out"
-        "$@" --epochs "$epochs" --resume "$bin" --log "$log" $THREADS_ARG >> "$out" 2>&1
+        "$@" --epochs "$epochs" --resume "$bin" --log "$log" $THREADS_ARG $STEPS_ARG >> "$out" 2>&1
     else
         echo "== $name: $* --epochs $epochs"
         echo "=== start $(date -u +%FT%TZ): $* --epochs $epochs --out $bin" > "$out"
-        "$@" --epochs "$epochs" --out "$bin" --log "$log" --force 1 $THREADS_ARG >> "$out" 2>&1
+        "$@" --epochs "$epochs" --out "$bin" --log "$log" --force 1 $THREADS_ARG $STEPS_ARG >> "$out" 2>&1
     fi
     tail -n 2 "$out" | sed "s/^/   /"
 }

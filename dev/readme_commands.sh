@@ -1,0 +1,111 @@
+#!/bin/sh
+# Every command of the ```sh blocks in README.md and experiments/README.md, from a fresh clone.
+#
+#   sh dev/readme_commands.sh [DIR]   clones HEAD into DIR (default: a new directory in /tmp), sets
+#                                     the data up with the README's first command, then goes through
+#                                     the commands in order and says what it did with each:
+#     ran              a short command, run as written; the numbers it prints that the README
+#                      quotes are compared with the README (see `expect` below)
+#     started+resumed  a training of minutes to hours: run as written but stopped after 2
+#                      optimizer steps, then run again, which must resume it and stop at step 4
+#                      (a driver under experiments/ gets STEPS=2, then STEPS=4: lib.sh passes
+#                      --steps; a ./deit teacher/train gets --steps 2, then --resume OUT --steps 4)
+#   sh dev/readme_commands.sh --quick  in this checkout, only the fast ones (make test runs it):
+#                                     the evaluations of the committed checkpoints
+#   DATA=PATH  the CIFAR-10 directory or tarball for ./cifar_download.sh --from (no network here;
+#              default ../shared/data/cifar-10-batches-bin beside the repository)
+# Exits 1 if any command fails or prints a number other than the README's.
+set -u
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+DATA=${DATA:-$REPO/../shared/data/cifar-10-batches-bin}
+failed=0
+ok() { printf '%-16s %s\n' "$1" "$2"; }
+bad() { printf '%-16s %s\n' "FAILED" "$1"; [ -n "${2:-}" ] && printf '                 %s\n' "$2"; failed=1; }
+
+# expect COMMAND TEXT: COMMAND's output must contain TEXT, and README.md or experiments/README.md
+# must quote TEXT's number (the last word of TEXT, without its %).
+expect() {
+    out=$(sh -c "$1" 2>&1)
+    rc=$?
+    num=$(printf '%s' "$2" | awk '{ print $NF }' | tr -d '%,')
+    if [ $rc -ne 0 ]; then bad "$1" "exit status $rc: $(printf '%s' "$out" | tail -1)"
+    elif ! printf '%s' "$out" | grep -qF -- "$2"; then bad "$1" "expected '$2', got: $(printf '%s' "$out" | grep -m1 accuracy)"
+    elif ! grep -qF -- "$num" README.md experiments/README.md; then bad "$1" "the READMEs do not quote $num"
+    else ok ran "$1   -> $2"; fi
+}
+
+# The fast subset: committed checkpoints against the accuracies the READMEs give.
+quick() {
+    [ -f data/cifar-10-batches-bin/test_batch.bin ] || { echo "readme commands: skipped (no data/cifar-10-batches-bin: run ./cifar_download.sh)"; return 0; }
+    [ -x ./deit ] || make -s deit
+    expect "./deit eval experiments/checkpoints/teacher_airbench_seed1.bin" "accuracy: 89.94%"
+    expect "./deit eval experiments/checkpoints/teacher_airbench_seed1.bin --tta 2" "accuracy: 90.74%"
+    expect "./deit eval experiments/checkpoints/teacher_resnet20.bin" "accuracy: 86.91%"
+}
+
+if [ "${1:-}" = --quick ]; then
+    quick
+    [ $failed -eq 0 ] && echo "readme commands (quick): ok" || echo "readme commands (quick): FAILED"
+    exit $failed
+fi
+
+DIR=${1:-$(mktemp -d /tmp/deit_readme.XXXXXX)}
+[ -d "$DIR/.git" ] || git clone -q "$REPO" "$DIR" || exit 1
+cd "$DIR" || exit 1
+echo "readme commands: a clone of $(git rev-parse --short HEAD) in $DIR"
+
+# The commands, one per line (continuation lines joined, comments dropped), in README order.
+commands() {
+    for f in README.md experiments/README.md; do
+        awk '/^```sh/ { inblock = 1; next } /^```/ { inblock = 0; next }
+             inblock { line = line $0; if (line ~ /\\$/) { sub(/\\$/, " ", line); next }
+                       sub(/[ \t]+#.*$/, "", line); gsub(/[ \t]+/, " ", line)
+                       if (line !~ /^ *#/ && line !~ /^ *$/) print line; line = "" }' "$f"
+    done
+}
+
+# resume_of COMMAND: the ./deit teacher/train commands of COMMAND, as --resume OUT --steps 4
+resume_of() {
+    printf '%s\n' "$1" | tr '&' '\n' | awk '/\.\/deit (teacher|train)/ {
+        for (i = 1; i <= NF; i++) if ($i == "--out") out = $(i + 1)
+        cmd = ($0 ~ /deit teacher/) ? "teacher" : "train"
+        printf "%s./deit %s --resume %s --steps 4", sep, cmd, out; sep = " && " }'
+}
+
+commands > /tmp/readme_commands.$$
+while IFS= read -r cmd; do
+    case "$cmd" in
+    *cifar_download.sh*)
+        if ./cifar_download.sh --from "$DATA" > /dev/null 2>&1 && make -s deit > /dev/null 2>&1; then
+            ok ran "$cmd   (with --from $DATA: no network here)"
+        else bad "$cmd"; fi ;;
+    *"./deit demo"*)
+        out=$(sh -c "$cmd" 2>&1 < /dev/null)
+        if [ $? -eq 0 ] && printf '%s\n' "$out" | grep -q "the distillation token's gain"; then
+            line=$(printf '%s\n' "$out" | grep "DeiT, class + distillation token:")
+            num=$(printf '%s' "$line" | awk '{ print $6 }')
+            if grep -qF -- "$num" "$REPO/README.md"; then ok ran "$cmd   -> $line"
+            else bad "$cmd" "printed '$line'; the README does not quote $num"; fi
+        else bad "$cmd" "$(printf '%s\n' "$out" | tail -2)"; fi ;;
+    *"./deit eval"* | *"./deit tokens"* | *"./deit compare"* | *"./deit attention"*)
+        if sh -c "$cmd" > /dev/null 2>&1 < /dev/null; then ok ran "$cmd"; else bad "$cmd"; fi ;;
+    *experiments/*.sh*)
+        a=$(STEPS=2 sh -c "$cmd" 2>&1 < /dev/null); ra=$?
+        b=$(STEPS=4 sh -c "$cmd" 2>&1 < /dev/null); rb=$?
+        if [ $ra -eq 0 ] && [ $rb -eq 0 ] && printf '%s\n' "$b" | grep -q "resuming\|skipped\|committed checkpoint"; then
+            ok started+resumed "$cmd"
+        else bad "$cmd" "exit status $ra then $rb: $(printf '%s\n' "$a" "$b" | tail -1)"; fi ;;
+    *"./deit teacher"* | *"./deit train"*)
+        short=$(printf '%s' "$cmd" | sed 's#\./deit \(teacher\|train\)#./deit \1 --steps 2#g')
+        again=$(resume_of "$cmd")
+        if sh -c "$short" > /dev/null 2>&1 < /dev/null && out=$(sh -c "$again" 2>&1 < /dev/null) && printf '%s\n' "$out" | grep -q "resuming"; then
+            ok started+resumed "$cmd"
+        else bad "$cmd" "$again"; fi ;;
+    *) if sh -c "$cmd" > /dev/null 2>&1 < /dev/null; then ok ran "$cmd"; else bad "$cmd"; fi ;;
+    esac
+done < /tmp/readme_commands.$$
+rm -f /tmp/readme_commands.$$
+quick
+[ $failed -eq 0 ] && echo "readme commands: ok" || echo "readme commands: FAILED"
+exit $failed
