@@ -43,6 +43,8 @@ test: deit test_deit test_deit_asan deit_debug
 	@echo "== the README's gdb walkthrough, replayed =="
 	sh dev/gdb_walkthrough.sh
 	sh dev/reading_guide.sh --check
+	@echo "== the README's numbers: committed checkpoints evaluated (dev/readme_commands.sh --quick) =="
+	sh dev/readme_commands.sh --quick
 
 # For gdb: -O0 -g, no OpenMP, and every product through the naive three loops of Part I
 # (DEIT_MATMUL_FAST=0; --matmul fast still picks the other). Separate binaries: ./deit stays fast.

@@ -12,6 +12,7 @@
 . "$(dirname "$0")/lib.sh"
 . experiments/budgets.sh
 T=experiments/runs/$TEACHER_NAME.bin N=experiments/runs/t3_${BUDGET}_none.bin D=experiments/runs/t3_${BUDGET}_hard_dist.bin
+[ -f "$T" ] || cp "experiments/checkpoints/$TEACHER_NAME.bin" "$T" 2>/dev/null # the committed teacher
 for f in "$T" "$N" "$D"; do [ -f "$f" ] || { echo "need $f: run experiments/table3.sh first" >&2; exit 1; }; done
 IMAGES=${IMAGES:-"0 3 7 12"}
 res=experiments/results/inside_$BUDGET.md

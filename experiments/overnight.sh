@@ -16,6 +16,11 @@ teacher=experiments/runs/teacher_airbench_seed1.bin
 TINY="--model tiny --patch 4 --batch 128 --aug deit"
 DIST="--teacher $teacher --distill hard --dist-token 1"
 NONE="--distill none --dist-token 0"
+# The recipe the learning-rate search chose (deit.c's defaults for ./deit train): lr 5e-4 at batch
+# 128 after 3 warmup epochs, 40 epochs (10 hours of 2 cores with the teacher's 45 minutes).
+RECIPE="--lr 5e-4 --warmup 3"
+EPOCHS=40
+QUICK_EPOCHS=25
 
 case "${STAGE:-}" in
 lr)
@@ -24,6 +29,20 @@ lr)
     for lr in ${LRS:-5e-4 1e-3 2e-3}; do
         run lr_tiny_$lr 2 ./deit train $TINY $DIST --lr "$lr" --warmup 0.5 --seed 1 &
     done
+    wait
+    ;;
+rows)
+    # (a) and (b) side by side, one thread each; the README's student command is row (b).
+    run overnight_none $EPOCHS ./deit train $TINY $NONE $RECIPE --seed 1 &
+    run overnight_dist $EPOCHS ./deit train $TINY $DIST $RECIPE --seed 1 &
+    wait
+    ;;
+quick)
+    # the seed spread at the quick size (6 blocks, 128 wide, 4 heads): (a) and (b), SEED=1 or 2
+    seed_suffix
+    QUICK="--dim 128 --depth 6 --heads 4 --patch 4 --batch 128 --aug deit"
+    run overnight_quick_none$SFX $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed "$SEED" &
+    run overnight_quick_dist$SFX $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed "$SEED" &
     wait
     ;;
 *) echo "STAGE must be lr, rows or quick" >&2; exit 2 ;;
