@@ -2397,9 +2397,9 @@ static void test_cli(void) {
     check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 10 --lr 1e-4 --min-lr 1e-3 "
               "--data test_data_tmp") != 0 && output_has("is above the learning rate"),
           "--min-lr above --lr: clear error");
-    check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 2 --steps 1 --data test_data_tmp "
+    check(run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --epochs 1 --batch 4 --steps 1 --data test_data_tmp "
               "--out test_cli_b4.bin") == 0 && output_has("lr 7.81e-06 (min 7.81e-06"),
-          "batch 2: the default floor of the cosine is capped at the (smaller) default lr (5e-4 x 2/128)");
+          "batch 4: the default floor of the cosine is capped at the (smaller) default lr (2.5e-4 x 4/128)");
     remove("test_cli_b4.bin"), remove("test_cli_b4.bin.state"), remove("test_cli_b4.bin.flags");
     write_bytes("test_cli_bad.bin", "garbage", 7);
     check(run("./deit eval --ckpt test_cli_bad.bin --data test_data_tmp") != 0 && output_has("test_cli_bad.bin"),
