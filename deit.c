@@ -2871,6 +2871,8 @@ static int argmax(const float *x, int n) {
 
 /* logits_out (optional): the inference logits, (n, C) in test-set order. tta: test-time
    augmentation level (0 none; 1, 2: see tta_forward). */
+static void test_progress(int done, int total); /* hook: Part III.3 prints how far the pass is */
+
 static void evaluate(Net *net, const Dataset *d, int batch, int tta, EvalResult *r, float *logits_out) {
     int C = d->num_classes;
     memset(r, 0, sizeof(*r));
@@ -2882,6 +2884,7 @@ static void evaluate(Net *net, const Dataset *d, int batch, int tta, EvalResult 
     float *targets = xmalloc(sizeof(float) * (size_t)batch * C);
     int *labels = xmalloc(sizeof(int) * batch), *idx = xmalloc(sizeof(int) * batch);
     AugConfig none = {0};
+    test_progress(0, d->n);
     for (int start = 0; start < d->n; start += batch) {
         int B = d->n - start < batch ? d->n - start : batch;
         for (int b = 0; b < B; b++) idx[b] = start + b;
@@ -2893,6 +2896,7 @@ static void evaluate(Net *net, const Dataset *d, int batch, int tta, EvalResult 
         }
         for (int b = 0; b < B; b++) r->confusion[labels[b] * C + argmax(lg + (size_t)b * C, C)]++;
         if (logits_out) memcpy(logits_out + (size_t)start * C, lg, sizeof(float) * B * C);
+        test_progress(start + B, d->n);
     }
     r->n = d->n;
     free(images), free(targets), free(labels), free(idx), free(views), free(tta_out);
@@ -3630,6 +3634,22 @@ static int stderr_is_terminal(void) {
     const char *mode = getenv("DEIT_PROGRESS");
     if (mode) return !strcmp(mode, "inline");
     return ftell(stderr) < 0 && term && *term && strcmp(term, "dumb");
+}
+
+/* The test pass (evaluate): images done so far, on one line at a terminal, else a line every 30
+   seconds; a pass that ends within 3 seconds prints nothing. done = 0 starts a pass. */
+static void test_progress(int done, int total) {
+    static double start, last;
+    static int printed, inline_mode;
+    double t = now_seconds();
+    if (done == 0) {
+        start = last = t, printed = 0, inline_mode = stderr_is_terminal();
+        return;
+    }
+    if (t - start < 3.0 || (!inline_mode && t - last < 30.0 && done < total) || (done == total && !printed)) return;
+    fprintf(stderr, "%stesting: %d of %d images, %.0f img/s%s", inline_mode ? "\r" : "", done, total, done / (t - start),
+            inline_mode && done < total ? "   " : "\n");
+    last = t, printed = 1;
 }
 
 /* Ctrl-C (SIGINT) or SIGTERM: the step in progress finishes, the checkpoint and its state are
