@@ -64,6 +64,16 @@ table)
         done
     } > "$table"
     cat "$table"
+    # test accuracy against hours of training, (a) and (b) at both sizes: the logs with a test so far
+    set --
+    for pair in "DeiT-Ti (a) no distillation=overnight_none" "DeiT-Ti (b) DeiT=overnight_dist" \
+        "quick (a) seed 1=overnight_quick_none" "quick (b) seed 1=overnight_quick_dist" \
+        "quick (a) seed 2=overnight_quick_none_seed2" "quick (b) seed 2=overnight_quick_dist_seed2"; do
+        log=experiments/logs/${pair#*=}.csv
+        [ -f "$log" ] && [ "$(awk -F, 'NR > 1 && $5 != ""' "$log" | wc -l)" -gt 0 ] && set -- "$@" "${pair%%=*}=$log"
+    done
+    [ $# -gt 0 ] && HOURS=1 sh experiments/plot.sh experiments/results/overnight_hours.svg \
+        "The overnight recipe: test accuracy against hours of training (one thread per run)" "$@"
     ;;
 *) echo "STAGE must be lr, rows, quick or table" >&2; exit 2 ;;
 esac

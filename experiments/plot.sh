@@ -7,6 +7,8 @@
 # 6 = class head, 7 = distillation head). Right panel: train loss per epoch (column 4), at the
 # epochs where the test accuracy was measured. XDIV (default 1) divides the epoch numbers, e.g.
 # 10 for a run on 10% of the data plotted in full-data epochs; XLABEL names the x axis.
+# HOURS=1 puts the hours of training (the log's elapsed_s / 3600) on the x axis instead, from 0:
+# the time-to-accuracy curves.
 # When a log has an epoch twice (a run resumed after a crash between writing the log row and
 # the checkpoint), the last row counts.
 set -eu
@@ -23,13 +25,14 @@ for spec in "$@"; do
     case $col in *:*) xdiv=${col#*:} col=${col%%:*} ;; esac
     [ -f "$file" ] || { echo "$0: $file: no such log" >&2; exit 1; }
     # series index, label, epoch, accuracy, loss
-    awk -F, -v s="$i" -v l="$label" -v c="$col" -v d="$xdiv" \
-        'NR > 1 && $c != "" { acc[$1 + 0] = $c; loss[$1 + 0] = $4; if ($1 + 0 > n) n = $1 + 0 }
-         END { for (e = 1; e <= n; e++) if (e in acc) printf "%s\t%s\t%g\t%s\t%s\n", s, l, e / d, acc[e], loss[e] }' "$file" >> "$tmp"
+    awk -F, -v s="$i" -v l="$label" -v c="$col" -v d="$xdiv" -v hours="${HOURS:-0}" \
+        'NR > 1 && $c != "" { acc[$1 + 0] = $c; loss[$1 + 0] = $4; h[$1 + 0] = $9 / 3600; if ($1 + 0 > n) n = $1 + 0 }
+         END { for (e = 1; e <= n; e++) if (e in acc) printf "%s\t%s\t%g\t%s\t%s\n", s, l, hours ? h[e] : e / d, acc[e], loss[e] }' "$file" >> "$tmp"
     i=$((i + 1))
 done
 
-awk -F'\t' -v title="$title" -v xlabel="${XLABEL:-epoch}" '
+[ "${HOURS:-0}" = 1 ] && XLABEL=${XLABEL:-hours of training}
+awk -F'\t' -v title="$title" -v xlabel="${XLABEL:-epoch}" -v hours="${HOURS:-0}" '
 function esc(s) { gsub(/&/, "\\&amp;", s); gsub(/</, "\\&lt;", s); return s }
 { s = $1; label[s] = $2; n[s]++; ep[s, n[s]] = $3; acc[s, n[s]] = $4; loss[s, n[s]] = $5
   if ($3 > emax) emax = $3; if ($4 > amax) amax = $4; if (amin == "" || $4 < amin) amin = $4
@@ -40,6 +43,7 @@ END {
   amin = int(amin / 10) * 10; amax = (int(amax / 10) + 1) * 10; if (amax > 100) amax = 100
   lmin = int(lmin * 10) / 10; lmax = (int(lmax * 10) + 1) / 10
   if (emax < 2) emax = 2
+  x1 = hours ? 0 : 1; if (hours) emax = (emax == int(emax)) ? emax : int(emax) + 1  # x axis from x1 to emax
   printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H + 20 * int((ns + 2) / 3)
   printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
   printf "<text x=\"%d\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">%s</text>\n", W / 2, esc(title)
@@ -55,15 +59,15 @@ END {
       printf "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", x0 - 6, y + 4, p ? sprintf("%.2f", v) : sprintf("%g", v)
     }
     step = emax <= 10 ? 1 : (emax <= 50 ? 5 : (emax <= 100 ? 10 : 50))
-    for (e = 0; e <= emax; e += step) if (e > 0 || step == 1) {
-      x = x0 + pw * (e - 1) / (emax - 1); if (e < 1) continue
+    for (e = 0; e <= emax; e += step) if (e > 0 || step == 1 || hours) {
+      x = x0 + pw * (e - x1) / (emax - x1); if (e < x1) continue
       printf "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%d</text>\n", x, y0 + ph + 16, e
     }
     for (s = 0; s < ns; s++) {
       pts = ""
       for (j = 1; j <= n[s]; j++) {
         v = p ? loss[s, j] : acc[s, j]
-        x = x0 + pw * (ep[s, j] - 1) / (emax - 1); y = y0 + ph - ph * (v - lo) / (hi - lo)
+        x = x0 + pw * (ep[s, j] - x1) / (emax - x1); y = y0 + ph - ph * (v - lo) / (hi - lo)
         pts = pts sprintf("%.1f,%.1f ", x, y)
       }
       printf "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"%s\"/>\n", col[s % 10 + 1], pts
