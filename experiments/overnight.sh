@@ -72,8 +72,10 @@ table)
         log=experiments/logs/${pair#*=}.csv
         [ -f "$log" ] && [ "$(awk -F, 'NR > 1 && $5 != ""' "$log" | wc -l)" -gt 0 ] && set -- "$@" "${pair%%=*}=$log"
     done
-    [ $# -gt 0 ] && HOURS=1 sh experiments/plot.sh experiments/results/overnight_hours.svg \
-        "The overnight recipe: test accuracy against hours of training (one thread per run)" "$@"
+    if [ $# -gt 0 ]; then
+        HOURS=1 sh experiments/plot.sh experiments/results/overnight_hours.svg \
+            "The overnight recipe: test accuracy against hours of training (one thread per run)" "$@"
+    fi
     ;;
 *) echo "STAGE must be lr, rows, quick or table" >&2; exit 2 ;;
 esac
