@@ -4920,7 +4920,6 @@ static int cmd_demo(const Options *o) {
         free(r[k].confusion);
         net_free(&net);
     }
-    dataset_free(&test);
     printf("\n== tokens: the class and distillation tokens of %s, layer by layer\n", bin[1]);
     Options a = *o;
     a.ckpt = bin[1], a.limit = 1000;
@@ -4932,7 +4931,6 @@ static int cmd_demo(const Options *o) {
     path_printf(png, sizeof(png), "%s_attention_", prefix);
     Net net;
     if (net_load(&net, bin[1])) return 1;
-    test = load_test_or_die(o->data);
     int image = o->image, written = attention_maps(&net.deit, &test, image, png, 8);
     dataset_free(&test);
     net_free(&net);
