@@ -2247,7 +2247,8 @@ static void test_cli(void) {
     check(run("./deit demo --teacher test_cli_t.bin --data test_data_tmp --dim 16 --depth 1 --heads 2 --train-limit 20 --epochs 2 "
               "--batch 10 --out test_demo") == 0 &&
               output_has("no distillation:") && output_has("class head") && output_has("after block 1") &&
-              output_has("[0] ground truth") && output_has("the distillation token's gain") && file_exists("test_demo_none.bin") &&
+              output_has("[0] ground truth") && output_has("the distillation token's gain") &&
+              output_has("mixup 0.80, cutmix 1.00, label smoothing 0.10") && file_exists("test_demo_none.bin") &&
               file_exists("test_demo_dist.bin") && file_exists("test_demo_attention_dist_rollout.png"),
           "./deit demo: both students trained, accuracies, token cosines, disagreement, attention maps");
     check(run("./deit demo --teacher no_such_teacher.bin --data test_data_tmp") != 0 && output_has("no_such_teacher.bin: no such teacher"),

@@ -47,18 +47,19 @@ quick)
     wait
     ;;
 table)
-    # results/overnight.md: every row's last logged epoch, its heads, and the hours it took to
-    # reach 60 / 70 / 80% test accuracy (averaged heads; wall time of training, tests not counted)
+    # results/overnight.md: every row's last logged epoch, its heads, and the epoch and hours at
+    # which it first reached 60 / 70 / 80% test accuracy (averaged heads; hours: the log's wall
+    # time of training, tests not counted, as the run went: one thread, beside another run)
     table=experiments/results/overnight.md
     {
-        echo "| row | epochs logged | test accuracy (heads averaged) | class head | distillation head | hours | hours to 60 / 70 / 80% | log |"
+        echo "| row | epochs logged | test accuracy (heads averaged) | class head | distillation head | hours | epoch (hours) reaching 60 / 70 / 80% | log |"
         echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
         for name in lr_tiny_2.5e-4 lr_tiny_5e-4 lr_tiny_1e-3 lr_tiny_2e-3 overnight_none overnight_dist \
             overnight_quick_none overnight_quick_dist overnight_quick_none_seed2 overnight_quick_dist_seed2; do
             log=experiments/logs/$name.csv
             [ -f "$log" ] || continue
             awk -F, -v n="$name" 'NR > 1 && $5 != "" { e = $1; a = $5; c = $6; d = $7; h = $9 / 3600
-                    for (k = 60; k <= 80; k += 10) if ($5 + 0 >= k && !(k in t)) t[k] = sprintf("%.1f", h) }
+                    for (k = 60; k <= 80; k += 10) if ($5 + 0 >= k && !(k in t)) t[k] = sprintf("%d (%.1f)", e, h) }
                 END { printf "| %s | %d | %s | %s | %s | %.1f | %s / %s / %s | `logs/%s.csv` |\n", n, e, a, c, (d == "" ? "-" : d), h,
                       (60 in t ? t[60] : "-"), (70 in t ? t[70] : "-"), (80 in t ? t[80] : "-"), n }' "$log"
         done
