@@ -66,12 +66,29 @@ commands() {
     done
 }
 
-# resume_of COMMAND: the ./deit teacher/train commands of COMMAND, as --resume OUT --steps 4
+# resume_of COMMAND: a ./deit teacher/train command as --resume OUT --steps 4
 resume_of() {
-    printf '%s\n' "$1" | tr '&' '\n' | awk '/\.\/deit (teacher|train)/ {
-        for (i = 1; i <= NF; i++) if ($i == "--out") out = $(i + 1)
+    printf '%s\n' "$1" | awk '{ for (i = 1; i <= NF; i++) if ($i == "--out") out = $(i + 1)
         cmd = ($0 ~ /deit teacher/) ? "teacher" : "train"
-        printf "%s./deit %s --resume %s --steps 4", sep, cmd, out; sep = " && " }'
+        printf "./deit %s --resume %s --steps 4", cmd, out }'
+}
+
+# start_resume COMMAND: each ./deit teacher/train of COMMAND (A && B ...), in order, stopped after
+# 2 steps and resumed to step 4 before the next one starts (B then trains from A's file as it
+# will stay: a student's state records its teacher's weights). Prints what failed.
+start_resume() {
+    printf '%s\n' "$1" | sed 's/ *&& */\n/g' > /tmp/readme_chain.$$
+    status=0
+    while IFS= read -r part; do
+        short=$(printf '%s' "$part" | sed 's#\./deit \(teacher\|train\)#./deit \1 --steps 2#')
+        again=$(resume_of "$part")
+        if ! sh -c "$short" > /dev/null 2>&1 < /dev/null; then echo "$short"; status=1; break; fi
+        if ! out=$(sh -c "$again" 2>&1 < /dev/null) || ! printf '%s\n' "$out" | grep -q "resuming"; then
+            echo "$again: $(printf '%s\n' "$out" | tail -1)"; status=1; break
+        fi
+    done < /tmp/readme_chain.$$
+    rm -f /tmp/readme_chain.$$
+    return $status
 }
 
 commands > /tmp/readme_commands.$$
@@ -98,11 +115,7 @@ while IFS= read -r cmd; do
             ok started+resumed "$cmd"
         else bad "$cmd" "exit status $ra then $rb: $(printf '%s\n' "$a" "$b" | tail -1)"; fi ;;
     *"./deit teacher"* | *"./deit train"*)
-        short=$(printf '%s' "$cmd" | sed 's#\./deit \(teacher\|train\)#./deit \1 --steps 2#g')
-        again=$(resume_of "$cmd")
-        if sh -c "$short" > /dev/null 2>&1 < /dev/null && out=$(sh -c "$again" 2>&1 < /dev/null) && printf '%s\n' "$out" | grep -q "resuming"; then
-            ok started+resumed "$cmd"
-        else bad "$cmd" "$again"; fi ;;
+        if why=$(start_resume "$cmd"); then ok started+resumed "$cmd"; else bad "$cmd" "$why"; fi ;;
     *) if sh -c "$cmd" > /dev/null 2>&1 < /dev/null; then ok ran "$cmd"; else bad "$cmd"; fi ;;
     esac
 done < /tmp/readme_commands.$$
