@@ -12,6 +12,7 @@
 #                      --steps; a ./deit teacher/train gets --steps 2, then --resume OUT --steps 4)
 #   sh dev/readme_commands.sh --quick  in this checkout, only the fast ones (make test runs it):
 #                                     the evaluations of the committed checkpoints
+#   ONLY=REGEX  only the commands that match (grep -E), e.g. after fixing what a full run failed on
 #   DATA=PATH  the CIFAR-10 directory or tarball for ./cifar_download.sh --from (no network here;
 #              default ../shared/data/cifar-10-batches-bin beside the repository)
 # Exits 1 if any command fails or prints a number other than the README's.
@@ -52,7 +53,8 @@ if [ "${1:-}" = --quick ]; then
 fi
 
 DIR=${1:-$(mktemp -d /tmp/deit_readme.XXXXXX)}
-[ -d "$DIR/.git" ] || git clone -q "$REPO" "$DIR" || exit 1
+if [ -d "$DIR/.git" ]; then git -C "$DIR" pull -q "$REPO" HEAD || exit 1 # a clone of an earlier run, brought up to HEAD
+else git clone -q "$REPO" "$DIR" || exit 1; fi
 cd "$DIR" || exit 1
 echo "readme commands: a clone of $(git rev-parse --short HEAD) in $DIR"
 
@@ -91,7 +93,7 @@ start_resume() {
     return $status
 }
 
-commands > /tmp/readme_commands.$$
+commands | grep -E -- "${ONLY:-.}" > /tmp/readme_commands.$$
 while IFS= read -r cmd; do
     case "$cmd" in
     *cifar_download.sh*)
@@ -108,6 +110,8 @@ while IFS= read -r cmd; do
         else bad "$cmd" "$(printf '%s\n' "$out" | tail -2)"; fi ;;
     *"./deit eval"* | *"./deit tokens"* | *"./deit compare"* | *"./deit attention"*)
         if sh -c "$cmd" > /dev/null 2>&1 < /dev/null; then ok ran "$cmd"; else bad "$cmd"; fi ;;
+    *experiments/inside.sh*) # analyses of checkpoints: nothing to start or resume
+        if out=$(sh -c "$cmd" 2>&1 < /dev/null); then ok ran "$cmd"; else bad "$cmd" "$(printf '%s\n' "$out" | tail -1)"; fi ;;
     *experiments/*.sh*)
         a=$(STEPS=2 sh -c "$cmd" 2>&1 < /dev/null); ra=$?
         b=$(STEPS=4 sh -c "$cmd" 2>&1 < /dev/null); rb=$?

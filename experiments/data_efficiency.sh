@@ -26,7 +26,9 @@ row() { # row PERCENT none|dist
     ep=$((EPOCHS * 100 / pct)) wu=$((100 / pct))
     distill="--teacher $TEACHER --distill hard --dist-token 1"
     [ "$kind" = none ] && distill="--distill none --dist-token 0"
-    run "$(name "$pct" "$kind")" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" --train-limit "$n" $distill --seed "$SEED"
+    limit="--train-limit $n"
+    [ "$pct" = 100 ] && limit="" # table3's run, as table3.sh starts it (all images: no --train-limit)
+    run "$(name "$pct" "$kind")" "$ep" ./deit train $STUDENT $RECIPE --warmup "$wu" --eval-every "$wu" $limit $distill --seed "$SEED"
 }
 KINDS=${KINDS:-"none dist"}
 for pct in $FRACTIONS; do

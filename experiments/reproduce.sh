@@ -8,6 +8,7 @@
 #   DATA=PATH   the CIFAR-10 binary directory or tarball for ./cifar_download.sh --from
 #               (default: ../shared/data/cifar-10-batches-bin beside this repository)
 #   THREADS=N   threads of the run (default 1)
+#   STEPS=N     a trial: the row stops after N optimizer steps (lib.sh), and no comparison is made
 #
 # The clone is of the committed HEAD. Its copy of the row's committed log is deleted first, so
 # the row really runs; the distilled rows use the committed teacher checkpoint
@@ -39,6 +40,11 @@ fi
 BUDGET=quick ROWS=$ROW THREADS=${THREADS:-1} experiments/table3.sh > "experiments/logs/reproduce_$ROW.out" 2>&1 ||
     { tail -5 "experiments/logs/reproduce_$ROW.out"; exit 1; }
 
+if [ -n "${STEPS:-}" ]; then # a trial (lib.sh's STEPS): the row stopped early, nothing to compare
+    tail -n 3 "experiments/logs/reproduce_$ROW.out"
+    echo "reproduce: stopped after $STEPS steps (STEPS); run again without STEPS to finish the row and compare"
+    exit 0
+fi
 final() { awk -F, -v c="$2" 'NR > 1 { a = $c } END { print a }' "$1"; }
 new=$(final "experiments/logs/$NAME.csv" $COL)
 old=$(git -C "$REPO" show "HEAD:experiments/logs/$NAME.csv" | awk -F, -v c=$COL 'NR > 1 { a = $c } END { print a }')
