@@ -53,7 +53,8 @@ if [ "${1:-}" = --quick ]; then
 fi
 
 DIR=${1:-$(mktemp -d /tmp/deit_readme.XXXXXX)}
-if [ -d "$DIR/.git" ]; then git -C "$DIR" pull -q "$REPO" HEAD || exit 1 # a clone of an earlier run, brought up to HEAD
+if [ -d "$DIR/.git" ]; then # a clone of an earlier run (its runs/ kept), brought to HEAD
+    git -C "$DIR" fetch -q "$REPO" HEAD && git -C "$DIR" reset -q --hard FETCH_HEAD || exit 1
 else git clone -q "$REPO" "$DIR" || exit 1; fi
 cd "$DIR" || exit 1
 echo "readme commands: a clone of $(git rev-parse --short HEAD) in $DIR"
