@@ -41,7 +41,7 @@ BUDGET=quick ROWS=$ROW THREADS=${THREADS:-1} experiments/table3.sh > "experiment
     { tail -5 "experiments/logs/reproduce_$ROW.out"; exit 1; }
 
 if [ -n "${STEPS:-}" ]; then # a trial (lib.sh's STEPS): the row stopped early, nothing to compare
-    tail -n 3 "experiments/logs/reproduce_$ROW.out"
+    grep "^== " "experiments/logs/reproduce_$ROW.out" # the row: started, resuming or done
     echo "reproduce: stopped after $STEPS steps (STEPS); run again without STEPS to finish the row and compare"
     exit 0
 fi
