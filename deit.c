@@ -65,6 +65,7 @@
 #include <omp.h>
 #define OMP(...) _Pragma(#__VA_ARGS__)
 static int num_threads(void) { return omp_get_max_threads(); }
+static int inside_parallel_region(void) { return omp_get_level() > 0; }
 static void set_threads(int n) {
     if (n > omp_get_num_procs())
         fprintf(stderr, "deit: warning: --threads %d on %d processors: the threads will wait on each other (slower)\n", n,
@@ -74,6 +75,7 @@ static void set_threads(int n) {
 #else
 #define OMP(...)
 static int num_threads(void) { return 1; }
+static int inside_parallel_region(void) { return 0; }
 static void set_threads(int n) { (void)n; }
 #endif
 
@@ -420,84 +422,51 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
 
 /* ---- I.3.4 Multi-head self-attention ------------------------------------------------------
    qkv (B, T, 3D) holds, for each token, q (D) then k (D) then v (D); head h owns numbers
-   [h*hd, (h+1)*hd) of each, hd = D/NH. For each image b, head h, query token t:
-     score[t2] = q_t . k_t2 / sqrt(hd)       for all T tokens t2 (no mask: every token sees all)
-     att[t]    = softmax(score)
-     out_t     = sum over t2 of att[t][t2] v_t2      written to out[b, t, h*hd ...]
-   Every product here is a weighted sum of rows, y += sum_r w_r x_r (weighted_row_sum), whose
-   inner loop runs over contiguous memory so it vectorizes: k of one head is first copied
-   transposed (kT[i][t2]), so the scores q_t . k_t2 for all t2 are the rows of kT weighted by
-   q_t; out_t is the rows v_t2 weighted by att[t][t2].                                       */
-
-/* y[j] += sum over r < rows of w[r*w_stride] * x[r*x_stride + j], for j < n.
-   Four rows per pass: y is loaded and stored rows/4 times instead of rows times (each pass
-   must wait for the previous one's stores, so this is what sets the speed).                */
-VECTOR_CLONES
-static void weighted_row_sum(float *restrict y, const float *w, int w_stride, const float *x, size_t x_stride,
-                             int rows, int n) {
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        float w0 = w[(size_t)r * w_stride], w1 = w[(size_t)(r + 1) * w_stride];
-        float w2 = w[(size_t)(r + 2) * w_stride], w3 = w[(size_t)(r + 3) * w_stride];
-        const float *x0 = x + r * x_stride, *x1 = x0 + x_stride, *x2 = x1 + x_stride, *x3 = x2 + x_stride;
-        for (int j = 0; j < n; j++) y[j] += w0 * x0[j] + w1 * x1[j] + w2 * x2[j] + w3 * x3[j];
-    }
-    for (; r < rows; r++) {
-        float wr = w[(size_t)r * w_stride];
-        const float *xr = x + r * x_stride;
-        for (int j = 0; j < n; j++) y[j] += wr * xr[j];
-    }
-}
-
+   [h*hd, (h+1)*hd) of each, hd = D/NH. For each image b and head h, with Q, K, V the (T, hd)
+   matrices of the head's q, k and v rows:
+     score = Q K^T / sqrt(hd)        (T, T): score[t][t2] = q_t . k_t2; no mask, every token sees all
+     att   = softmax of each row of score
+     out   = att V                   (T, hd), written to out[b, t, h*hd ...]
+   Both products are matmul() calls that read Q, K and V where they lie in qkv, through strides:
+   Q has rows 3D apart (a_rs = 3D, a_cs = 1), K^T is K read by columns (b_rs = 1, b_cs = 3D).
+   One thread takes one (image, head) at a time; the matmuls inside run on that thread alone. */
 VECTOR_CLONES
 static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int D, int NH) {
     int hd = D / NH;
     float scale = 1.0f / sqrtf((float)hd);
-    OMP(omp parallel)
-    {
-        float *kT = xmalloc(sizeof(float) * (size_t)hd * T), *acc = xmalloc(sizeof(float) * hd);
-        OMP(omp for collapse(2) schedule(static))
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < NH; h++) {
-                const float *base = qkv + (size_t)b * T * 3 * D;
-                for (int t2 = 0; t2 < T; t2++)
-                    for (int i = 0; i < hd; i++) kT[(size_t)i * T + t2] = base[(size_t)t2 * 3 * D + D + h * hd + i];
-                for (int t = 0; t < T; t++) {
-                    const float *q = base + (size_t)t * 3 * D + h * hd;
-                    float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                    for (int t2 = 0; t2 < T; t2++) a[t2] = 0.0f;
-                    weighted_row_sum(a, q, 1, kT, T, hd, T); /* a[t2] = q_t . k_t2 */
-                    float maxv = -FLT_MAX, sum = 0.0f;
-                    for (int t2 = 0; t2 < T; t2++) {
-                        a[t2] *= scale;
-                        maxv = a[t2] > maxv ? a[t2] : maxv;
-                    }
-                    for (int t2 = 0; t2 < T; t2++) {
-                        a[t2] = expf(a[t2] - maxv);
-                        sum += a[t2];
-                    }
-                    float inv = 1.0f / sum;
-                    for (int t2 = 0; t2 < T; t2++) a[t2] *= inv;
-                    for (int i = 0; i < hd; i++) acc[i] = 0.0f;
-                    weighted_row_sum(acc, a, 1, base + 2 * D + h * hd, (size_t)3 * D, T, hd); /* sum_t2 a[t2] v_t2 */
-                    memcpy(out + ((size_t)b * T + t) * D + h * hd, acc, sizeof(float) * hd);
+    OMP(omp parallel for collapse(2) schedule(static))
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *q = qkv + (size_t)b * T * 3 * D + h * hd, *k = q + D, *v = q + 2 * D;
+            float *a = att + ((size_t)b * NH + h) * T * T, *o = out + (size_t)b * T * D + h * hd;
+            for (int i = 0; i < T * T; i++) a[i] = 0.0f;
+            matmul(a, T, q, 3 * D, 1, k, 1, 3 * D, T, T, hd); /* a = Q K^T */
+            for (int t = 0; t < T; t++) {                      /* each row: softmax(scale * a[t]) */
+                float *row = a + (size_t)t * T, maxv = -FLT_MAX, sum = 0.0f;
+                for (int t2 = 0; t2 < T; t2++) {
+                    row[t2] *= scale;
+                    maxv = row[t2] > maxv ? row[t2] : maxv;
                 }
+                for (int t2 = 0; t2 < T; t2++) {
+                    row[t2] = expf(row[t2] - maxv);
+                    sum += row[t2];
+                }
+                float inv = 1.0f / sum;
+                for (int t2 = 0; t2 < T; t2++) row[t2] *= inv;
             }
-        free(kT);
-        free(acc);
-    }
+            for (int t = 0; t < T; t++)
+                for (int i = 0; i < hd; i++) o[(size_t)t * D + i] = 0.0f;
+            matmul(o, D, a, T, 1, v, 3 * D, 1, T, hd, T); /* out = att V */
+        }
 }
 
-/* Backward, for one image b and head h, with dout_t the gradient of out_t:
-     datt[t][t2] = dout_t . v_t2
-     dscore[t]   = scale * att[t] * (datt[t] - sum_u att[t][u] datt[t][u])
-                   (softmax backward, times the 1/sqrt(hd) of the scores: dscore is the gradient
-                    of the raw product q_t . k_t2, so dq and dk need no further scale)
-     dq_t       += sum_t2 dscore[t][t2] k_t2
-     dk_t2      += sum_t  dscore[t][t2] q_t
-     dv_t2      += sum_t  att[t][t2] dout_t
-   dscore of the head is kept (T x T) so that dq, dk and dv are each one pass that sums into a
-   local row. Each (b, h) writes only its own slice of dqkv, so the parallel loop is race-free. */
+/* Backward, for one image b and head h, with dOut (T, hd) the gradient of out:
+     datt   = dOut V^T                                  (T, T)
+     dscore = scale * att * (datt - rowsum(att * datt))   row by row: the softmax backward, times
+              the 1/sqrt(hd) of the scores; dscore is the gradient of the raw product Q K^T
+     dQ    += dscore K,   dK += dscore^T Q,   dV += att^T dOut
+   dscore (T, T) is the thread's own scratch. Each (b, h) writes only its own slice of dqkv,
+   so the parallel loop is race-free. */
 VECTOR_CLONES
 static void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
                                int B, int T, int D, int NH) {
@@ -505,40 +474,26 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
     float scale = 1.0f / sqrtf((float)hd);
     OMP(omp parallel)
     {
-        float *vT = xmalloc(sizeof(float) * (size_t)hd * T), *dscore = xmalloc(sizeof(float) * (size_t)T * T);
-        float *acc = xmalloc(sizeof(float) * hd), *acc2 = xmalloc(sizeof(float) * hd);
+        float *dscore = xmalloc(sizeof(float) * (size_t)T * T);
         OMP(omp for collapse(2) schedule(static))
         for (int b = 0; b < B; b++)
             for (int h = 0; h < NH; h++) {
-                const float *base = qkv + (size_t)b * T * 3 * D;
-                float *dbase = dqkv + (size_t)b * T * 3 * D;
-                const float *a_bh = att + ((size_t)b * NH + h) * T * T;
-                for (int t2 = 0; t2 < T; t2++)
-                    for (int i = 0; i < hd; i++) vT[(size_t)i * T + t2] = base[(size_t)t2 * 3 * D + 2 * D + h * hd + i];
-                for (int t = 0; t < T; t++) { /* dscore row t */
-                    const float *a = a_bh + (size_t)t * T, *dy = dout + ((size_t)b * T + t) * D + h * hd;
-                    float *ds = dscore + (size_t)t * T;
-                    for (int t2 = 0; t2 < T; t2++) ds[t2] = 0.0f;
-                    weighted_row_sum(ds, dy, 1, vT, T, hd, T); /* datt[t][t2] = dout_t . v_t2 */
-                    float dot = 0.0f;
-                    for (int t2 = 0; t2 < T; t2++) dot += a[t2] * ds[t2];
-                    for (int t2 = 0; t2 < T; t2++) ds[t2] = a[t2] * (ds[t2] - dot) * scale;
+                const float *q = qkv + (size_t)b * T * 3 * D + h * hd, *k = q + D, *v = q + 2 * D;
+                float *dq = dqkv + (size_t)b * T * 3 * D + h * hd, *dk = dq + D, *dv = dq + 2 * D;
+                const float *a = att + ((size_t)b * NH + h) * T * T, *dy = dout + (size_t)b * T * D + h * hd;
+                for (int i = 0; i < T * T; i++) dscore[i] = 0.0f;
+                matmul(dscore, T, dy, D, 1, v, 1, 3 * D, T, T, hd); /* datt = dOut V^T */
+                for (int t = 0; t < T; t++) {                        /* softmax backward, row by row */
+                    const float *a_row = a + (size_t)t * T;
+                    float *ds = dscore + (size_t)t * T, dot = 0.0f;
+                    for (int t2 = 0; t2 < T; t2++) dot += a_row[t2] * ds[t2];
+                    for (int t2 = 0; t2 < T; t2++) ds[t2] = a_row[t2] * (ds[t2] - dot) * scale;
                 }
-                for (int t = 0; t < T; t++) { /* dq_t = sum_t2 dscore[t][t2] k_t2 */
-                    for (int i = 0; i < hd; i++) acc[i] = 0.0f;
-                    weighted_row_sum(acc, dscore + (size_t)t * T, 1, base + D + h * hd, (size_t)3 * D, T, hd);
-                    float *dq = dbase + (size_t)t * 3 * D + h * hd;
-                    for (int i = 0; i < hd; i++) dq[i] += acc[i];
-                }
-                for (int t2 = 0; t2 < T; t2++) { /* dk_t2 and dv_t2: sums over the queries t (column t2) */
-                    for (int i = 0; i < hd; i++) acc[i] = 0.0f, acc2[i] = 0.0f;
-                    weighted_row_sum(acc, dscore + t2, T, base + h * hd, (size_t)3 * D, T, hd);       /* dscore[t][t2] q_t */
-                    weighted_row_sum(acc2, a_bh + t2, T, dout + (size_t)b * T * D + h * hd, D, T, hd); /* att[t][t2] dout_t */
-                    float *dk = dbase + (size_t)t2 * 3 * D + D + h * hd, *dv = dk + D;
-                    for (int i = 0; i < hd; i++) dk[i] += acc[i], dv[i] += acc2[i];
-                }
+                matmul(dq, 3 * D, dscore, T, 1, k, 3 * D, 1, T, hd, T); /* dQ += dscore K */
+                matmul(dk, 3 * D, dscore, 1, T, q, 3 * D, 1, T, hd, T); /* dK += dscore^T Q */
+                matmul(dv, 3 * D, a, 1, T, dy, D, 1, T, hd, T);         /* dV += att^T dOut */
             }
-        free(vT), free(dscore), free(acc), free(acc2);
+        free(dscore);
     }
 }
 
@@ -3152,8 +3107,9 @@ static int matmul_best_path(void) {
     return best;
 }
 
-/* The version in use, chosen at the first call: the best one, or the one DEIT_KERNEL names
-   (portable, avx2 or avx512: for tests and benchmarks; one the processor lacks is refused). */
+/* The version in use, chosen at the first call (deit_main makes it before any thread starts):
+   the best one, or the one DEIT_KERNEL names (portable, avx2 or avx512: for tests and
+   benchmarks; one the processor lacks is refused). */
 static const MatmulPath *matmul_chosen_path;
 static const MatmulPath *matmul_path(void) {
     if (matmul_chosen_path) return matmul_chosen_path;
@@ -3208,13 +3164,43 @@ static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs
         for (int j = 0; j < n; j++) dst[k * NR + j] = src[(size_t)k * b_rs + (size_t)j * b_cs];
 }
 
+/* A product asked for from inside a parallel loop (attention: one image and head per thread)
+   runs on the calling thread alone, with its packing buffers on that thread's stack. These
+   products are small (T x T x hd), so only K is cut (in KC slices); each B panel is packed
+   once and used by every group of MR rows, as in the loops below. */
+static void matmul_fast_one_thread(const MatmulPath *path, float *C, int ldc, const float *A, int a_rs, int a_cs,
+                                   const float *B, int b_rs, int b_cs, int M, int N, int K) {
+    const int MR = path->mr, NR = path->nr;
+    _Alignas(64) float bp[KC * NR_MAX];
+    _Alignas(64) float ap[KC * MR_MAX];
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC;
+        for (int j0 = 0; j0 < N; j0 += NR) {
+            int n = N - j0 < NR ? N - j0 : NR, direct = b_cs == 1 && n == NR;
+            if (!direct) pack_b_panel(bp, B, b_rs, b_cs, k0, kc, j0, n, NR);
+            const float *b = direct ? B + (size_t)k0 * b_rs + j0 : bp;
+            for (int i0 = 0; i0 < M; i0 += MR) {
+                int m = M - i0 < MR ? M - i0 : MR, in_place = a_cs == 1 && m == MR;
+                if (!in_place) pack_a(ap, A, a_rs, a_cs, i0, m, k0, kc, MR);
+                const float *a = in_place ? A + (size_t)i0 * a_rs + k0 : ap;
+                path->kernel(kc, a, in_place ? 1 : MR, in_place ? a_rs : 1, b, direct ? b_rs : NR,
+                             C + (size_t)i0 * ldc + j0, ldc, m, n);
+            }
+        }
+    }
+}
+
 static float *matmul_packed_b; /* KC x NC, allocated once */
 
 static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
                    const float *B, int b_rs, int b_cs, int M, int N, int K) {
     if (M <= 0 || N <= 0 || K <= 0) return;
-    if (!matmul_packed_b) matmul_packed_b = xmalloc(sizeof(float) * KC * NC);
     const MatmulPath *path = matmul_path();
+    if (inside_parallel_region()) {
+        matmul_fast_one_thread(path, C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+        return;
+    }
+    if (!matmul_packed_b) matmul_packed_b = xmalloc(sizeof(float) * KC * NC);
     const int MR = path->mr, NR = path->nr;
     float *bp = matmul_packed_b;
     /* Trick 4: when B's rows are contiguous (b_cs == 1), the kernel reads a full B panel where
@@ -5040,6 +5026,7 @@ static int deit_main(int argc, char **argv) {
         usage();
         return 1;
     }
+    matmul_path(); /* chosen here, before any thread starts, and read-only from then on */
     options_defaults(&opt_values);
     parse_flags(argc, argv, cmd);
     if ((cmd & ALL_TRAIN) && opt_values.resume) resume_flags(argc, argv, cmd);

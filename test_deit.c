@@ -105,13 +105,16 @@ static void test_matmul(void) {
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
             if (fast) matmul_chosen_path = &matmul_paths[fast - 1];
             int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            /* alone = 1: the version a product asked for inside a parallel loop runs (attention) */
+            for (int alone = 0; alone <= (fast ? 1 : 0); alone++)
             for (int ta = 0; ta < 2; ta++)
                 for (int tb = 0; tb < 2; tb++) {
                     float *A = rand_tensor((size_t)M * K, 1.0f), *B = rand_tensor((size_t)K * N, 1.0f);
                     float *C1 = rand_tensor((size_t)M * N, 1.0f), *C2 = xmalloc(sizeof(float) * M * N);
                     memcpy(C2, C1, sizeof(float) * M * N);
                     int a_rs = ta ? 1 : K, a_cs = ta ? M : 1, b_rs = tb ? 1 : N, b_cs = tb ? K : 1;
-                    if (fast) matmul_fast(C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+                    if (alone) matmul_fast_one_thread(matmul_chosen_path, C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+                    else if (fast) matmul_fast(C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
                     else matmul_naive(C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
                     matmul_reference(C2, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
                     double worst = 0.0;
@@ -119,8 +122,8 @@ static void test_matmul(void) {
                         double e = fabs(C1[i] - C2[i]) / (1.0 + fabs(C2[i]));
                         if (e > worst) worst = e;
                     }
-                    check(worst < 1e-4 * sqrt((double)K), "matmul %-8s %4dx%4dx%4d transA=%d transB=%d vs reference: max err %.1e",
-                          fast ? matmul_path_names[fast - 1] : "naive", M, N, K, ta, tb, worst);
+                    check(worst < 1e-4 * sqrt((double)K), "matmul %-8s%s %4dx%4dx%4d transA=%d transB=%d vs reference: max err %.1e",
+                          fast ? matmul_path_names[fast - 1] : "naive", alone ? " (one thread)" : "", M, N, K, ta, tb, worst);
                     free(C2); /* A, B, C1 are test tensors, freed at the end */
                 }
         }
@@ -268,8 +271,8 @@ static void test_attention(void) {
     for (int t2 = 0; t2 < 5; t2++) o += exp(sc[t2] - mx) / sum * c.x[(b * 5 + t2) * 18 + 12 + h * hd + i];
     check(fabs(o - c.out[(b * 5 + t) * 6 + h * hd + i]) < 1e-5, "attention output equals softmax(q k^T / sqrt(hd)) v");
 
-    /* head size 6 and 7 tokens: weighted_row_sum's 4-row passes and its remainder both run
-       over the head's numbers and over the tokens; every output against a direct computation */
+    /* head size 6 and 7 tokens: more tokens than the rows of one register tile (MR 4 or 6);
+       every output against a direct computation */
     LayerCtx c2 = {.B = 2, .T = 7, .D = 12, .NH = 2};
     int T2 = 7, D2 = 12, hd2 = 6;
     size_t nqkv2 = 2 * 7 * 36, nout2 = 2 * 7 * 12;
@@ -300,6 +303,29 @@ static void test_attention(void) {
                 }
             }
     check(worst < 1e-5, "attention (head size 6, 7 tokens): every output equals softmax(q k^T / sqrt(hd)) v (max err %.1e)", worst);
+
+    /* DeiT-Ti's heads (66 tokens, head size 64) and odd ones (37 tokens, head size 33): with
+       the fast matmul (whole register tiles read in place, edges packed) against the naive
+       loops, forward and backward */
+    int shapes[2][3] = {{66, 192, 3}, {37, 66, 2}};
+    for (int s = 0; s < 2; s++) {
+        int T = shapes[s][0], D = shapes[s][1], NH = shapes[s][2];
+        size_t nq = 2 * (size_t)T * 3 * D, no = 2 * (size_t)T * D, na = 2 * (size_t)NH * T * T;
+        float *qkv = rand_tensor(nq, 1), *dout = rand_tensor(no, 1), *out[2], *att[2], *dq[2];
+        int saved = matmul_use_fast;
+        for (int fast = 0; fast < 2; fast++) {
+            matmul_use_fast = fast;
+            out[fast] = zeros(no), att[fast] = zeros(na), dq[fast] = zeros(nq);
+            attention_forward(out[fast], att[fast], qkv, 2, T, D, NH);
+            attention_backward(dq[fast], dout, qkv, att[fast], 2, T, D, NH);
+        }
+        matmul_use_fast = saved;
+        double e_out = 0, e_dq = 0;
+        for (size_t i = 0; i < no; i++) e_out = fmax(e_out, fabs(out[1][i] - out[0][i]) / (1 + fabs(out[0][i])));
+        for (size_t i = 0; i < nq; i++) e_dq = fmax(e_dq, fabs(dq[1][i] - dq[0][i]) / (1 + fabs(dq[0][i])));
+        check(e_out < 1e-5 && e_dq < 1e-5, "attention, %d tokens, head size %d: fast matmul = naive loops (out %.1e, dqkv %.1e)",
+              T, D / NH, e_out, e_dq);
+    }
 }
 
 static double probe_gelu(void *p) {
