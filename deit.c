@@ -366,18 +366,33 @@ static void tokens_backward(float *dpatch_emb, float *dcls, float *ddist, float 
 /* ---- I.3.3 LayerNorm (eps 1e-6), over the last dimension of each of R rows ----------------
    y = (x - mean) * rstd * w + b,   rstd = 1 / sqrt(var + eps)                              */
 #define LN_EPS 1e-6f
+
+/* sum of (x[i] - c)^p over i < n, p = 1 or 2. One running sum would be a chain of n adds that
+   the compiler must keep in order (float addition is not associative); sixteen partial sums
+   (lane j takes every 16th number) let it do sixteen adds with one vector instruction.      */
+#define SUM_LANES 16
+static inline float sum_pow(const float *x, float c, int n, int p) {
+    float lane[SUM_LANES] = {0};
+    int i = 0;
+    for (; i + SUM_LANES <= n; i += SUM_LANES)
+        for (int j = 0; j < SUM_LANES; j++) {
+            float d = x[i + j] - c;
+            lane[j] += p == 2 ? d * d : d;
+        }
+    for (; i < n; i++) lane[0] += p == 2 ? (x[i] - c) * (x[i] - c) : x[i] - c;
+    float sum = 0.0f;
+    for (int j = 0; j < SUM_LANES; j++) sum += lane[j];
+    return sum;
+}
+
 VECTOR_CLONES
 static void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                               const float *b, int R, int D) {
     OMP(omp parallel for schedule(static))
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * D;
-        float m = 0.0f;
-        for (int i = 0; i < D; i++) m += x[i];
-        m /= D;
-        float v = 0.0f;
-        for (int i = 0; i < D; i++) v += (x[i] - m) * (x[i] - m);
-        v /= D;
+        float m = sum_pow(x, 0.0f, D, 1) / D;
+        float v = sum_pow(x, m, D, 2) / D;
         float s = 1.0f / sqrtf(v + LN_EPS);
         float *y = out + (size_t)r * D;
         for (int i = 0; i < D; i++) y[i] = (x[i] - m) * s * w[i] + b[i];
@@ -430,6 +445,23 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
    Both products are matmul() calls that read Q, K and V where they lie in qkv, through strides:
    Q has rows 3D apart (a_rs = 3D, a_cs = 1), K^T is K read by columns (b_rs = 1, b_cs = 3D).
    One thread takes one (image, head) at a time; the matmuls inside run on that thread alone. */
+/* exp for the softmax. expf from libm is a function call per number, which keeps the compiler
+   from vectorizing the loop; this is plain arithmetic that it runs 8 or 16 numbers at a time:
+     exp(x) = 2^n exp(r),  n = x / ln 2 rounded,  r = x - n ln 2 in [-ln2/2, ln2/2]
+   exp(r) is its Taylor series to r^6 (the next term is below 1.3e-7 of it), and 2^n is a float
+   whose exponent bits are n + 127. Adding then subtracting 1.5 * 2^23 rounds to an integer (the
+   sum has no bits left for a fraction); ln 2 is split in two so that n ln 2 is exact enough.
+   x is clamped to [-87, 88], where 2^n is a normal float (a NaN stays NaN). test_deit.c
+   measures the error against exp.                                                              */
+static inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
+    float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    union { uint32_t bits; float f; } two_n = {.bits = (uint32_t)((int32_t)(n == n ? n : 0.0f) + 127) << 23};
+    return p * two_n.f;
+}
+
 VECTOR_CLONES
 static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int D, int NH) {
     int hd = D / NH;
@@ -442,16 +474,13 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
             for (int i = 0; i < T * T; i++) a[i] = 0.0f;
             matmul(a, T, q, 3 * D, 1, k, 1, 3 * D, T, T, hd); /* a = Q K^T */
             for (int t = 0; t < T; t++) {                      /* each row: softmax(scale * a[t]) */
-                float *row = a + (size_t)t * T, maxv = -FLT_MAX, sum = 0.0f;
+                float *row = a + (size_t)t * T, maxv = -FLT_MAX;
                 for (int t2 = 0; t2 < T; t2++) {
                     row[t2] *= scale;
                     maxv = row[t2] > maxv ? row[t2] : maxv;
                 }
-                for (int t2 = 0; t2 < T; t2++) {
-                    row[t2] = expf(row[t2] - maxv);
-                    sum += row[t2];
-                }
-                float inv = 1.0f / sum;
+                for (int t2 = 0; t2 < T; t2++) row[t2] = exp_approx(row[t2] - maxv);
+                float inv = 1.0f / sum_pow(row, 0.0f, T, 1);
                 for (int t2 = 0; t2 < T; t2++) row[t2] *= inv;
             }
             for (int t = 0; t < T; t++)
@@ -524,20 +553,15 @@ static void gelu_forward(float *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erf_approx(inp[i] * 0.70710678118654752f));
 }
 
-/* In chunks of 256: the first loop calls expf (a libm call per element), the second, free of
-   calls, is vectorized by the compiler. */
+/* Both Phi and phi are plain arithmetic here (erf_approx, exp_approx): the loop vectorizes. */
 VECTOR_CLONES
 static void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
     OMP(omp parallel for schedule(static))
-    for (size_t i0 = 0; i0 < n; i0 += 256) {
-        size_t len = n - i0 < 256 ? n - i0 : 256;
-        const float *x = inp + i0;
-        float pdf[256];
-        for (size_t i = 0; i < len; i++) pdf[i] = 0.39894228040143268f * expf(-0.5f * x[i] * x[i]); /* phi(x) */
-        for (size_t i = 0; i < len; i++) {
-            float cdf = 0.5f * (1.0f + erf_approx(x[i] * 0.70710678118654752f));                    /* Phi(x) */
-            dinp[i0 + i] += dout[i0 + i] * (cdf + x[i] * pdf[i]);
-        }
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erf_approx(x * 0.70710678118654752f)); /* Phi(x) */
+        float pdf = 0.39894228040143268f * exp_approx(-0.5f * x * x);      /* phi(x) */
+        dinp[i] += dout[i] * (cdf + x * pdf);
     }
 }
 

@@ -355,6 +355,17 @@ static void test_gelu(void) {
     float far[4] = {-1e30f, -50.0f, 50.0f, 1e30f};
     for (int i = 0; i < 4; i++) worst = fmax(worst, fabs((double)erf_approx(far[i]) - erf((double)far[i])));
     check(worst <= 1e-6 && isnan(erf_approx(NAN)), "erf_approx within 1e-6 of erf on [-8, 8] and far out: max error %.2e (at %.5f)", worst, at);
+    /* exp_approx (the softmax's and gelu_backward's exp) against exp in double, relative error,
+       on a fine grid over [-87, 88]; beyond it, the clamp */
+    worst = 0.0, at = 0.0;
+    for (int i = -870000; i <= 880000; i++) {
+        float v = i * 1e-4f;
+        double e = fabs((double)exp_approx(v) / exp((double)v) - 1.0);
+        if (e > worst) worst = e, at = v;
+    }
+    check(worst <= 5e-7 && exp_approx(0.0f) == 1.0f && exp_approx(-1e30f) < 1e-37f && exp_approx(-1e30f) >= 0.0f &&
+              isnan(exp_approx(NAN)), "exp_approx within 5e-7 of exp (relative) on [-87, 88], exp(0) = 1, far out 0: max error %.2e (at %.4f)",
+          worst, at);
 }
 
 static double probe_residual(void *p) {
