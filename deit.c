@@ -1964,9 +1964,11 @@ static void airbench_zero_grad(Teacher *t) {
 
 /* From t->dlogits back to every gradient, the forward's steps in reverse. The scale 1/9 of the
    logits is applied to dlogits in place first. The whitening filters are fixed: only their bias
-   gets a gradient, the sum of dL/d(conv output) over each channel's pixels. */
+   gets a gradient, the sum of dL/d(conv output) over each channel's pixels. Once the bias is
+   frozen too (after epoch 3, airbench_begin_epoch), nothing below the first block needs a
+   gradient, and the first conv's input gradient is not computed. */
 static void airbench_backward(Teacher *t, int B) {
-    int W = teacher_last_width(t), C = t->config.num_classes;
+    int W = teacher_last_width(t), C = t->config.num_classes, whiten_trains = t->tensors[1].trainable;
     for (int i = 0; i < B * C; i++) t->dlogits[i] *= AIR_LOGIT_SCALE;
     linear_backward(t->dhead_pooled, t->dfc_w, NULL, t->dlogits, t->head_pooled, t->fc_w, B, W, C);
     AirStage *last = &t->air[2];
@@ -1976,7 +1978,7 @@ static void airbench_backward(Teacher *t, int B) {
         ConvBN *l1 = &st->conv1;
         size_t np = (size_t)B * st->hp * st->wp, n1 = (size_t)B * l1->hout * l1->wout;
         const float *x = s == 0 ? t->whiten.out : t->air[s - 1].act2;
-        float *dx = s == 0 ? t->whiten.dout : t->air[s - 1].dact2;
+        float *dx = s > 0 ? t->air[s - 1].dact2 : whiten_trains ? t->whiten.dout : NULL;
         gelu_backward(st->conv2.dout, st->dact2, st->conv2.out, st->conv2.cout * np);
         convbn_backward(t, &st->conv2, st->dact1, st->act1, B);
         gelu_backward(l1->dout, st->dact1, l1->out, l1->cout * np);
@@ -1987,6 +1989,7 @@ static void airbench_backward(Teacher *t, int B) {
         maxpool_backward(t->dconv, st->dpooled, st->pool_from, (size_t)l1->cout * B, l1->hout, l1->wout, 2);
         conv_backward(dx, l1->dw, t->col, t->dcol, t->w_flip, t->dconv, x, l1->w, l1, B);
     }
+    if (!whiten_trains) return;
     ConvBN *wh = &t->whiten;
     size_t hw = (size_t)B * wh->hout * wh->wout;
     fill_zero(t->dconv, wh->cout * hw);

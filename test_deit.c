@@ -1080,6 +1080,26 @@ static void test_airbench_model(void) {
     }
     check(worst < 5e-2, "gradcheck airbench (train-mode BN, max-pools, 1/9 logit scale), %d trainable tensors: worst %s rel err %.2e",
           checked, worst_name, worst);
+    /* from epoch 3 the whitening bias is frozen and the backward stops at the first block: every
+       other gradient is the same as with the bias training, the bias gets none */
+    net_forward(&net, c.images, B, 1);
+    net_loss_backward(&net, c.targets, NULL, &(Distillation){DISTILL_NONE, 0.5f, 1.0f}, B);
+    float *all_grads = xmalloc(sizeof(float) * t->num_params);
+    memcpy(all_grads, t->grads_memory, sizeof(float) * t->num_params);
+    net_begin_epoch(&net, 3);
+    net_forward(&net, c.images, B, 1);
+    net_loss_backward(&net, c.targets, NULL, &(Distillation){DISTILL_NONE, 0.5f, 1.0f}, B);
+    double diff = 0, bias_grad = 0;
+    for (int i = 0; i < t->num_tensors; i++)
+        for (size_t j = 0; j < t->tensors[i].size; j++) {
+            size_t k = t->tensors[i].offset + j;
+            if (i == 1) bias_grad = fmax(bias_grad, fabs(t->grads_memory[k]));
+            else diff = fmax(diff, fabs(t->grads_memory[k] - all_grads[k]));
+        }
+    check(!t->tensors[1].trainable && diff == 0 && bias_grad == 0 && fabs(all_grads[t->tensors[1].offset]) > 0,
+          "airbench from epoch 3: whitening bias frozen, no gradient below the first block, every other gradient unchanged");
+    net_begin_epoch(&net, 0);
+    free(all_grads);
     /* checkpoint: version 2 with the architecture, round trip bit-exact */
     const char *path = "test_airbench.bin";
     check(teacher_save(t, path) == 0, "airbench checkpoint written");
