@@ -1185,13 +1185,31 @@ static size_t conv_col_size(const ConvBN *l, int B) { /* floats of the col scrat
     return (size_t)l->cin * l->ksize * l->ksize * ((size_t)conv_chunk(l, B) * l->hout * l->wout + 16);
 }
 
-static void conv_forward(float *out, float *col, const float *in, const float *w, const ConvBN *l, int B) {
+/* Threads split the batch, not the products. The chunks are dealt out in CONV_LANES lanes of
+   consecutive chunks (lane i: chunks [i*n/L, (i+1)*n/L)), and each lane has its own col, dcol
+   and partial weight gradient. A thread runs whole lanes, chunk after chunk; the matmul and
+   im2col it calls run on that thread alone (Part II: a product asked for inside a parallel
+   loop). A convolution of a few images is a small product, and splitting each one over the
+   threads made them wait at a barrier every KC slice: airbench trained 1.2x faster on 2
+   threads than on one. The weight gradient is the lanes' partial sums added in lane order, so
+   it is the same whatever the thread count; 8 lanes keep up to 8 cores busy. */
+#define CONV_LANES 8
+static size_t conv_scratch_size(const ConvBN *l, int B) { return CONV_LANES * conv_col_size(l, B); }
+static int conv_lane_first(int lane, int n_chunks) { return (int)((long)lane * n_chunks / CONV_LANES); }
+
+static void conv_forward(float *out, float *cols, const float *in, const float *w, const ConvBN *l, int B) {
     int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
-    fill_zero(out, (size_t)l->cout * NP);
-    for (int b0 = 0; b0 < B; b0 += chunk) {
-        int nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
-        im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
-        matmul(out + (size_t)b0 * hw, NP, w, K, 1, col, ld, 1, l->cout, nb * hw, K);
+    int n_chunks = (B + chunk - 1) / chunk;
+    size_t col_size = conv_col_size(l, B);
+    OMP(omp parallel for schedule(static))
+    for (int lane = 0; lane < CONV_LANES; lane++) {
+        float *col = cols + lane * col_size;
+        for (int c = conv_lane_first(lane, n_chunks); c < conv_lane_first(lane + 1, n_chunks); c++) {
+            int b0 = c * chunk, nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
+            for (int co = 0; co < l->cout; co++) memset(out + (size_t)co * NP + (size_t)b0 * hw, 0, sizeof(float) * nb * hw);
+            im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
+            matmul(out + (size_t)b0 * hw, NP, w, K, 1, col, ld, 1, l->cout, nb * hw, K);
+        }
     }
 }
 
@@ -1203,14 +1221,17 @@ static void conv_forward(float *out, float *col, const float *in, const float *w
      w_flip[ci][co][ky][kx] = w[co][ci][k-1-ky][k-1-kx],  p' = k-1-pad (= pad here).
    So din = w_flip x im2col(dout): one im2col and one well-shaped product (K = cout*k*k) instead
    of a product with K = cout, a zeroed dcol and col2im: the same arithmetic, and ResNet-20
-   trains about 5% faster. The tests check both paths against finite differences.            */
+   trains about 5% faster. The tests check both paths against finite differences.
+   dw += the sum of the lanes' partial gradients (dw_lanes: CONV_LANES x cout*K scratch);
+   din += each chunk's share (a chunk's images are its own, so lanes never write the same din). */
 static int conv_same_shape(const ConvBN *l) {
     return l->stride == 1 && l->cin == l->cout && l->hin == l->hout && l->win == l->wout;
 }
-static void conv_backward(float *din, float *dw, float *col, float *dcol, float *w_flip, const float *dout,
-                          const float *in, const float *w, const ConvBN *l, int B) {
+static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, float *dcols, float *w_flip,
+                          const float *dout, const float *in, const float *w, const ConvBN *l, int B) {
     int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
-    int k = l->ksize, flip = din && conv_same_shape(l);
+    int k = l->ksize, flip = din && conv_same_shape(l), n_chunks = (B + chunk - 1) / chunk;
+    size_t col_size = conv_col_size(l, B), nw = (size_t)l->cout * K;
     if (flip)
         for (int co = 0; co < l->cout; co++)
             for (int ci = 0; ci < l->cin; ci++)
@@ -1218,19 +1239,30 @@ static void conv_backward(float *din, float *dw, float *col, float *dcol, float 
                     for (int kx = 0; kx < k; kx++)
                         w_flip[((size_t)(ci * l->cout + co) * k + ky) * k + kx] =
                             w[((size_t)(co * l->cin + ci) * k + (k - 1 - ky)) * k + (k - 1 - kx)];
-    for (int b0 = 0; b0 < B; b0 += chunk) {
-        int nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
-        const float *dout_chunk = dout + (size_t)b0 * hw;
-        im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, k, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
-        matmul(dw, K, dout_chunk, NP, 1, col, 1, ld, l->cout, K, nb * hw);
-        if (flip) { /* col is free again: it now takes the patches of dout (cout*k*k = K rows) */
-            im2col(col, ld, dout, B, b0, nb, l->cout, l->hout, l->wout, k, 1, k - 1 - l->pad, l->hin, l->win);
-            matmul(din + (size_t)b0 * hw, NP, w_flip, K, 1, col, ld, 1, l->cin, nb * hw, K);
-        } else if (din) {
-            fill_zero(dcol, (size_t)K * ld);
-            matmul(dcol, ld, w, 1, K, dout_chunk, NP, 1, K, nb * hw, l->cout);
-            col2im(din, dcol, ld, B, b0, nb, l->cin, l->hin, l->win, k, l->stride, l->pad, l->hout, l->wout);
+    OMP(omp parallel for schedule(static))
+    for (int lane = 0; lane < CONV_LANES; lane++) {
+        float *col = cols + lane * col_size, *dcol = dcols + lane * col_size, *dw_lane = dw_lanes + lane * nw;
+        memset(dw_lane, 0, sizeof(float) * nw);
+        for (int c = conv_lane_first(lane, n_chunks); c < conv_lane_first(lane + 1, n_chunks); c++) {
+            int b0 = c * chunk, nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
+            const float *dout_chunk = dout + (size_t)b0 * hw;
+            im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, k, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
+            matmul(dw_lane, K, dout_chunk, NP, 1, col, 1, ld, l->cout, K, nb * hw);
+            if (flip) { /* col is free again: it now takes the patches of dout (cout*k*k = K rows) */
+                im2col(col, ld, dout, B, b0, nb, l->cout, l->hout, l->wout, k, 1, k - 1 - l->pad, l->hin, l->win);
+                matmul(din + (size_t)b0 * hw, NP, w_flip, K, 1, col, ld, 1, l->cin, nb * hw, K);
+            } else if (din) {
+                memset(dcol, 0, sizeof(float) * K * ld);
+                matmul(dcol, ld, w, 1, K, dout_chunk, NP, 1, K, nb * hw, l->cout);
+                col2im(din, dcol, ld, B, b0, nb, l->cin, l->hin, l->win, k, l->stride, l->pad, l->hout, l->wout);
+            }
         }
+    }
+    OMP(omp parallel for schedule(static))
+    for (size_t i = 0; i < nw; i++) {
+        float sum = 0.0f;
+        for (int lane = 0; lane < CONV_LANES; lane++) sum += dw_lanes[lane * nw + i];
+        dw[i] += sum;
     }
 }
 
@@ -1368,7 +1400,7 @@ static void convbn_backward(Teacher *t, ConvBN *l, float *din, const float *in, 
     size_t n = (size_t)B * l->hout * l->wout;
     fill_zero(t->dconv, l->cout * n);
     batchnorm_backward(t->dconv, l->dgamma, l->dbeta, l->dout, l->conv, l->gamma, l->bn_mean, l->bn_rstd, l->cout, n);
-    conv_backward(din, l->dw, t->col, t->dcol, t->w_flip, t->dconv, in, l->w, l, B);
+    conv_backward(din, l->dw, t->dw_lanes, t->col, t->dcol, t->w_flip, t->dconv, in, l->w, l, B);
 }
 
 static void basic_block_forward(Teacher *t, BasicBlock *k, const float *in, int B, int train) {
@@ -1567,7 +1599,7 @@ static void teacher_alloc_activations(Teacher *t, int B) {
             TAKE(l->dout, l->cout * np);
             TAKE(l->bn_mean, l->cout);
             TAKE(l->bn_rstd, l->cout);
-            size_t col = conv_col_size(l, B);
+            size_t col = conv_scratch_size(l, B);
             if (col > max_col) max_col = col;
             if (l->cout * np > max_out) max_out = l->cout * np;
             if ((size_t)l->cout * l->cin * l->ksize * l->ksize > max_w) max_w = (size_t)l->cout * l->cin * l->ksize * l->ksize;
@@ -1580,6 +1612,7 @@ static void teacher_alloc_activations(Teacher *t, int B) {
         TAKE(t->dcol, max_col);
         TAKE(t->dconv, max_out);
         TAKE(t->w_flip, max_w);
+        TAKE(t->dw_lanes, CONV_LANES * max_w);
 #undef TAKE
         if (!pass) {
             total = off;
@@ -1881,7 +1914,7 @@ static void airbench_alloc_activations(Teacher *t, int B) {
     free(t->acts_memory);
     const TeacherConfig *c = &t->config;
     ConvBN *wh = &t->whiten;
-    size_t max_col = conv_col_size(wh, B), max_out = (size_t)wh->cout * B * wh->hout * wh->wout, max_w = 0;
+    size_t max_col = conv_scratch_size(wh, B), max_out = (size_t)wh->cout * B * wh->hout * wh->wout, max_w = 0;
     for (int pass = 0; pass < 2; pass++) { /* pass 0 counts, pass 1 points */
         size_t off = 0;
         float *base = pass ? t->acts_memory : NULL;
@@ -1901,7 +1934,7 @@ static void airbench_alloc_activations(Teacher *t, int B) {
             TAKE(st->act2, np); TAKE(st->dact2, np);
             ConvBN *units[2] = {l1, l2};
             for (int u = 0; u < 2; u++) {
-                size_t col = conv_col_size(units[u], B), out = (size_t)units[u]->cout * B * units[u]->hout * units[u]->wout;
+                size_t col = conv_scratch_size(units[u], B), out = (size_t)units[u]->cout * B * units[u]->hout * units[u]->wout;
                 size_t w = (size_t)units[u]->cout * units[u]->cin * 9;
                 max_col = col > max_col ? col : max_col, max_out = out > max_out ? out : max_out, max_w = w > max_w ? w : max_w;
             }
@@ -1910,6 +1943,7 @@ static void airbench_alloc_activations(Teacher *t, int B) {
         TAKE(t->head_pooled, B * W); TAKE(t->dhead_pooled, B * W); TAKE(t->head_from, B * W);
         TAKE(t->logits, (size_t)B * c->num_classes); TAKE(t->dlogits, (size_t)B * c->num_classes);
         TAKE(t->col, max_col); TAKE(t->dcol, max_col); TAKE(t->dconv, max_out); TAKE(t->w_flip, max_w);
+        TAKE(t->dw_lanes, CONV_LANES * max_w);
 #undef TAKE
         if (!pass) {
             t->acts_memory = xcalloc(off, sizeof(float));
@@ -1987,7 +2021,7 @@ static void airbench_backward(Teacher *t, int B) {
                            l1->cout, np);
         fill_zero(t->dconv, l1->cout * n1);
         maxpool_backward(t->dconv, st->dpooled, st->pool_from, (size_t)l1->cout * B, l1->hout, l1->wout, 2);
-        conv_backward(dx, l1->dw, t->col, t->dcol, t->w_flip, t->dconv, x, l1->w, l1, B);
+        conv_backward(dx, l1->dw, t->dw_lanes, t->col, t->dcol, t->w_flip, t->dconv, x, l1->w, l1, B);
     }
     if (!whiten_trains) return;
     ConvBN *wh = &t->whiten;

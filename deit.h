@@ -204,8 +204,9 @@ typedef struct {
     float *input;                       /* (in_chans, B, S, S): the images, channel-major */
     float *pooled, *dpooled;            /* (B, W_last) global average pool */
     float *logits, *dlogits;            /* (B, C) */
-    float *col, *dcol, *dconv;          /* scratch: im2col of one chunk of images (conv_chunk), its gradient, dL/d(conv out) */
+    float *col, *dcol, *dconv;          /* scratch: im2col of one chunk of images (conv_chunk) per lane, its gradient, dL/d(conv out) */
     float *w_flip;                      /* scratch: a conv's weights flipped for the transposed convolution (conv_backward) */
+    float *dw_lanes;                    /* scratch: each lane's partial weight gradient (conv_backward) */
     float *params_memory, *grads_memory;
     size_t num_params;
     TensorInfo *tensors;

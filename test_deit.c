@@ -748,9 +748,10 @@ static void test_conv(int k, int stride, int cin, int cout) {
     l->hout = (7 + 2 * l->pad - k) / stride + 1, l->wout = (6 + 2 * l->pad - k) / stride + 1;
     size_t nin = (size_t)cin * 2 * 7 * 6, nout = (size_t)cout * 2 * l->hout * l->wout, nw = (size_t)cout * cin * k * k;
     c.in = rand_tensor(nin, 1), l->w = rand_tensor(nw, 1), c.out = zeros(nout), c.R = rand_tensor(nout, 1);
-    c.col = zeros(conv_col_size(l, 2));
-    float *dcol = zeros(conv_col_size(l, 2)), *din = zeros(nin), *dw = zeros(nw), *w_flip = zeros(nw);
-    conv_backward(din, dw, c.col, dcol, w_flip, c.R, c.in, l->w, l, 2);
+    c.col = zeros(conv_scratch_size(l, 2));
+    float *dcol = zeros(conv_scratch_size(l, 2)), *din = zeros(nin), *dw = zeros(nw), *w_flip = zeros(nw);
+    float *dw_lanes = zeros(CONV_LANES * nw);
+    conv_backward(din, dw, dw_lanes, c.col, dcol, w_flip, c.R, c.in, l->w, l, 2);
     char name[96];
     snprintf(name, sizeof(name), "conv %dx%d stride %d, %d->%d channels (%s dx)%s", k, k, stride, cin, cout,
              conv_same_shape(l) ? "transposed-conv" : "col2im", conv_chunk(l, 2) < 2 ? ", 1-image chunks" : "");
@@ -766,6 +767,55 @@ static void test_conv(int k, int stride, int cin, int cout) {
                 if (iy >= 0 && iy < 7 && ix >= 0 && ix < 6) s += (double)l->w[((1 * cin + ci) * k + ky) * k + kx] * c.in[((ci * 2 + 1) * 7 + iy) * 6 + ix];
             }
     check(fabs(s - c.out[((1 * 2 + 1) * l->hout + 1) * l->wout + 2]) < 1e-4, "%s output equals the direct sum", name);
+}
+
+/* The lanes (conv_forward): a batch of 20 images in 1-image chunks spreads 2-3 chunks over each
+   of the 8 lanes. The output, din and dW must equal those of one chunk of the whole batch (the
+   same sums in another order), and dW must be bit for bit the same at 1 and at 2 threads. */
+static void conv_pass(const ConvBN *l, int B, const float *in, const float *dout, float *out, float *din, float *dw) {
+    size_t nw = (size_t)l->cout * l->cin * l->ksize * l->ksize;
+    float *col = zeros(conv_scratch_size(l, B)), *dcol = zeros(conv_scratch_size(l, B));
+    float *w_flip = zeros(nw), *dw_lanes = zeros(CONV_LANES * nw);
+    conv_forward(out, col, in, l->w, l, B);
+    conv_backward(din, dw, dw_lanes, col, dcol, w_flip, dout, in, l->w, l, B);
+}
+
+static double max_rel_diff(const float *a, const float *b, size_t n) { /* max |a - b| / max |b| */
+    double e = 0, scale = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)a[i] - b[i]));
+        scale = fmax(scale, fabs(b[i]));
+    }
+    return e / scale;
+}
+
+static void test_conv_lanes(int cin, int cout) {
+    ConvBN l = {.cin = cin, .cout = cout, .ksize = 3, .stride = 1, .pad = 1, .hin = 5, .win = 6, .hout = 5, .wout = 6};
+    int B = 20;
+    size_t nin = (size_t)cin * B * 30, nout = (size_t)cout * B * 30, nw = (size_t)cout * cin * 9;
+    float *in = rand_tensor(nin, 1), *dout = rand_tensor(nout, 1);
+    l.w = rand_tensor(nw, 1);
+    float *out[3], *din[3], *dw[3];
+    size_t chunk_floats = conv_chunk_floats;
+    for (int run = 0; run < 3; run++) { /* 0: one chunk; 1: 1-image chunks; 2: the same at 1 thread */
+        out[run] = zeros(nout), din[run] = zeros(nin), dw[run] = zeros(nw);
+        conv_chunk_floats = run == 0 ? (size_t)1 << 24 : 1;
+#ifdef _OPENMP
+        int threads = omp_get_max_threads();
+        if (run == 2) omp_set_num_threads(1);
+#endif
+        conv_pass(&l, B, in, dout, out[run], din[run], dw[run]);
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+    }
+    conv_chunk_floats = chunk_floats;
+    double e_out = max_rel_diff(out[1], out[0], nout), e_din = max_rel_diff(din[1], din[0], nin), e_dw = max_rel_diff(dw[1], dw[0], nw);
+    check(e_out < 1e-5 && e_din < 1e-5 && e_dw < 1e-5,
+          "conv %d->%d, 20 images in 1-image chunks over %d lanes = one chunk: out %.1e, din %.1e, dW %.1e",
+          cin, cout, CONV_LANES, e_out, e_din, e_dw);
+    check(!memcmp(dw[1], dw[2], sizeof(float) * nw) && !memcmp(din[1], din[2], sizeof(float) * nin),
+          "conv %d->%d: dW and din bit-identical at 1 thread and at the default thread count", cin, cout);
 }
 
 typedef struct {
@@ -2517,6 +2567,8 @@ int main(void) {
     test_conv(3, 2, 3, 4);
     test_conv(3, 1, 4, 4);
     conv_chunk_floats = chunk_floats;
+    test_conv_lanes(3, 5); /* col2im path */
+    test_conv_lanes(4, 4); /* transposed-convolution path */
     test_batchnorm();
     test_relu_pool();
     test_teacher_model();
