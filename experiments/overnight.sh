@@ -4,6 +4,7 @@
 #   STAGE=rows    sh experiments/overnight.sh   # rows (a) no distillation, (b) DeiT hard distillation
 #   STAGE=quick   SEED=1 sh experiments/overnight.sh  # rows (a), (b) at the quick size (6 x 128)
 #   STAGE=table   sh experiments/overnight.sh   # experiments/results/overnight.md from the logs
+#   STAGE=inside  sh experiments/overnight.sh   # results/overnight_inside.md: ./deit tokens and compare on rows (a), (b)
 # The teacher of every row is the committed airbench teacher (experiments/airbench.sh, seed 1).
 # Runs are resumable (lib.sh): kill them any time, run the same line again. Each stage's runs go
 # side by side, one thread each (THREADS=1): two trainings on two cores.
@@ -78,5 +79,29 @@ table)
             "The overnight recipe: test accuracy against hours of training (one thread per run)" "$@"
     fi
     ;;
-*) echo "STAGE must be lr, rows, quick or table" >&2; exit 2 ;;
+inside)
+    # inside the model (the paper's Sec. 5.1 and Table 4), on the rows' checkpoints as they are:
+    # the cosine of the class and distillation tokens after every block of (b), and how often
+    # the teacher, (a) and (b)'s heads disagree on the 10,000 test images
+    out=experiments/results/overnight_inside.md
+    for row in none dist; do # the run's checkpoint, else the committed final one
+        f=experiments/runs/overnight_$row.bin
+        [ -f "$f" ] || f=experiments/checkpoints/overnight_$row.bin
+        [ -f "$f" ] || { echo "no overnight_$row.bin in experiments/runs or checkpoints: run STAGE=rows first" >&2; exit 1; }
+        eval "$row=\$f"
+    done
+    {
+        echo "Made by \`STAGE=inside sh experiments/overnight.sh\` on $(date -u '+%F %H:%M UTC') from $none and $dist as they were then (their logs had $(last_epoch experiments/logs/overnight_none.csv) and $(last_epoch experiments/logs/overnight_dist.csv) epochs; a checkpoint written during an epoch is a little further on)."
+        echo
+        echo '```'
+        echo "\$ ./deit tokens --ckpt $dist"
+        ./deit tokens --ckpt "$dist" $THREADS_ARG 2>&1 | grep -v '^deit:'
+        echo
+        echo "\$ ./deit compare $teacher $none $dist"
+        ./deit compare "$teacher" "$none" "$dist" $THREADS_ARG 2>&1 | grep -v '^deit:'
+        echo '```'
+    } > "$out"
+    cat "$out"
+    ;;
+*) echo "STAGE must be lr, rows, quick, table or inside" >&2; exit 2 ;;
 esac
