@@ -3,6 +3,7 @@
 #   STAGE=lr      sh experiments/overnight.sh   # the learning-rate search: 2-epoch runs of DeiT-Ti/4
 #   STAGE=rows    sh experiments/overnight.sh   # rows (a) no distillation, (b) DeiT hard distillation
 #   STAGE=quick   SEED=1 sh experiments/overnight.sh  # rows (a), (b) at the quick size (6 x 128)
+#   STAGE=all     sh experiments/overnight.sh   # rows, then the quick size's seeds 1 and 2, in two lanes
 #   STAGE=table   sh experiments/overnight.sh   # experiments/results/overnight.md from the logs
 #   STAGE=inside  sh experiments/overnight.sh   # results/overnight_inside.md: ./deit tokens and compare on rows (a), (b)
 # The teacher of every row is the committed airbench teacher (experiments/airbench.sh, seed 1).
@@ -16,6 +17,7 @@ teacher=experiments/runs/teacher_airbench_seed1.bin
 # DeiT-Ti/4 with DeiT's augmentation (the defaults of --aug deit: RandAugment 2/9, mixup 0.8,
 # CutMix 1.0, erasing 0.25, label smoothing 0.1, drop path 0.1), AdamW, wd 0.05, batch 128.
 TINY="--model tiny --patch 4 --batch 128 --aug deit"
+QUICK="--dim 128 --depth 6 --heads 4 --patch 4 --batch 128 --aug deit" # the quick size: 6 blocks, 128 wide
 DIST="--teacher $teacher --distill hard --dist-token 1"
 NONE="--distill none --dist-token 0"
 # The recipe the learning-rate search chose (deit.c's defaults for ./deit train): lr 2.5e-4 at
@@ -39,10 +41,24 @@ rows)
     run overnight_dist $EPOCHS ./deit train $TINY $DIST $RECIPE --seed 1 &
     wait
     ;;
+all)
+    # everything of the study, resumable, in two lanes of one thread each that never wait for
+    # each other: (a) then the quick (a) of seeds 1 and 2; (b) then the quick (b) of seeds 1, 2
+    (
+        run overnight_none $EPOCHS ./deit train $TINY $NONE $RECIPE --seed 1
+        run overnight_quick_none $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed 1
+        run overnight_quick_none_seed2 $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed 2
+    ) &
+    (
+        run overnight_dist $EPOCHS ./deit train $TINY $DIST $RECIPE --seed 1
+        run overnight_quick_dist $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed 1
+        run overnight_quick_dist_seed2 $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed 2
+    ) &
+    wait
+    ;;
 quick)
     # the seed spread at the quick size (6 blocks, 128 wide, 4 heads): (a) and (b), SEED=1 or 2
     seed_suffix
-    QUICK="--dim 128 --depth 6 --heads 4 --patch 4 --batch 128 --aug deit"
     run overnight_quick_none$SFX $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed "$SEED" &
     run overnight_quick_dist$SFX $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed "$SEED" &
     wait
@@ -103,5 +119,5 @@ inside)
     } > "$out"
     cat "$out"
     ;;
-*) echo "STAGE must be lr, rows, quick, table or inside" >&2; exit 2 ;;
+*) echo "STAGE must be lr, rows, all, quick, table or inside" >&2; exit 2 ;;
 esac
