@@ -2984,6 +2984,7 @@ typedef struct {
     /* Part III's bookkeeping */
     int stop, status, next_step, steps_done, inline_progress, nothing_to_do, signalled;
     long skipped;
+    long teacher_seen, teacher_agrees; /* images, and how many of them the teacher's top class is the target's */
     float lr;
     double epoch_start, last_print, loss_sum, last_save;
     float *params_before_step;   /* --skip-nonfinite on a ResNet: the weights to restore */
@@ -3828,6 +3829,12 @@ static int run_step_check(Run *r, const float *teacher_logits, LossParts loss, i
         r->status = -1, r->stop = 1;
         return 1;
     }
+    if (teacher_logits) { /* what distillation tells the student beyond the data: where the two disagree */
+        int C = net_num_classes(r->teacher);
+        for (int b = 0; b < cfg->batch; b++)
+            r->teacher_agrees += argmax(teacher_logits + (size_t)b * C, C) == argmax(r->targets + (size_t)b * C, C);
+        r->teacher_seen += cfg->batch;
+    }
     const char *bad = !isfinite(loss.total) ? "loss" : (!all_finite(net_grads(net), net_num_params(net)) ? "gradient" : NULL);
     if (!bad) return 0;
     if (cfg->skip_nonfinite) {
@@ -3957,6 +3964,9 @@ static int run_end(Run *r) {
         fprintf(stderr, "deit: wrote %s (%.0f s of training)\n", r->cfg->out, r->state.elapsed);
     if (r->signalled && r->status == 0) r->status = -1; /* stopped by a signal: the run is not finished */
     if (r->skipped) fprintf(stderr, "deit: %ld step(s) skipped for non-finite values\n", r->skipped);
+    if (r->teacher_seen)
+        fprintf(stderr, "deit: the teacher's top class was the target's top class on %.2f%% of the %ld training images of this process\n",
+                100.0 * r->teacher_agrees / r->teacher_seen, r->teacher_seen);
     int status = r->status;
     run_free(r);
     return status;
