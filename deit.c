@@ -1117,7 +1117,24 @@ static int teacher_preset(TeacherConfig *c, const char *name) {
    far bigger than the caches, so a convolution is done a few images at a time (conv_chunk):
    each chunk's col is built, used by the matmul while it is still in cache, and overwritten by
    the next chunk. Its rows are ld = pixels + 16 floats apart: a power-of-two row stride would
-   make all rows of a matmul tile fall into the same cache sets.                                */
+   make all rows of a matmul tile fall into the same cache sets.
+   A "same" convolution (stride 1, output as big as the input: ResNet's and airbench's 3x3 pad 1)
+   has a shortcut. Row (c, ky, kx) of one image's col is then the input plane read shifted by
+   (ky - pad) rows and (kx - pad) columns: col[oy*w + ox] = in[oy*w + ox + shift]. So it is one
+   memcpy of the plane, then the entries whose pixel lies in the padding are set to zero (whole
+   rows at the top or bottom, pad columns at either side). Row by row, as below, it takes 32
+   memcpy calls of 32 floats per image and row of col; ResNet-20 trained 11% faster this way. */
+
+/* Zero the columns ox < lo and ox >= hi of an image's h x w block of col: their pixels lie in
+   the padding. Column by column on purpose: row by row, the compiler turns each run of 0 or 1
+   floats into a memset call, and those calls took longer than copying the image. */
+static void zero_columns(float *dst, int h, int w, int lo, int hi) {
+    for (int ox = 0; ox < lo; ox++)
+        for (int oy = 0; oy < h; oy++) dst[oy * w + ox] = 0.0f;
+    for (int ox = hi; ox < w; ox++)
+        for (int oy = 0; oy < h; oy++) dst[oy * w + ox] = 0.0f;
+}
+
 VECTOR_CLONES
 static void im2col(float *col, int ld, const float *in, int B, int b0, int nb, int cin, int hin, int win, int k,
                    int stride, int pad, int hout, int wout) {
@@ -1129,19 +1146,37 @@ static void im2col(float *col, int ld, const float *in, int B, int b0, int nb, i
         while (lo < wout && lo * stride - pad + kx < 0) lo++;
         while (hi > lo && (hi - 1) * stride - pad + kx >= win) hi--;
         float *dst = col + (size_t)row * ld;
-        for (int b = b0; b < b0 + nb; b++)
-            for (int oy = 0; oy < hout; oy++, dst += wout) {
+        if (stride == 1 && hout == hin && wout == win) { /* "same" convolution: see the note above */
+            int oy_lo = pad - ky > 0 ? pad - ky : 0, oy_hi = hin + pad - ky < hout ? hin + pad - ky : hout;
+            if (oy_lo > hout) oy_lo = hout;
+            if (oy_hi < oy_lo) oy_hi = oy_lo; /* (only on images smaller than the kernel) */
+            long shift = (long)(ky - pad) * win + (kx - pad), n = (long)hout * wout; /* src index = dst index + shift */
+            long d_lo = (long)oy_lo * wout, d_hi = (long)oy_hi * wout;
+            if (d_lo < -shift) d_lo = -shift;           /* keep the source inside this image's plane; */
+            if (d_hi > n - shift) d_hi = n - shift;     /* the entries cut off are padding columns    */
+            for (int b = b0; b < b0 + nb; b++, dst += n) {
+                const float *plane = in + ((size_t)c * B + b) * hin * win;
+                if (d_hi > d_lo) memcpy(dst + d_lo, plane + d_lo + shift, sizeof(float) * (d_hi - d_lo));
+                if (oy_lo > 0) memset(dst, 0, sizeof(float) * oy_lo * wout); /* rows above the image */
+                if (oy_hi < hout) memset(dst + (long)oy_hi * wout, 0, sizeof(float) * (hout - oy_hi) * wout); /* below */
+                zero_columns(dst, hout, wout, lo, hi);
+            }
+            continue;
+        }
+        for (int b = b0; b < b0 + nb; b++, dst += hout * wout) { /* any stride: row by row */
+            for (int oy = 0; oy < hout; oy++) {
                 int iy = oy * stride - pad + ky;
+                float *dst_row = dst + oy * wout;
                 if (iy < 0 || iy >= hin) {
-                    memset(dst, 0, sizeof(float) * wout);
+                    memset(dst_row, 0, sizeof(float) * wout);
                     continue;
                 }
                 const float *in_row = in + (((size_t)c * B + b) * hin + iy) * win;
-                for (int ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
-                if (stride == 1 && hi > lo) memcpy(dst + lo, in_row + lo - pad + kx, sizeof(float) * (hi - lo));
-                else if (stride != 1) for (int ox = lo; ox < hi; ox++) dst[ox] = in_row[ox * stride - pad + kx];
-                for (int ox = hi; ox < wout; ox++) dst[ox] = 0.0f;
+                if (stride == 1 && hi > lo) memcpy(dst_row + lo, in_row + lo - pad + kx, sizeof(float) * (hi - lo));
+                else if (stride != 1) for (int ox = lo; ox < hi; ox++) dst_row[ox] = in_row[ox * stride - pad + kx];
             }
+            zero_columns(dst, hout, wout, lo, hi);
+        }
     }
 }
 
@@ -1336,7 +1371,9 @@ static void batchnorm_forward(float *out, float *mean, float *rstd, float *runni
 
 /* Training-mode backward, the same algebra as LayerNorm's but per channel:
      dx = rstd * (g - mean(g) - xhat * mean(g xhat)),  g = dy * gamma
-     dgamma = sum dy * xhat,  dbeta = sum dy                                                    */
+     dgamma = sum dy * xhat,  dbeta = sum dy
+   dx is written, not added to: the input of every BatchNorm here (a convolution's or a pool's
+   output) feeds nothing else, and not zeroing dx first saves a pass over memory.             */
 VECTOR_CLONES
 static void batchnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                                const float *gamma, const float *mean, const float *rstd, int C, size_t n) {
@@ -1351,7 +1388,7 @@ static void batchnorm_backward(float *dinp, float *dgamma, float *dbeta, const f
         dbeta[c] += (float)sum_dy;
         float g_mean = (float)(sum_dy / n) * gamma[c], gx_mean = (float)(sum_dy_xhat / n) * gamma[c];
         float *dx = dinp + (size_t)c * n;
-        for (size_t i = 0; i < n; i++) dx[i] += s * (dy[i] * gamma[c] - g_mean - (x[i] - m) * s * gx_mean);
+        for (size_t i = 0; i < n; i++) dx[i] = s * (dy[i] * gamma[c] - g_mean - (x[i] - m) * s * gx_mean);
     }
 }
 
@@ -1398,7 +1435,6 @@ static void convbn_forward(Teacher *t, ConvBN *l, const float *in, int B, int tr
 /* From l->dout back to the parameters' gradients and to din (+=). Uses t->dconv as scratch. */
 static void convbn_backward(Teacher *t, ConvBN *l, float *din, const float *in, int B) {
     size_t n = (size_t)B * l->hout * l->wout;
-    fill_zero(t->dconv, l->cout * n);
     batchnorm_backward(t->dconv, l->dgamma, l->dbeta, l->dout, l->conv, l->gamma, l->bn_mean, l->bn_rstd, l->cout, n);
     conv_backward(din, l->dw, t->dw_lanes, t->col, t->dcol, t->w_flip, t->dconv, in, l->w, l, B);
 }
@@ -2016,7 +2052,6 @@ static void airbench_backward(Teacher *t, int B) {
         gelu_backward(st->conv2.dout, st->dact2, st->conv2.out, st->conv2.cout * np);
         convbn_backward(t, &st->conv2, st->dact1, st->act1, B);
         gelu_backward(l1->dout, st->dact1, l1->out, l1->cout * np);
-        fill_zero(st->dpooled, l1->cout * np);
         batchnorm_backward(st->dpooled, l1->dgamma, l1->dbeta, l1->dout, st->pooled, l1->gamma, l1->bn_mean, l1->bn_rstd,
                            l1->cout, np);
         fill_zero(t->dconv, l1->cout * n1);
@@ -3236,14 +3271,18 @@ static void matmul_fast_one_thread(const MatmulPath *path, float *C, int ldc, co
     _Alignas(64) float bp[KC * NR_MAX];
     _Alignas(64) float ap[KC * MR_MAX];
     for (int k0 = 0; k0 < K; k0 += KC) {
-        int kc = K - k0 < KC ? K - k0 : KC;
+        int kc = K - k0 < KC ? K - k0 : KC, tail = M / MR * MR;
+        /* A's rows contiguous: only its last rows (fewer than MR) are packed, once per K slice
+           (a convolution's 16 output channels are 6 + 6 + 4: packing the 4 for every B panel
+           cost about a tenth of the product) */
+        if (a_cs == 1 && tail < M) pack_a(ap, A, a_rs, a_cs, tail, M - tail, k0, kc, MR);
         for (int j0 = 0; j0 < N; j0 += NR) {
             int n = N - j0 < NR ? N - j0 : NR, direct = b_cs == 1 && n == NR;
             if (!direct) pack_b_panel(bp, B, b_rs, b_cs, k0, kc, j0, n, NR);
             const float *b = direct ? B + (size_t)k0 * b_rs + j0 : bp;
             for (int i0 = 0; i0 < M; i0 += MR) {
                 int m = M - i0 < MR ? M - i0 : MR, in_place = a_cs == 1 && m == MR;
-                if (!in_place) pack_a(ap, A, a_rs, a_cs, i0, m, k0, kc, MR);
+                if (a_cs != 1) pack_a(ap, A, a_rs, a_cs, i0, m, k0, kc, MR);
                 const float *a = in_place ? A + (size_t)i0 * a_rs + k0 : ap;
                 path->kernel(kc, a, in_place ? 1 : MR, in_place ? a_rs : 1, b, direct ? b_rs : NR,
                              C + (size_t)i0 * ldc + j0, ldc, m, n);

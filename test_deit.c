@@ -769,6 +769,30 @@ static void test_conv(int k, int stride, int cin, int cout) {
     check(fabs(s - c.out[((1 * 2 + 1) * l->hout + 1) * l->wout + 2]) < 1e-4, "%s output equals the direct sum", name);
 }
 
+/* im2col against its definition: col[(c, ky, kx)][b, oy, ox] = in[c][b][oy*s - pad + ky][ox*s - pad + kx],
+   0 where that pixel lies in the padding. The col starts full of 123s, so a padding entry the
+   shortcut for "same" convolutions forgets to zero shows up. Images 1-2 of a batch of 3. */
+static void test_im2col(int k, int stride, int pad, int h, int w) {
+    int cin = 2, B = 3, b0 = 1, nb = 2;
+    int hout = (h + 2 * pad - k) / stride + 1, wout = (w + 2 * pad - k) / stride + 1, ld = nb * hout * wout + 16;
+    float *in = rand_tensor((size_t)cin * B * h * w, 1), *col = zeros((size_t)cin * k * k * ld);
+    for (size_t i = 0; i < (size_t)cin * k * k * ld; i++) col[i] = 123.0f;
+    im2col(col, ld, in, B, b0, nb, cin, h, w, k, stride, pad, hout, wout);
+    int bad = 0;
+    for (int c = 0; c < cin; c++)
+        for (int ky = 0; ky < k; ky++)
+            for (int kx = 0; kx < k; kx++)
+                for (int b = 0; b < nb; b++)
+                    for (int oy = 0; oy < hout; oy++)
+                        for (int ox = 0; ox < wout; ox++) {
+                            int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+                            float want = iy >= 0 && iy < h && ix >= 0 && ix < w ? in[((c * B + b0 + b) * h + iy) * w + ix] : 0.0f;
+                            bad += col[((c * k + ky) * k + kx) * ld + (b * hout + oy) * wout + ox] != want;
+                        }
+    check(bad == 0, "im2col %dx%d stride %d pad %d of a %dx%d image%s: %d wrong entries", k, k, stride, pad, h, w,
+          stride == 1 && hout == h && wout == w ? " (\"same\" shortcut)" : "", bad);
+}
+
 /* The lanes (conv_forward): a batch of 20 images in 1-image chunks spreads 2-3 chunks over each
    of the 8 lanes. The output, din and dW must equal those of one chunk of the whole batch (the
    same sums in another order), and dW must be bit for bit the same at 1 and at 2 threads. */
@@ -843,6 +867,7 @@ static void test_batchnorm(void) {
     check(fabs(c.rm[0] - 0.1 * m) < 1e-5 && fabs(c.rv[0] - (0.9 + 0.1 * v / 9)) < 1e-4,
           "batchnorm running stats: momentum 0.1, unbiased variance (%.4f, %.4f)", c.rm[0], c.rv[0]);
     float *dx = zeros(30), *dg = zeros(3), *db = zeros(3);
+    for (int i = 0; i < 30; i++) dx[i] = 7.0f; /* dx is written, not added to */
     batchnorm_backward(dx, dg, db, c.R, c.x, c.gamma, c.mean, c.rstd, 3, 10);
     check_grad("batchnorm (train)", "dx", c.x, dx, 30, probe_bn, &c, 1e-2f, 1e-2);
     check_grad("batchnorm (train)", "dgamma", c.gamma, dg, 3, probe_bn, &c, 1e-2f, 1e-2);
@@ -2567,6 +2592,14 @@ int main(void) {
     test_conv(3, 2, 3, 4);
     test_conv(3, 1, 4, 4);
     conv_chunk_floats = chunk_floats;
+    test_im2col(3, 1, 1, 5, 6);
+    test_im2col(5, 1, 2, 7, 6);
+    test_im2col(1, 1, 0, 4, 3);
+    test_im2col(3, 1, 1, 1, 1); /* smaller than the kernel */
+    test_im2col(5, 1, 2, 1, 2);
+    test_im2col(3, 1, 1, 2, 9);
+    test_im2col(3, 2, 1, 7, 6); /* the general path */
+    test_im2col(2, 1, 0, 5, 5);
     test_conv_lanes(3, 5); /* col2im path */
     test_conv_lanes(4, 4); /* transposed-convolution path */
     test_batchnorm();
