@@ -32,3 +32,39 @@ else
     TEACHER_RECIPE="--batch 128"
     TABLE3_TIME="about 14 min per epoch per row at 60 img/s: 70 h per row, 12 days in all on 2 cores; scale by your machine's ./deit bench"
 fi
+
+# The teachers the studies name (teachers.sh, aug.sh): teacher_file NAME is its checkpoint,
+# train_teacher NAME trains it if its log is not complete (lib.sh's run).
+EP20L=$TEACHER_LONG_EPOCHS EP20S=$TEACHER_SHORT_EPOCHS
+if [ "$BUDGET" = quick ]; then
+    EP56=15 EP20W4=6
+else
+    EP56=160 EP20W4=160
+fi
+
+teacher_file() {
+    case $1 in
+    resnet20) echo "experiments/runs/$TEACHER_NAME.bin" ;;
+    airbench) echo "experiments/runs/teacher_airbench_seed1.bin" ;;
+    deit) # table3's no-distillation student; else the committed quick one (reproduce.sh's re-run of that row)
+        if [ -f "experiments/runs/t3_${BUDGET}_none.bin" ] || [ ! -f "experiments/checkpoints/reproduce_t3_${BUDGET}_none.bin" ]; then
+            echo "experiments/runs/t3_${BUDGET}_none.bin"
+        else
+            echo "experiments/checkpoints/reproduce_t3_${BUDGET}_none.bin"
+        fi ;;
+    *) echo "experiments/runs/teacher_${1}_$BUDGET.bin" ;;
+    esac
+}
+train_teacher() {
+    case $1 in
+    resnet20) run "$TEACHER_NAME" "$TEACHER_EPOCHS" ./deit teacher --arch resnet20 $TEACHER_RECIPE --seed 1 ;;
+    resnet56) run "teacher_resnet56_$BUDGET" "$EP56" ./deit teacher --arch resnet56 $TEACHER_RECIPE --seed 1 ;;
+    resnet20w4) run "teacher_resnet20w4_$BUDGET" "$EP20W4" ./deit teacher --arch resnet20w4 $TEACHER_RECIPE --seed 1 ;;
+    resnet20_long) run "teacher_resnet20_long_$BUDGET" "$EP20L" ./deit teacher --arch resnet20 $TEACHER_RECIPE --seed 1 ;;
+    resnet20_short) run "teacher_resnet20_short_$BUDGET" "$EP20S" ./deit teacher --arch resnet20 $TEACHER_RECIPE --seed 1 ;;
+    airbench) run teacher_airbench_seed1 10 ./deit teacher --arch airbench --seed 1 ;; # as airbench.sh
+    deit) [ -f "$(teacher_file deit)" ] || { echo "no $(teacher_file deit): run experiments/table3.sh (ROWS=none) first" >&2; exit 1; } ;;
+    esac
+}
+# the crop + flip student (table3's recipe, hard distillation, distillation token) of a teacher
+student_name() { if [ "$1" = resnet20 ]; then echo "t3_${BUDGET}_hard_dist"; else echo "tt_${BUDGET}_$1"; fi; }
