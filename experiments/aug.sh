@@ -23,15 +23,7 @@ row() { # none, or a teacher's name
         run "$(aug_name "$1")" "$EPOCHS" ./deit train $STUDENT $AUG_RECIPE --teacher "$(teacher_file "$1")" --distill hard --dist-token 1 --seed 1
     fi
 }
-set -- none $AUG_TEACHERS
-while [ $# -gt 0 ]; do
-    a=$1; shift
-    if [ "${PARALLEL:-0}" = 1 ] && [ $# -gt 0 ]; then
-        b=$1; shift; THREADS_ARG="--threads 1"; row "$a" & row "$b"; wait
-    else
-        row "$a"
-    fi
-done
+in_pairs row none $AUG_TEACHERS
 res=experiments/results/aug_$BUDGET.md
 {
     echo "# Distillation under DeiT's augmentation, CIFAR-10 ($BUDGET budget)"

@@ -91,3 +91,14 @@ final() {
 minutes() {
     awk -F, 'NR > 1 { v = $9 } END { printf "%.0f", v / 60 }' "experiments/logs/$1.csv"
 }
+
+# in_pairs FUNC ARG...: FUNC ARG for each ARG in turn; with PARALLEL=1 two at a time, one thread
+# each (a last odd one alone, still on one thread). The drivers' rows: table3, teachers, aug.
+in_pairs() {
+    f=$1; shift
+    [ "${PARALLEL:-0}" = 1 ] && THREADS=1 THREADS_ARG="--threads 1"
+    while [ $# -gt 0 ]; do
+        a=$1; shift
+        if [ "${PARALLEL:-0}" = 1 ] && [ $# -gt 0 ]; then b=$1; shift; "$f" "$a" & "$f" "$b"; wait; else "$f" "$a"; fi
+    done
+}

@@ -39,16 +39,7 @@ students=""
 for r in $ROWS; do
     if [ "$r" = teacher ]; then row teacher; else students="$students $r"; fi
 done
-if [ "${PARALLEL:-0}" = 1 ]; then
-    THREADS=1 THREADS_ARG="--threads 1"
-    set -- $students
-    while [ $# -gt 0 ]; do
-        a=$1; shift
-        if [ $# -gt 0 ]; then b=$1; shift; row "$a" & row "$b"; wait; else row "$a"; fi
-    done
-else
-    for r in $students; do row "$r"; done
-fi
+in_pairs row $students
 
 # ---- the table ------------------------------------------------------------------------------
 res=experiments/results/table3_$BUDGET$SFX.md

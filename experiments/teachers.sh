@@ -24,15 +24,7 @@ student() {
 }
 for t in $TEACHERS; do train_teacher "$t"; done
 [ "${STUDENTS:-1}" = 0 ] && exit 0
-set -- $TEACHERS
-while [ $# -gt 0 ]; do
-    a=$1; shift
-    if [ "${PARALLEL:-0}" = 1 ] && [ $# -gt 0 ]; then
-        b=$1; shift; THREADS_ARG="--threads 1"; student "$a" & student "$b"; wait
-    else
-        student "$a"
-    fi
-done
+in_pairs student $TEACHERS
 
 res=experiments/results/teachers_$BUDGET.md
 {
