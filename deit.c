@@ -3112,7 +3112,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  *    blocks the copy pays: packed, the panel is 32 KB in a row that stays in L1 for every
  *    block; in place, each block reads it again as KC short rows b_rs floats apart (3 KB for
  *    fc2's weights). Packing every B panel of the products with thousands of rows made DeiT-Ti
- *    train 7-10% faster on one thread and up to 1.3x on two.
+ *    train 2-9% faster (dev/SPEED.md, "B packed again in the big products").
  *    The packing loops themselves run k outer, panel width inner, so every store goes to
  *    consecutive addresses; the other order (one source row at a time, stores MR or NR apart)
  *    measured 3x slower when the source is transposed.
