@@ -1627,7 +1627,7 @@ static void test_train_and_resume(void) {
     /* ... and another teacher: a state saved with teacher hash X loads with X only */
     RunState r_saved = r2;
     r_saved.teacher_hash = 0x1234567890ABCDEFull;
-    state_save("test_run_t.state", &e, &o2, &r_saved, &te);
+    state_write("test_run_t.state", &e, &o2, &r_saved, &te, 1);
     RunState r_same = r_saved, r_none = r2, r_another = r_saved;
     r_another.teacher_hash ^= 1;
     check(state_load("test_run_t.state", &e, &o2, &r_same, &te, 6) == 0 &&
@@ -2152,7 +2152,7 @@ static void test_fuzz(void) {
     TrainConfig sc = tiny_train_config("unused.bin");
     sc.epochs = 5;
     RunState pristine = rs;
-    check(state_save("test_fuzz.state", &sn, &o, &rs, &sc) == 0 && state_load("test_fuzz.state", &sn, &o, &pristine, &sc, 6) == 0,
+    check(state_write("test_fuzz.state", &sn, &o, &rs, &sc, 1) == 0 && state_load("test_fuzz.state", &sn, &o, &pristine, &sc, 6) == 0,
           "fuzz: the pristine training-state file loads (the control for the corruptions below)");
     size_t n = 0;
     unsigned char *orig = read_bytes("test_fuzz.state", &n), *buf = xmalloc(n + 64);
@@ -2369,6 +2369,34 @@ static void test_cli(void) {
     check(mid && resume_rc == 0 && f1 && f2 && n1 == n2 && !memcmp(f1, f2, n1),
           "--save-every: a mid-epoch checkpoint, kill -9, --resume: bit-identical to an uninterrupted run");
     free(f1), free(f2);
+    /* A kill between the two renames of a save (run_save): FILE is one save ahead of FILE.state,
+       and FILE's own state is whole in FILE.state.tmp. Built from two real saves, at steps 7 and
+       13: the checkpoint of 13, the state of 7, the state of 13 as the temp file. */
+    const char *pair[] = {"test_cli_pair.bin", "test_cli_pair.bin.state", "test_cli_pair.bin.flags", "test_cli_pair.bin.state.tmp"};
+    for (int i = 0; i < 4; i++) remove(pair[i]);
+    snprintf(cmd, sizeof(cmd), "%s --steps 7 --out test_cli_pair.bin", args);
+    int pair_rc = run(cmd);
+    size_t n_old = 0, n_new = 0, n_cut = 0;
+    unsigned char *state_old = read_bytes("test_cli_pair.bin.state", &n_old);
+    pair_rc |= run("./deit train --threads 1 --steps 13 --resume test_cli_pair.bin");
+    unsigned char *state_new = read_bytes("test_cli_pair.bin.state", &n_new);
+    int staged = state_old && state_new && n_old == n_new && memcmp(state_old, state_new, n_old) != 0;
+    /* first the temp file cut short (a kill while it was written): not used, and the mismatch is named */
+    if (staged) write_bytes("test_cli_pair.bin.state", state_old, n_old), n_cut = n_new - 4;
+    if (staged) write_bytes("test_cli_pair.bin.state.tmp", state_new, n_cut);
+    check(staged && pair_rc == 0 && run("./deit train --threads 1 --resume test_cli_pair.bin") != 0 &&
+              output_has("does not belong to the weights") && !output_has("finished it from"),
+          "a checkpoint one save ahead of its state, the temp state cut short: not used; --resume refuses, naming the mismatch");
+    /* then whole: --resume finishes the save and continues exactly */
+    if (staged) write_bytes("test_cli_pair.bin.state.tmp", state_new, n_new);
+    resume_rc = run("./deit train --threads 1 --resume test_cli_pair.bin");
+    int finished = output_has("finished it from test_cli_pair.bin.state.tmp");
+    f1 = read_bytes("test_cli_full.bin", &n1), f2 = read_bytes("test_cli_pair.bin", &n2);
+    check(staged && resume_rc == 0 && finished && f1 && f2 && n1 == n2 && !memcmp(f1, f2, n1),
+          "killed between the checkpoint's rename and its state's: --resume takes FILE.state.tmp, bit-identical to an "
+          "uninterrupted run");
+    free(f1), free(f2), free(state_old), free(state_new);
+    for (int i = 0; i < 4; i++) remove(pair[i]);
     check(run("./deit train --dim 32 --depth 2 --heads 2 --patch 4 --epochs 1 --batch 10 --data test_data_tmp --out test_cli_full.bin") != 0 &&
               output_has("exists: --resume test_cli_full.bin continues its run, --force 1"),
           "a new run refuses to overwrite an existing --out without --force 1");
