@@ -3109,8 +3109,9 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  *    contiguous is read in place (a_direct below): the kernel then reads A(i,k) at
  *    a[i*a_rs + k*a_cs], with A's own strides, instead of a[k*MR + i]. (A transposed A, as
  *    dout in a weight gradient, gives MR consecutive numbers for each k: reading them there
- *    made DeiT-Ti's weight gradients 3-15% faster than copying them, fc2's 2-5% slower.) So is a full B panel whose rows are contiguous, but only in a product of at
- *    most MC rows (b_direct), where the panel is read by a single block of A. With more
+ *    made DeiT-Ti's weight gradients 3-15% faster than copying them, fc2's 2-5% slower.)
+ *    So is a full B panel whose rows are contiguous, but only in a product of at most MC
+ *    rows (b_direct), where the panel is read by a single block of A. With more
  *    blocks the copy pays: packed, the panel is 32 KB in a row that stays in L1 for every
  *    block; in place, each block reads it again as KC short rows b_rs floats apart (3 KB for
  *    fc2's weights). Packing every B panel of the products with thousands of rows made DeiT-Ti
@@ -3142,8 +3143,9 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
 
 /* C tile (m <= MR rows, n <= NR columns) += A panel (MR x kc) * B panel (kc x NR).
    A(i,k) = a[k*a_k + i*a_i]: a packed panel has a_k = MR, a_i = 1; A read in place has its
-   own column and row strides (a_cs, a_rs). B(k,j) = b[k*ldb + j]. MR and NR are constants where it is inlined,
-   so the compiler keeps the tile `acc` in registers and unrolls the i and j loops.          */
+   own strides, a_k = a_cs and a_i = a_rs. B(k,j) = b[k*ldb + j]. MR and NR are constants
+   where it is inlined, so the compiler keeps the tile `acc` in registers and unrolls the i
+   and j loops.                                                                              */
 #if defined(__GNUC__)
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #else
@@ -3238,8 +3240,8 @@ VECTOR_CLONES
 static void pack_a(float *restrict dst, const float *A, int a_rs, int a_cs, int i0, int m, int k0, int kc, int MR) {
     for (int p = 0; p < m; p += MR, dst += (size_t)MR * kc) {
         int rows = m - p < MR ? m - p : MR;
-        const float *src = A + (size_t)(i0 + p) * a_rs + (size_t)k0 * a_cs;
         if (rows < MR) memset(dst, 0, sizeof(float) * MR * kc);
+        const float *src = A + (size_t)(i0 + p) * a_rs + (size_t)k0 * a_cs;
         for (int k = 0; k < kc; k++)
             for (int i = 0; i < rows; i++) dst[k * MR + i] = src[(size_t)i * a_rs + (size_t)k * a_cs];
     }
@@ -3692,8 +3694,9 @@ static int state_header_quiet(const char *path, int32_t *h) {
     int got = fread(h, sizeof(int32_t), HEADER_INTS, f) == HEADER_INTS;
     if (got && fseek(f, 0, SEEK_END) == 0) bytes = ftell(f);
     fclose(f);
+    if (!got) return -1;
     uint64_t n = u64_from(h, 8), expect = (uint64_t)HEADER_INTS * 4 + (h[26] ? 3 : 2) * n * 4;
-    return got && h[0] == STATE_MAGIC && bytes >= 0 && (uint64_t)bytes == expect ? 0 : -1;
+    return h[0] == STATE_MAGIC && bytes >= 0 && (uint64_t)bytes == expect ? 0 : -1;
 }
 
 /* A checkpoint and its state are saved as a pair (run_save): FILE.state.tmp is written, then
@@ -3957,8 +3960,6 @@ static int run_step_check(Run *r, const float *teacher_logits, LossParts loss, i
     return 1;
 }
 
-/* The checkpoint and its state inside an epoch, after step next_step - 1: --resume continues
-   with step next_step of this epoch, exactly as if the run had not stopped. */
 /* The checkpoint and its state, as a pair that a kill at any moment leaves usable: the state
    to FILE.state.tmp, FILE replaced, then FILE.state (finish_interrupted_save). */
 static int run_save(Run *r, const RunState *st) {
@@ -3967,6 +3968,8 @@ static int run_save(Run *r, const RunState *st) {
     return commit_file(r->state_path);
 }
 
+/* The checkpoint and its state inside an epoch, after step next_step - 1: --resume continues
+   with step next_step of this epoch, exactly as if the run had not stopped. */
 static int run_save_mid_epoch(Run *r, int epoch) {
     RunState st = r->state;
     st.epochs_done = epoch, st.step_in_epoch = r->next_step;
