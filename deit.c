@@ -3436,16 +3436,10 @@ static int write_file_temp(const char *path, const int32_t *header, const float 
         if (!isfinite(data[i]))
             return report("%s: not written: value %zu (a weight; in a .state file, an optimizer moment) is not a finite "
                           "number; the file was left as it was", path, i);
-    size_t len = strlen(path);
-    char *tmp = xmalloc(len + 5);
-    memcpy(tmp, path, len);
-    memcpy(tmp + len, ".tmp", 5);
+    char tmp[4096];
+    path_printf(tmp, sizeof(tmp), "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        report("%s: cannot open for writing: %s", tmp, strerror(errno));
-        free(tmp);
-        return -1;
-    }
+    if (!f) return report("%s: cannot open for writing: %s", tmp, strerror(errno));
     int ok = fwrite(header, sizeof(int32_t), HEADER_INTS, f) == HEADER_INTS;
     ok = ok && fwrite(data, sizeof(float), n, f) == n;
     ok = (fflush(f) == 0) && ok;
@@ -3454,7 +3448,6 @@ static int write_file_temp(const char *path, const int32_t *header, const float 
         report("%s: write failed (disk full?): %s; %s was left as it was", tmp, strerror(errno), path);
         remove(tmp);
     }
-    free(tmp);
     return ok ? 0 : -1;
 }
 
