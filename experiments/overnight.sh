@@ -4,6 +4,7 @@
 #   STAGE=rows    sh experiments/overnight.sh   # rows (a) no distillation, (b) DeiT hard distillation
 #   STAGE=quick   SEED=1 sh experiments/overnight.sh  # rows (a), (b) at the quick size (6 x 128)
 #   STAGE=all     sh experiments/overnight.sh   # rows, then the quick size's seeds 1 and 2, in two lanes
+#   STAGE=all LANE=1 sh experiments/overnight.sh  # only the first lane of that (LANE=2: the second)
 #   STAGE=table   sh experiments/overnight.sh   # experiments/results/overnight.md from the logs
 #   STAGE=inside  sh experiments/overnight.sh   # results/overnight_inside.md: ./deit tokens and compare on rows (a), (b)
 # The teacher of every row is the committed airbench teacher (experiments/airbench.sh, seed 1).
@@ -46,12 +47,14 @@ all)
     # each other: (a) then the quick (a) of seed 1 and (b) of seed 2; (b) then the quick (b) of
     # seed 1 and (a) of seed 2. A distilled run is slower (the teacher runs on every batch: at
     # the quick size about 3.7 hours against 2.5 on one thread), so each lane gets one of each.
-    (
+    # LANE=1 or 2 runs one lane alone (the other core then does something else for a while).
+    case "${LANE:-both}" in 1 | 2 | both) ;; *) echo "LANE must be 1 or 2, not '$LANE'" >&2; exit 2 ;; esac
+    [ "${LANE:-both}" = 2 ] || (
         run overnight_none $EPOCHS ./deit train $TINY $NONE $RECIPE --seed 1
         run overnight_quick_none $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed 1
         run overnight_quick_dist_seed2 $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed 2
     ) &
-    (
+    [ "${LANE:-both}" = 1 ] || (
         run overnight_dist $EPOCHS ./deit train $TINY $DIST $RECIPE --seed 1
         run overnight_quick_dist $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed 1
         run overnight_quick_none_seed2 $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed 2
