@@ -1209,12 +1209,11 @@ static void col2im(float *din, const float *dcol, int ld, int B, int b0, int nb,
             }
 }
 
-/* Images per chunk: as many as keep one chunk's col within 512 KB (at least one), so that
-   im2col writes it into the core's own cache (L2: 1 MB on the Zen 5 we measured) and the
-   product reads it from there. Against 2 MB: ResNet-20 4-5% faster, airbench the same within
-   the noise (dev/SPEED.md). A variable, not a constant, so that the tests can force one image
-   per chunk. */
-static size_t conv_chunk_floats = 1 << 17;
+/* Images per chunk: as many as keep one chunk's col within about 2 MB (at least one). 512 KB
+   (half this core's L2) made ResNet-20 4-5% faster but airbench, the default teacher, about 15%
+   slower at 2 threads (dev/SPEED.md, "The convolution's chunk"). A variable, not a constant, so
+   that the tests can force one image per chunk. */
+static size_t conv_chunk_floats = 1 << 19;
 static int conv_chunk(const ConvBN *l, int B) {
     size_t per_image = (size_t)l->cin * l->ksize * l->ksize * l->hout * l->wout;
     size_t nb = conv_chunk_floats / per_image;
