@@ -18,9 +18,9 @@ aug_name() { if [ "$1" = resnet20_long ]; then echo "aug_${BUDGET}_hard_dist"; e
 for t in $AUG_TEACHERS; do train_teacher "$t"; done
 row() { # none, or a teacher's name
     if [ "$1" = none ]; then
-        run "aug_${BUDGET}_none" "$EPOCHS" ./deit train $STUDENT $AUG_RECIPE --distill none --dist-token 0 --seed 1
+        run_row "aug_${BUDGET}_none" "$EPOCHS" ./deit train $STUDENT $AUG_RECIPE --distill none --dist-token 0 --seed 1
     else
-        run "$(aug_name "$1")" "$EPOCHS" ./deit train $STUDENT $AUG_RECIPE --teacher "$(teacher_file "$1")" --distill hard --dist-token 1 --seed 1
+        run_row "$(aug_name "$1")" "$EPOCHS" ./deit train $STUDENT $AUG_RECIPE --teacher "$(teacher_file "$1")" --distill hard --dist-token 1 --seed 1
     fi
 }
 in_pairs row none $AUG_TEACHERS

@@ -60,6 +60,17 @@ run() {
     tail -n 2 "$out" | sed "s/^/   /"
 }
 
+# run_row NAME EPOCHS ./deit ARGS...: run, for a student row that no other run trains from: once
+# its log has all its epochs it is skipped even where its checkpoint is not on this machine (the
+# tables only read logs), instead of being trained again. teachers.sh and aug.sh.
+run_row() {
+    if [ ! -f "experiments/runs/$1.bin" ] && [ "$(last_epoch "experiments/logs/$1.csv")" -ge "$2" ]; then
+        echo "== $1: done ($2 epochs in experiments/logs/$1.csv; checkpoint not kept), skipped"
+        return 0
+    fi
+    run "$@"
+}
+
 # seed_suffix: checks SEED (default 1), the students' --seed, and sets SFX, the suffix of the
 # run and table names of another seed ("" for seed 1, "_seed2" for 2): the spread between
 # seeds is the noise a difference between rows has to beat. table3.sh and data_efficiency.sh.

@@ -7,7 +7,9 @@
 #   STAGE=all LANE=1 sh experiments/overnight.sh  # only the first lane of that (LANE=2: the second)
 #   STAGE=table   sh experiments/overnight.sh   # experiments/results/overnight.md from the logs
 #   STAGE=inside  sh experiments/overnight.sh   # results/overnight_inside.md: ./deit tokens and compare on rows (a), (b)
-# The teacher of every row is the committed airbench teacher (experiments/airbench.sh, seed 1).
+# overnight_{none,dist}_attempt1 are the logs of the rows' first attempt, whose checkpoints were
+# lost with its machine at epochs 22 and 27 (experiments/README.md). The teacher of every row is
+# the committed airbench teacher (experiments/airbench.sh, seed 1).
 # Runs are resumable (lib.sh): kill them any time, run the same line again. Each stage's runs go
 # side by side, one thread each (THREADS=1): two trainings on two cores.
 . "$(dirname "$0")/lib.sh"
@@ -44,20 +46,23 @@ rows)
     ;;
 all)
     # everything of the study, resumable, in two lanes of one thread each that never wait for
-    # each other: (a) then the quick (a) of seed 1 and (b) of seed 2; (b) then the quick (b) of
-    # seed 1 and (a) of seed 2. A distilled run is slower (the teacher runs on every batch: at
-    # the quick size about 3.7 hours against 2.5 on one thread), so each lane gets one of each.
+    # each other. Lane 1: the quick (a) of seed 1, the quick (b) of seed 2, then DeiT-Ti (a);
+    # lane 2: the quick (b) of seed 1, the quick (a) of seed 2, then DeiT-Ti (b). A distilled run
+    # is slower (the teacher runs on every batch: at the quick size about 3.7 hours against 2.5
+    # on one thread), so each lane gets one of each. The quick rows go first: each fits in a few
+    # hours, so the seed spread is known early, and an unfinished run carried to another machine
+    # (carry.sh) is 15 MB instead of DeiT-Ti's 64 MB.
     # LANE=1 or 2 runs one lane alone (the other core then does something else for a while).
     case "${LANE:-both}" in 1 | 2 | both) ;; *) echo "LANE must be 1 or 2, not '$LANE'" >&2; exit 2 ;; esac
     [ "${LANE:-both}" = 2 ] || (
-        run overnight_none $EPOCHS ./deit train $TINY $NONE $RECIPE --seed 1
         run overnight_quick_none $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed 1
         run overnight_quick_dist_seed2 $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed 2
+        run overnight_none $EPOCHS ./deit train $TINY $NONE $RECIPE --seed 1
     ) &
     [ "${LANE:-both}" = 1 ] || (
-        run overnight_dist $EPOCHS ./deit train $TINY $DIST $RECIPE --seed 1
         run overnight_quick_dist $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed 1
         run overnight_quick_none_seed2 $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed 2
+        run overnight_dist $EPOCHS ./deit train $TINY $DIST $RECIPE --seed 1
     ) &
     wait
     ;;
@@ -76,7 +81,8 @@ table)
     {
         echo "| row | epochs logged | test accuracy (heads averaged) | class head | distillation head | hours | epoch (hours) reaching 60 / 70 / 80% | log |"
         echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-        for name in lr_tiny_2.5e-4 lr_tiny_5e-4 lr_tiny_1e-3 lr_tiny_2e-3 overnight_none overnight_dist \
+        for name in lr_tiny_2.5e-4 lr_tiny_5e-4 lr_tiny_1e-3 lr_tiny_2e-3 overnight_none_attempt1 overnight_dist_attempt1 \
+            overnight_none overnight_dist \
             overnight_quick_none overnight_quick_dist overnight_quick_none_seed2 overnight_quick_dist_seed2; do
             log=experiments/logs/$name.csv
             [ -f "$log" ] || continue
@@ -90,6 +96,7 @@ table)
     # test accuracy against hours of training, (a) and (b) at both sizes: the logs with a test so far
     set --
     for pair in "DeiT-Ti (a) no distillation=overnight_none" "DeiT-Ti (b) DeiT=overnight_dist" \
+        "DeiT-Ti (a), first attempt=overnight_none_attempt1" "DeiT-Ti (b), first attempt=overnight_dist_attempt1" \
         "quick (a) seed 1=overnight_quick_none" "quick (b) seed 1=overnight_quick_dist" \
         "quick (a) seed 2=overnight_quick_none_seed2" "quick (b) seed 2=overnight_quick_dist_seed2"; do
         log=experiments/logs/${pair#*=}.csv

@@ -20,7 +20,7 @@ echo "expected time on a 2-core machine (measured at the quick budget, see exper
 
 student() {
     name=$(student_name "$1")
-    run "$name" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$(teacher_file "$1")" --distill hard --dist-token 1 --seed 1
+    run_row "$name" "$EPOCHS" ./deit train $STUDENT $RECIPE --teacher "$(teacher_file "$1")" --distill hard --dist-token 1 --seed 1
 }
 for t in $TEACHERS; do train_teacher "$t"; done
 [ "${STUDENTS:-1}" = 0 ] && exit 0
