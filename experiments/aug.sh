@@ -40,7 +40,9 @@ res=experiments/results/aug_$BUDGET.md
             label=${pair%%:*} rest=${pair#*:}
             a=${rest%%:*} b=${rest#*:}
             [ -f "experiments/logs/$a.csv" ] && [ -f "experiments/logs/$b.csv" ] || continue
-            echo "| $t ($(acc "$tn" 5)) | $label | $(acc "$a" 5) | $(acc "$b" 6) | $(acc "$b" 7) | $(final "$b" 5 "$EPOCHS") | $(awk -v x="$(acc "$b" 5)" -v y="$(acc "$a" 5)" 'BEGIN { printf "%+.2f", x - y }') |"
+            gain=- # only once the distilled row has all its epochs
+            [ "$(last_epoch "experiments/logs/$b.csv")" -ge "$EPOCHS" ] && gain=$(awk -v x="$(acc "$b" 5)" -v y="$(acc "$a" 5)" 'BEGIN { printf "%+.2f", x - y }')
+            echo "| $t ($(acc "$tn" 5)) | $label | $(acc "$a" 5) | $(acc "$b" 6) | $(acc "$b" 7) | $(final "$b" 5 "$EPOCHS") | $gain |"
         done
     done
 } > "$res"
