@@ -3,7 +3,7 @@
 #   STAGE=lr      sh experiments/overnight.sh   # the learning-rate search: 2-epoch runs of DeiT-Ti/4
 #   STAGE=rows    sh experiments/overnight.sh   # rows (b) DeiT hard distillation, then (a) no distillation, 2 threads
 #   STAGE=quick   SEED=1 sh experiments/overnight.sh  # rows (a), (b) at the quick size (6 x 128)
-#   STAGE=all     sh experiments/overnight.sh   # the quick size's seeds 1 and 2 in two lanes, then rows
+#   STAGE=all     sh experiments/overnight.sh   # the quick size's seed 1 in two lanes, rows, then seed 2
 #   STAGE=all LANE=1 sh experiments/overnight.sh  # only the first lane's quick rows (LANE=2: the second)
 #   STAGE=table   sh experiments/overnight.sh   # experiments/results/overnight.md from the logs
 #   STAGE=inside  sh experiments/overnight.sh   # results/overnight_inside.md: ./deit tokens and compare on rows (a), (b)
@@ -50,25 +50,31 @@ rows)
     run overnight_none $EPOCHS ./deit train $TINY $NONE $RECIPE --seed 1
     ;;
 all)
-    # everything of the study, resumable: the quick size's rows of seeds 1 and 2 in two lanes of
-    # one thread each, then STAGE=rows. Lane 1: the quick (a) of seed 1, then (b) of seed 2;
-    # lane 2: the quick (b) of seed 1, then (a) of seed 2. A distilled run is slower (the
-    # teacher runs on every batch: at the quick size about 3.7 hours against 2.5 on one thread),
-    # so each lane gets one of each. The quick rows go first: each fits in a few hours, so the
-    # seed spread is known early, and an unfinished run carried to another machine (carry.sh)
-    # is 14 MB instead of DeiT-Ti's 64 MB.
-    # LANE=1 or 2 runs one lane's quick rows alone (the other core then does something else).
+    # everything of the study, resumable: the quick size's rows of seed 1 in two lanes of one
+    # thread each, (a) and (b); then STAGE=rows (DeiT-Ti (b), then (a), at 2 threads); then the
+    # quick rows of seed 2 the same way. Seed 1 of the quick size first: a few hours, and an
+    # unfinished one carried to another machine (carry.sh) is 14 MB instead of DeiT-Ti's 64 MB.
+    # The DeiT-Ti rows before seed 2: they are the README's result. A distilled run is slower
+    # (the teacher runs on every batch: at the quick size about 3.7 hours against 2.5 on one
+    # thread), so the two lanes finish at different times.
+    # LANE=1 runs the quick (a) of seed 1, then (b) of seed 2, alone on one thread; LANE=2 the
+    # quick (b) of seed 1, then (a) of seed 2 (the other core then does something else).
     case "${LANE:-both}" in 1 | 2 | both) ;; *) echo "LANE must be 1 or 2, not '$LANE'" >&2; exit 2 ;; esac
-    [ "${LANE:-both}" = 2 ] || (
-        run overnight_quick_none $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed 1
-        run overnight_quick_dist_seed2 $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed 2
-    ) &
-    [ "${LANE:-both}" = 1 ] || (
-        run overnight_quick_dist $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed 1
-        run overnight_quick_none_seed2 $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed 2
-    ) &
-    wait
-    if [ "${LANE:-both}" = both ]; then STAGE=rows sh "$0"; fi
+    quick_none() { run overnight_quick_none$1 $QUICK_EPOCHS ./deit train $QUICK $NONE $RECIPE --seed "$2"; }
+    quick_dist() { run overnight_quick_dist$1 $QUICK_EPOCHS ./deit train $QUICK $DIST $RECIPE --seed "$2"; }
+    case "${LANE:-both}" in
+    1) quick_none "" 1 && quick_dist _seed2 2 ;;
+    2) quick_dist "" 1 && quick_none _seed2 2 ;;
+    both)
+        quick_none "" 1 &
+        quick_dist "" 1 &
+        wait
+        STAGE=rows sh "$0"
+        quick_dist _seed2 2 &
+        quick_none _seed2 2 &
+        wait
+        ;;
+    esac
     ;;
 quick)
     # the seed spread at the quick size (6 blocks, 128 wide, 4 heads): (a) and (b), SEED=1 or 2
