@@ -24,6 +24,10 @@ echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC'); $(lscpu 2>/dev/null | grep -m1 'Mod
 torch=0
 /usr/bin/python3 -c "import torch" 2>/dev/null && torch=1
 [ $torch = 1 ] || echo "# PyTorch rows skipped: /usr/bin/python3 cannot import torch (apt-get install python3-torch)"
+# python3-torch alone brings the netlib reference BLAS, 15x slower than OpenBLAS: no PyTorch rows then
+if [ $torch = 1 ] && ! ls /usr/lib/*/openblas-openmp/libblas.so.3 > /dev/null 2>&1; then
+    torch=0; echo "# PyTorch rows skipped: no OpenMP OpenBLAS (apt-get install libopenblas0-openmp)"
+fi
 # run LABEL NET COMMAND...: the label names the table row; NET is the net whose img/s it reads
 run() {
     label=$1 net=$2; shift 2

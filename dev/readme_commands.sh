@@ -44,6 +44,8 @@ quick() {
     expect "./deit eval experiments/checkpoints/teacher_resnet20.bin" "accuracy: 86.91%"
     expect "./deit eval experiments/checkpoints/demo_none.bin" "accuracy: 33.84%"
     expect "./deit eval experiments/checkpoints/demo_dist.bin" "accuracy: 34.89%"
+    expect "./deit eval experiments/checkpoints/overnight_quick_none.bin" "accuracy: 57.96%"
+    expect "./deit eval experiments/checkpoints/overnight_quick_dist.bin" "accuracy: 64.86%"
 }
 
 if [ "${1:-}" = --quick ]; then
