@@ -3126,22 +3126,26 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  */
 #define KC 256
 #define MC 72   /* a multiple of every MR below */
-#define NC 4032 /* a multiple of every NR below */
+#define NC 4032 /* a multiple of every NR below (24, 32, 48) */
 
 /* 5. One register tile per processor. How big a tile fits depends on the vector registers: 32
  *    registers of 16 floats (AVX-512) hold a 6 x 32 tile (12 accumulators) plus what is being
- *    loaded; AVX2's 16 registers of 8 floats hold 4 x 24 (12 accumulators), and a 6 x 32 tile
- *    there spills to memory (77 against 107 GFLOP/s on one core, measured). So the kernel is
- *    written once, for any tile (kernel_tile), and compiled three times: for AVX-512 with
- *    6 x 32, for AVX2 + FMA with 4 x 24, and for any x86-64 or other processor (SSE2 and such)
- *    with 4 x 24. GCC and Clang compile a function for another instruction set than the rest of
+ *    loaded; a 6 x 32 tile with AVX2's 16 registers of 8 floats spills to memory (77 against
+ *    107 GFLOP/s on one core, measured). AVX2 takes 2 x 48: also 12 accumulators (2 rows of 6
+ *    vectors), with 2 broadcasts of A and 6 vector loads of B per k. On a Zen 3 EPYC with AVX2
+ *    and no AVX-512 the fc1 product ran at 48 GFLOP/s on one core with 2 x 48, against 39
+ *    with 4 x 24, 41 with 3 x 32, 44 with 2 x 40, 32 with 1 x 64 and 8 x 8, 27 with 6 x 16
+ *    and 23 with 4 x 16 (dev/SPEED.md, "The AVX2 tile"). So the kernel is written once, for
+ *    any tile (kernel_tile), and compiled three times: for AVX-512 with 6 x 32, for AVX2 + FMA
+ *    with 2 x 48, and for any x86-64 or other processor (SSE2 and such) with 4 x 24. GCC and
+ *    Clang compile a function for another instruction set than the rest of
  *    the program when it carries __attribute__((target(...))); the first matmul asks the
  *    processor what it has (__builtin_cpu_supports) and takes the best version. So the plain
  *    `cc -O3 deit.c -lm`, which targets the oldest x86-64, still runs the kernel at full
  *    vector width. Every version adds the products over k in the same order: they differ
  *    only in rounding (FMA or not), and the tests run each against the reference.          */
 #define MR_MAX 6
-#define NR_MAX 32
+#define NR_MAX 48
 
 /* C tile (m <= MR rows, n <= NR columns) += A panel (MR x kc) * B panel (kc x NR).
    A(i,k) = a[k*a_k + i*a_i]: a packed panel has a_k = MR, a_i = 1; A read in place has its
@@ -3184,7 +3188,7 @@ MICRO_KERNEL(micro_kernel_portable, 4, 24, )
 #if defined(__GNUC__) && defined(__x86_64__)
 #define DEIT_X86_DISPATCH 1
 MICRO_KERNEL(micro_kernel_avx512, 6, 32, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
-MICRO_KERNEL(micro_kernel_avx2, 4, 24, __attribute__((target("avx2,fma"))))
+MICRO_KERNEL(micro_kernel_avx2, 2, 48, __attribute__((target("avx2,fma"))))
 #endif
 
 typedef struct {
@@ -3197,7 +3201,7 @@ typedef struct {
 static const MatmulPath matmul_paths[] = {
     {"portable C, 4x24 tile", 4, 24, micro_kernel_portable},
 #ifdef DEIT_X86_DISPATCH
-    {"AVX2+FMA, 4x24 tile", 4, 24, micro_kernel_avx2},
+    {"AVX2+FMA, 2x48 tile", 2, 48, micro_kernel_avx2},
     {"AVX-512, 6x32 tile", 6, 32, micro_kernel_avx512},
 #endif
 };
@@ -3270,12 +3274,14 @@ static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs
     const float *src = B + (size_t)k0 * b_rs + (size_t)j0 * b_cs;
     if (b_rs == 1 && n == NR) {
         if (NR == 32) pack_b_transposed(dst, src, b_cs, kc, 32);
+        else if (NR == 48) pack_b_transposed(dst, src, b_cs, kc, 48);
         else if (NR == 24) pack_b_transposed(dst, src, b_cs, kc, 24);
         else pack_b_transposed(dst, src, b_cs, kc, NR);
         return;
     }
     if (b_cs == 1 && n == NR) {
         if (NR == 32) pack_b_rows(dst, src, b_rs, kc, 32);
+        else if (NR == 48) pack_b_rows(dst, src, b_rs, kc, 48);
         else if (NR == 24) pack_b_rows(dst, src, b_rs, kc, 24);
         else pack_b_rows(dst, src, b_rs, kc, NR);
         return;

@@ -755,8 +755,13 @@ static void test_conv(int k, int stride, int cin, int cout) {
     char name[96];
     snprintf(name, sizeof(name), "conv %dx%d stride %d, %d->%d channels (%s dx)%s", k, k, stride, cin, cout,
              conv_same_shape(l) ? "transposed-conv" : "col2im", conv_chunk(l, 2) < 2 ? ", 1-image chunks" : "");
-    check_grad(name, "dx", c.in, din, nin, probe_conv, &c, 1e-2f, 1e-2);
-    check_grad(name, "dW", l->w, dw, nw, probe_conv, &c, 1e-2f, 1e-2);
+    /* The probe is linear in each single input and weight, so a central difference is exact
+       for any step h, and only float rounding is left: about an ulp of the probe (~10) over
+       2h. With h = 0.01 that was 1.5e-4, a relative 1.5e-2 on a gradient of 0.003 (seen on
+       one machine's random draw); h = 0.1 makes it ten times smaller. A wrong gradient is
+       still off by its own size. */
+    check_grad(name, "dx", c.in, din, nin, probe_conv, &c, 1e-1f, 1e-2);
+    check_grad(name, "dW", l->w, dw, nw, probe_conv, &c, 1e-1f, 1e-2);
     /* one output by hand: channel 1, image 1, position (1, 2) */
     probe_conv(&c);
     double s = 0;
