@@ -24,7 +24,7 @@ QUICK="--dim 128 --depth 6 --heads 4 --patch 4 --batch 128 --aug deit" # the qui
 DIST="--teacher $teacher --distill hard --dist-token 1"
 NONE="--distill none --dist-token 0"
 # The recipe the learning-rate search chose (deit.c's defaults for ./deit train): lr 2.5e-4 at
-# batch 128 after 3 warmup epochs, 40 epochs (10 hours of 2 cores with the teacher's 45 minutes).
+# batch 128 after 3 warmup epochs, 40 epochs (about 7 hours of 2 AVX-512 cores with the teacher's 45 minutes; ~3x on AVX2).
 RECIPE="--lr 2.5e-4 --warmup 3"
 EPOCHS=40
 QUICK_EPOCHS=25
