@@ -47,6 +47,7 @@ quick() {
     expect "./deit eval experiments/checkpoints/overnight_quick_none.bin" "accuracy: 57.96%"
     expect "./deit eval experiments/checkpoints/overnight_quick_dist.bin" "accuracy: 64.86%"
     expect "./deit eval experiments/checkpoints/overnight_dist.bin" "accuracy: 73.71%"
+    expect "./deit eval experiments/checkpoints/overnight_none.bin" "accuracy: 66.10%"
 }
 
 if [ "${1:-}" = --quick ]; then
