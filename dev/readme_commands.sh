@@ -46,6 +46,8 @@ quick() {
     expect "./deit eval experiments/checkpoints/demo_dist.bin" "accuracy: 34.89%"
     expect "./deit eval experiments/checkpoints/overnight_quick_none.bin" "accuracy: 57.96%"
     expect "./deit eval experiments/checkpoints/overnight_quick_dist.bin" "accuracy: 64.86%"
+    expect "./deit eval experiments/checkpoints/overnight_quick_none_seed2.bin" "accuracy: 58.65%"
+    expect "./deit eval experiments/checkpoints/overnight_quick_dist_seed2.bin" "accuracy: 64.36%"
     expect "./deit eval experiments/checkpoints/overnight_dist.bin" "accuracy: 73.71%"
     expect "./deit eval experiments/checkpoints/overnight_none.bin" "accuracy: 66.10%"
 }
