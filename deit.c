@@ -1124,7 +1124,10 @@ static int teacher_preset(TeacherConfig *c, const char *name) {
    memcpy of the plane, then the entries whose pixel lies in the padding are set to zero (whole
    rows at the top or bottom, pad columns at either side). Row by row, as below, it takes 32
    memcpy calls of 32 floats per image and row of col; ResNet-20 trains about 1.2x as fast this
-   way (dev/SPEED.md).                                                                         */
+   way (dev/SPEED.md).
+   This is the convolution to read. With the fast matmul, the "same" convolutions on images of
+   15 x 15 and more skip im2col altogether: Part II, trick 6, computes the same sums from a
+   padded copy of the input (ResNet-20 trains 1.1x, infers 1.2x as fast).                     */
 
 /* Zero the columns ox < lo and ox >= hi of an image's h x w block of col: their pixels lie in
    the padding. Column by column on purpose: row by row, the compiler turns each run of 0 or 1
@@ -1219,8 +1222,19 @@ static int conv_chunk(const ConvBN *l, int B) {
     size_t nb = conv_chunk_floats / per_image;
     return nb < 1 ? 1 : nb > (size_t)B ? B : (int)nb;
 }
+/* Part II's convolution without im2col (trick 6), which the fast matmul uses where it can */
+static int conv_direct_shape(const ConvBN *l);
+static int conv_direct(const ConvBN *l);
+static size_t conv_direct_scratch(const ConvBN *l, int nb);
+static void conv_forward_direct(float *out, float *col, const float *in, const float *w, const ConvBN *l, int B,
+                                int b0, int nb);
+static void conv_backward_direct(float *din, float *dw_lane, float *col, float *dcol, const float *w_flip,
+                                 const float *dout, const float *in, const ConvBN *l, int B, int b0, int nb);
+
 static size_t conv_col_size(const ConvBN *l, int B) { /* floats of the col scratch of one chunk */
-    return (size_t)l->cin * l->ksize * l->ksize * ((size_t)conv_chunk(l, B) * l->hout * l->wout + 16);
+    size_t size = (size_t)l->cin * l->ksize * l->ksize * ((size_t)conv_chunk(l, B) * l->hout * l->wout + 16);
+    size_t direct = conv_direct_shape(l) ? conv_direct_scratch(l, conv_chunk(l, B)) : 0;
+    return size > direct ? size : direct;
 }
 
 /* Threads split the batch, not the products. The chunks are dealt out in CONV_LANES lanes of
@@ -1244,6 +1258,10 @@ static void conv_forward(float *out, float *cols, const float *in, const float *
         float *col = cols + lane * col_size;
         for (int c = conv_lane_first(lane, n_chunks); c < conv_lane_first(lane + 1, n_chunks); c++) {
             int b0 = c * chunk, nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
+            if (conv_direct(l)) { /* the fast path: no im2col (Part II, trick 6) */
+                conv_forward_direct(out, col, in, w, l, B, b0, nb);
+                continue;
+            }
             for (int co = 0; co < l->cout; co++) memset(out + (size_t)co * NP + (size_t)b0 * hw, 0, sizeof(float) * nb * hw);
             im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, l->ksize, l->stride, l->pad, l->hout, l->wout);
             matmul(out + (size_t)b0 * hw, NP, w, K, 1, col, ld, 1, l->cout, nb * hw, K);
@@ -1270,7 +1288,7 @@ static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, f
     int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
     int k = l->ksize, flip = din && conv_same_shape(l), n_chunks = (B + chunk - 1) / chunk;
     size_t col_size = conv_col_size(l, B), nw = (size_t)l->cout * K;
-    if (flip)
+    if (flip || (din && conv_direct(l)))
         for (int co = 0; co < l->cout; co++)
             for (int ci = 0; ci < l->cin; ci++)
                 for (int ky = 0; ky < k; ky++)
@@ -1284,6 +1302,10 @@ static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, f
         for (int c = conv_lane_first(lane, n_chunks); c < conv_lane_first(lane + 1, n_chunks); c++) {
             int b0 = c * chunk, nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
             const float *dout_chunk = dout + (size_t)b0 * hw;
+            if (conv_direct(l)) { /* the fast path: no im2col (Part II, trick 6) */
+                conv_backward_direct(din, dw_lane, col, dcol, w_flip, dout, in, l, B, b0, nb);
+                continue;
+            }
             im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, k, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
             matmul(dw_lane, K, dout_chunk, NP, 1, col, 1, ld, l->cout, K, nb * hw);
             if (flip) { /* col is free again: it now takes the patches of dout (cout*k*k = K rows) */
@@ -1296,10 +1318,16 @@ static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, f
             }
         }
     }
+    int direct = conv_direct(l), taps = k * k; /* the direct path's partials are transposed: (tap, ci) x co */
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < nw; i++) {
+        size_t at = i;
+        if (direct) {
+            size_t co = i / K, ci = i % K / taps, tap = i % taps;
+            at = (tap * l->cin + ci) * l->cout + co;
+        }
         float sum = 0.0f;
-        for (int lane = 0; lane < CONV_LANES; lane++) sum += dw_lanes[lane * nw + i];
+        for (int lane = 0; lane < CONV_LANES; lane++) sum += dw_lanes[lane * nw + at];
         dw[i] += sum;
     }
 }
@@ -3092,7 +3120,8 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  *
  * ########################################################################################## */
 
-/* The fast one. Five tricks, all plain C that the compiler turns into vector instructions:
+/* The fast one. Six tricks, all plain C that the compiler turns into vector instructions (the
+ * sixth, at the end of this part, is for the convolutions):
  *
  * 1. Register tile. The innermost routine (kernel_tile) computes a small MR x NR block of C
  *    in a local array `acc`. For each k it loads MR numbers of A and NR numbers of B and does
@@ -3158,14 +3187,16 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
 #define ALWAYS_INLINE inline
 #endif
 static ALWAYS_INLINE void kernel_tile(const int MR, const int NR, int kc, const float *restrict a, int a_k, int a_i,
-                                      const float *restrict b, int ldb, float *restrict c, int ldc, int m, int n) {
+                                      const float *restrict b, int ldb, const int *restrict b_off,
+                                      float *restrict c, int ldc, int m, int n) {
     float acc[MR_MAX][NR_MAX];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) acc[i][j] = 0.0f;
     for (int k = 0; k < kc; k++) {
+        const float *b_k = b + (b_off ? (ptrdiff_t)b_off[k] : (ptrdiff_t)k * ldb); /* row k of B */
         for (int i = 0; i < MR; i++) {
             float aik = a[(size_t)k * a_k + (size_t)i * a_i];
-            for (int j = 0; j < NR; j++) acc[i][j] += aik * b[(size_t)k * ldb + j];
+            for (int j = 0; j < NR; j++) acc[i][j] += aik * b_k[j];
         }
     }
     if (m == MR && n == NR) {
@@ -3177,12 +3208,20 @@ static ALWAYS_INLINE void kernel_tile(const int MR, const int NR, int kc, const 
     }
 }
 
+/* Each tile is compiled twice: B(k,j) = b[k*ldb + j] (every product), and B(k,j) = b[b_off[k] + j]
+   with the start of each row given (name_taps: the convolutions of trick 6). */
 typedef void (*MicroKernel)(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb,
                             float *restrict c, int ldc, int m, int n);
+typedef void (*MicroKernelTaps)(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b,
+                                const int *restrict b_off, float *restrict c, int ldc, int m, int n);
 #define MICRO_KERNEL(name, mr, nr, attributes)                                                                        \
     attributes static void name(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb, \
                                 float *restrict c, int ldc, int m, int n) {                                         \
-        kernel_tile(mr, nr, kc, a, a_k, a_i, b, ldb, c, ldc, m, n);                                                  \
+        kernel_tile(mr, nr, kc, a, a_k, a_i, b, ldb, NULL, c, ldc, m, n);                                            \
+    }                                                                                                                \
+    attributes static void name##_taps(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b,  \
+                                       const int *restrict b_off, float *restrict c, int ldc, int m, int n) {       \
+        kernel_tile(mr, nr, kc, a, a_k, a_i, b, 0, b_off, c, ldc, m, n);                                             \
     }
 MICRO_KERNEL(micro_kernel_portable, 4, 24, )
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -3195,14 +3234,15 @@ typedef struct {
     const char *name;
     int mr, nr;
     MicroKernel kernel;
+    MicroKernelTaps kernel_taps;
 } MatmulPath;
 
 
 static const MatmulPath matmul_paths[] = {
-    {"portable C, 4x24 tile", 4, 24, micro_kernel_portable},
+    {"portable C, 4x24 tile", 4, 24, micro_kernel_portable, micro_kernel_portable_taps},
 #ifdef DEIT_X86_DISPATCH
-    {"AVX2+FMA, 2x48 tile", 2, 48, micro_kernel_avx2},
-    {"AVX-512, 6x32 tile", 6, 32, micro_kernel_avx512},
+    {"AVX2+FMA, 2x48 tile", 2, 48, micro_kernel_avx2, micro_kernel_avx2_taps},
+    {"AVX-512, 6x32 tile", 6, 32, micro_kernel_avx512, micro_kernel_avx512_taps},
 #endif
 };
 static const char *matmul_path_names[] = {"portable", "avx2", "avx512"};
@@ -3386,6 +3426,181 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
             }
         }
     }
+}
+
+/* 6. A "same" convolution without im2col (stride 1, k = 2 pad + 1: every 3x3 pad 1 convolution
+ *    of ResNet and airbench). im2col writes every input pixel k*k times and the product reads
+ *    them all back: with the packing of col for the weight gradient that was a quarter of
+ *    ResNet-20's step at one thread (dev/SPEED.md). Instead each chunk of images is copied
+ *    once into a padded layout in which every tap (ky, kx) of the kernel is a fixed shift:
+ *      - a channel holds the chunk's images one below the other, with `pad` zero rows above
+ *        each image and below the last one, and every row starts with `pad` zeros: rows are
+ *        pitch = w + pad floats apart. (The zeros at the start of a row are also the right
+ *        padding of the row above: pixel x = w - 1 + d of row y is entry d - 1 of row y + 1.)
+ *      - the output is computed on the same grid: output pixel (image, y, x) is grid column
+ *        q = its own input pixel's position minus the first pixel's. Input pixel
+ *        (c, y + ky - pad, x + kx - pad), which im2col copies to col row (c, ky, kx), then lies
+ *        at q + c * plane + (ky - pad) * pitch + (kx - pad) from the first pixel.
+ *    So row (c, ky, kx) of col is the padded input itself, read from a shifted start: the
+ *    kernel takes B row k at b + b_off[k] (the _taps kernels), with no copy. The grid columns
+ *    that are padding get an output too, dropped when the grid is copied back: (w + pad) x
+ *    (h + pad) / (w x h) of the work, 1.06 at 32x32 and 1.27 at 8x8. Every output is the same
+ *    sum in the same order as through im2col, so the forward pass is bit for bit the same.
+ *    Backward, with dout copied to the same padded layout (zeros where the grid is padding):
+ *      dW[co][c,ky,kx] = sum over q of dout[co][q] * in[q + shift(c, ky, kx)]: a product
+ *        whose B column j starts at shift(j); its panels are packed from there;
+ *      din = the transposed convolution of dout (w_flip; see conv_backward): the same
+ *        product as the forward pass, added to din when copied back.
+ *    One chunk of images at a time, on the calling thread (the lanes of Part I run them). */
+static int conv_direct_shape(const ConvBN *l) {
+    return l->stride == 1 && l->ksize == 2 * l->pad + 1 && l->hout == l->hin && l->wout == l->win;
+}
+/* Taken where the grid's padding columns add at most 15% to the work: on images of 15 x 15 and
+   more with pad 1. On smaller ones they cost more than im2col saves (one thread, alternated:
+   the same speed on ResNet-20's 8 x 8 stage, 0.7-0.9x on airbench's 7 x 7 and 3 x 3 with 256
+   channels; 1.1-1.6x at 15 x 15 to 32 x 32). conv_direct_enabled: 1 so, 0 never, 2 on every
+   "same" convolution (the tests, which use small images). */
+static int conv_direct_enabled = 1;
+static int conv_direct(const ConvBN *l) {
+    long grid = (long)(l->hin + l->pad) * (l->win + l->pad), pixels = (long)l->hin * l->win;
+    return matmul_use_fast && conv_direct_enabled && conv_direct_shape(l) &&
+           (conv_direct_enabled == 2 || 20 * grid <= 23 * pixels);
+}
+
+/* Floats of one channel of nb padded images: the rows, one more (the last row's right padding),
+   and room for the reads of a last partial panel (NR_MAX) and its shifts (pad + 1 rows). */
+static size_t conv_padded_plane(const ConvBN *l, int nb) {
+    int pitch = l->win + l->pad;
+    return (size_t)(l->pad + nb * (l->hin + l->pad) + l->pad + 2) * pitch + NR_MAX + 16;
+}
+/* Grid columns from the first pixel to the last one of nb images */
+static int conv_grid_columns(const ConvBN *l, int nb) {
+    return ((nb - 1) * (l->hin + l->pad) + l->hin - 1) * (l->win + l->pad) + l->win;
+}
+static size_t conv_direct_scratch(const ConvBN *l, int nb) { /* floats of col (and more than dcol needs) */
+    return (size_t)(l->cin + l->cout) * conv_padded_plane(l, nb);
+}
+
+/* Images b0 .. b0+nb of x (C, B, h, w) into the padded layout, channel c at P + c * plane. */
+static void conv_pad(float *P, size_t plane, const float *x, int C, int B, int b0, int nb, const ConvBN *l) {
+    int h = l->hin, w = l->win, pad = l->pad, pitch = w + pad;
+    for (int c = 0; c < C; c++) {
+        float *Pc = P + c * plane;
+        memset(Pc, 0, sizeof(float) * pad * pitch); /* the rows above the first image */
+        for (int i = 0; i < nb; i++) {
+            const float *src = x + ((size_t)c * B + b0 + i) * h * w;
+            float *row = Pc + (size_t)(pad + i * (h + pad)) * pitch;
+            for (int y = 0; y < h; y++, row += pitch, src += w) {
+                for (int d = 0; d < pad; d++) row[d] = 0.0f;
+                memcpy(row + pad, src, sizeof(float) * w);
+            }
+            memset(row, 0, sizeof(float) * (pad * pitch + (i == nb - 1 ? pitch : 0))); /* below it */
+        }
+    }
+}
+
+/* The grid (C rows of ldg) back to images b0 .. b0+nb of y (C, B, h, w): y = grid, or y += grid. */
+static void conv_unpad(float *y, const float *G, int ldg, int C, int B, int b0, int nb, const ConvBN *l, int add) {
+    int h = l->hin, w = l->win, pitch = w + l->pad;
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < nb; i++)
+            for (int r = 0; r < h; r++) {
+                const float *src = G + (size_t)c * ldg + (size_t)(i * (h + l->pad) + r) * pitch;
+                float *dst = y + (((size_t)c * B + b0 + i) * h + r) * w;
+                if (add) for (int x = 0; x < w; x++) dst[x] += src[x];
+                else memcpy(dst, src, sizeof(float) * w);
+            }
+}
+
+/* Where tap j = (c, ky, kx) of the first pixel lies in the padded layout, relative to it. */
+static int conv_tap_shift(const ConvBN *l, size_t plane, int j) {
+    int k = l->ksize, c = j / (k * k), ky = j / k % k, kx = j % k;
+    return (int)(c * plane) + (ky - l->pad) * (l->win + l->pad) + (kx - l->pad);
+}
+
+/* G (M x N grid columns, row stride ldg) += A (M x C*k*k, row stride lda) x the taps of the padded
+   P: the loops of matmul_fast_one_thread, with B read in place through the shifts of its rows. */
+static void conv_taps_product(float *G, int ldg, const float *A, int lda, const float *P, size_t plane, int C,
+                              const ConvBN *l, int M, int N) {
+    const MatmulPath *path = matmul_path();
+    const int MR = path->mr, NR = path->nr, K = C * l->ksize * l->ksize;
+    const float *first = P + (size_t)l->pad * (l->win + l->pad) + l->pad; /* the first pixel */
+    _Alignas(64) float ap[KC * MR_MAX];
+    int b_off[KC];
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC, tail = M / MR * MR;
+        for (int k = 0; k < kc; k++) b_off[k] = conv_tap_shift(l, plane, k0 + k);
+        if (tail < M) pack_a(ap, A, lda, 1, tail, M - tail, k0, kc, MR); /* the last rows, once per slice */
+        for (int j0 = 0; j0 < N; j0 += NR) {
+            int n = N - j0 < NR ? N - j0 : NR;
+            for (int i0 = 0; i0 < M; i0 += MR) {
+                int m = M - i0 < MR ? M - i0 : MR;
+                if (m == MR) path->kernel_taps(kc, A + (size_t)i0 * lda + k0, 1, lda, first + j0, b_off, G + (size_t)i0 * ldg + j0, ldg, m, n);
+                else path->kernel_taps(kc, ap, MR, 1, first + j0, b_off, G + (size_t)i0 * ldg + j0, ldg, m, n);
+            }
+        }
+    }
+}
+
+/* The weight gradient, transposed: dWt[(tap, c)][co] += sum over grid columns q of
+   in[c][q + shift(tap)] * dout[co][q], tap = (ky, kx). In this orientation the operand that has
+   to be copied, dout read transposed, is one panel per NR output channels, packed once per K
+   slice and used by all k*k*cin rows; and for one tap, MR consecutive input channels are MR
+   rows plane floats apart, which the kernel reads in place. (The other way round, each panel of
+   dW's columns had to be gathered from NR shifted starts, for only cout rows: the gather took
+   longer than the product.) conv_backward turns dWt back into dW's layout when it adds up the
+   lanes. */
+static void conv_taps_weight_grad(float *dWt, const float *Pdout, const float *Pin, size_t plane, const ConvBN *l, int N) {
+    const MatmulPath *path = matmul_path();
+    const int MR = path->mr, NR = path->nr, C = l->cin, taps = l->ksize * l->ksize, cout = l->cout;
+    size_t first = (size_t)l->pad * (l->win + l->pad) + l->pad;
+    _Alignas(64) float ap[KC * MR_MAX];
+    _Alignas(64) float bp[KC * NR_MAX];
+    for (int k0 = 0; k0 < N; k0 += KC) {
+        int kc = N - k0 < KC ? N - k0 : KC, tail = C / MR * MR;
+        for (int j0 = 0; j0 < cout; j0 += NR) {
+            int n = cout - j0 < NR ? cout - j0 : NR;
+            pack_b_panel(bp, Pdout + first, 1, (int)plane, k0, kc, j0, n, NR);
+            for (int tap = 0; tap < taps; tap++) {
+                const float *a = Pin + first + conv_tap_shift(l, plane, tap) + k0; /* channel 0 of this tap */
+                float *c = dWt + (size_t)tap * C * cout + j0;
+                for (int i0 = 0; i0 < tail; i0 += MR)
+                    path->kernel(kc, a + i0 * plane, 1, (int)plane, bp, NR, c + (size_t)i0 * cout, cout, MR, n);
+                if (tail < C) {
+                    pack_a(ap, a, (int)plane, 1, tail, C - tail, 0, kc, MR);
+                    path->kernel(kc, ap, MR, 1, bp, NR, c + (size_t)tail * cout, cout, C - tail, n);
+                }
+            }
+        }
+    }
+}
+
+/* The chunk b0 .. b0+nb of conv_forward: out = W x taps(in). col holds the padded input, then the grid. */
+static void conv_forward_direct(float *out, float *col, const float *in, const float *w, const ConvBN *l, int B,
+                                int b0, int nb) {
+    size_t plane = conv_padded_plane(l, nb);
+    int N = conv_grid_columns(l, nb), ldg = N + 16, K = l->cin * l->ksize * l->ksize;
+    float *G = col + l->cin * plane;
+    conv_pad(col, plane, in, l->cin, B, b0, nb, l);
+    memset(G, 0, sizeof(float) * l->cout * ldg);
+    conv_taps_product(G, ldg, w, K, col, plane, l->cin, l, l->cout, N);
+    conv_unpad(out, G, ldg, l->cout, B, b0, nb, l, 0);
+}
+
+/* The chunk b0 .. b0+nb of conv_backward: dw_lane += dout x taps(in)^T and, if din, din +=
+   w_flip x taps(dout). col holds the padded input and the padded dout; dcol the grid of din. */
+static void conv_backward_direct(float *din, float *dw_lane, float *col, float *dcol, const float *w_flip,
+                                 const float *dout, const float *in, const ConvBN *l, int B, int b0, int nb) {
+    size_t plane = conv_padded_plane(l, nb);
+    int N = conv_grid_columns(l, nb), ldg = N + 16, K = l->cout * l->ksize * l->ksize;
+    float *Pin = col, *Pdout = col + l->cin * plane;
+    conv_pad(Pin, plane, in, l->cin, B, b0, nb, l);
+    conv_pad(Pdout, plane, dout, l->cout, B, b0, nb, l);
+    conv_taps_weight_grad(dw_lane, Pdout, Pin, plane, l, N);
+    if (!din) return;
+    memset(dcol, 0, sizeof(float) * l->cin * ldg);
+    conv_taps_product(dcol, ldg, w_flip, K, Pdout, plane, l->cout, l, l->cin, N);
+    conv_unpad(din, dcol, ldg, l->cin, B, b0, nb, l, 1);
 }
 
 

@@ -55,7 +55,12 @@ static double dot(const float *a, const float *b, size_t n) {
 typedef double (*ProbeFn)(void *ctx); /* runs a forward pass, returns the scalar probe loss */
 
 /* Compares analytic[i] with the central difference of f in x[i] on up to max_checks entries.
-   Error per entry: |a - n| / max(|a| + |n|, floor). Returns the largest error. */
+   Error per entry: |a - n| / max(|a| + |n|, floor). Returns the largest error.
+   With kinks_skipped pointing to a counter (nets with max-pools), an entry where f has a kink
+   within +-h is left out and counted: there the slopes of f on the two sides, (f(x+h) - f(x))/h
+   and (f(x) - f(x-h))/h, differ by more than a quarter of their size (plus 1% of floor, the
+   rounding): a pool switching its choice, which no wrong gradient causes. */
+static int *kinks_skipped;
 static double grad_error(float *x, const float *analytic, size_t n, ProbeFn f, void *ctx, float h,
                          double floor, int max_checks) {
     double worst = 0.0;
@@ -68,6 +73,13 @@ static double grad_error(float *x, const float *analytic, size_t n, ProbeFn f, v
         x[i] = saved - h;
         double fm = f(ctx);
         x[i] = saved;
+        if (kinks_skipped) {
+            double f0 = f(ctx), sp = (fp - f0) / h, sm = (f0 - fm) / h;
+            if (fabs(sp - sm) > 0.25 * (fabs(sp) + fabs(sm)) + 0.01 * floor) {
+                (*kinks_skipped)++;
+                continue;
+            }
+        }
         double num = (fp - fm) / (2.0 * h);
         double denom = fabs(analytic[i]) + fabs(num);
         if (denom < floor) denom = floor;
@@ -754,7 +766,8 @@ static void test_conv(int k, int stride, int cin, int cout) {
     conv_backward(din, dw, dw_lanes, c.col, dcol, w_flip, c.R, c.in, l->w, l, 2);
     char name[96];
     snprintf(name, sizeof(name), "conv %dx%d stride %d, %d->%d channels (%s dx)%s", k, k, stride, cin, cout,
-             conv_same_shape(l) ? "transposed-conv" : "col2im", conv_chunk(l, 2) < 2 ? ", 1-image chunks" : "");
+             conv_direct(l) ? "no im2col, transposed-conv" : conv_same_shape(l) ? "transposed-conv" : "col2im",
+             conv_chunk(l, 2) < 2 ? ", 1-image chunks" : "");
     /* The probe is linear in each single input and weight, so a central difference is exact
        for any step h, and only float rounding is left: about an ulp of the probe (~10) over
        2h. With h = 0.01 that was 1.5e-4, a relative 1.5e-2 on a gradient of 0.003 (seen on
@@ -816,6 +829,37 @@ static double max_rel_diff(const float *a, const float *b, size_t n) { /* max |a
         scale = fmax(scale, fabs(b[i]));
     }
     return e / scale;
+}
+
+/* Part II's convolution without im2col (trick 6) against the im2col path, on odd shapes: the
+   output bit for bit (the same sums in the same order), din and dW up to rounding (dW sums the
+   pixels in other slices). The scratch starts full of 123s so that a padding entry it forgets to
+   zero shows up; chunks of one image and of the whole batch; more output channels than a
+   register tile is wide (40), fewer than it is high (1). */
+static void test_conv_direct(int cin, int cout, int k, int h, int w, int B, size_t chunk_floats) {
+    ConvBN l = {.cin = cin, .cout = cout, .ksize = k, .stride = 1, .pad = k / 2, .hin = h, .win = w, .hout = h, .wout = w};
+    size_t nin = (size_t)cin * B * h * w, nout = (size_t)cout * B * h * w, nw = (size_t)cout * cin * k * k;
+    float *in = rand_tensor(nin, 1), *dout = rand_tensor(nout, 1), *out[2], *din[2], *dw[2];
+    l.w = rand_tensor(nw, 1);
+    size_t saved_chunk = conv_chunk_floats;
+    int saved_direct = conv_direct_enabled, used = 0;
+    conv_chunk_floats = chunk_floats;
+    for (int direct = 0; direct < 2; direct++) {
+        conv_direct_enabled = direct ? 2 : 0;
+        used += conv_direct(&l);
+        out[direct] = zeros(nout), din[direct] = zeros(nin), dw[direct] = zeros(nw);
+        size_t scratch = conv_scratch_size(&l, B);
+        float *col = zeros(scratch), *dcol = zeros(scratch), *w_flip = zeros(nw), *dw_lanes = zeros(CONV_LANES * nw);
+        for (size_t i = 0; i < scratch; i++) col[i] = dcol[i] = 123.0f;
+        conv_forward(out[direct], col, in, l.w, &l, B);
+        conv_backward(din[direct], dw[direct], dw_lanes, col, dcol, w_flip, dout, in, l.w, &l, B);
+    }
+    conv_chunk_floats = saved_chunk, conv_direct_enabled = saved_direct;
+    int same = memcmp(out[0], out[1], sizeof(float) * nout) == 0;
+    double e_din = max_rel_diff(din[1], din[0], nin), e_dw = max_rel_diff(dw[1], dw[0], nw);
+    check(used == 1 && same && e_din < 1e-5 && e_dw < 1e-5,
+          "conv without im2col, %d->%d %dx%d on %dx%d, %d images%s = im2col: out %s, din %.1e, dW %.1e", cin, cout, k, k,
+          h, w, B, chunk_floats == 1 ? " in 1-image chunks" : "", same ? "identical" : "DIFFERENT", e_din, e_dw);
 }
 
 static void test_conv_lanes(int cin, int cout) {
@@ -1045,6 +1089,7 @@ static void test_airbench_layers(void) {
         char name[32];
         snprintf(name, sizeof(name), "maxpool %dx%d", k, k);
         check_grad(name, "dx", c.x, dx, n_in, probe_maxpool, &c, 1e-3f, 1e-3);
+        probe_maxpool(&c); /* the last probe ran with one input moved */
         int ok = 1; /* every output is the max of its window */
         for (size_t p = 0; p < c.planes; p++)
             for (int y = 0; y < 7 / k; y++)
@@ -1148,7 +1193,8 @@ static void test_airbench_model(void) {
        one channel by ~h, and such switches become rare. */
     double worst = 0;
     const char *worst_name = "";
-    int checked = 0;
+    int checked = 0, kinks = 0;
+    kinks_skipped = &kinks;
     for (int i = 0; i < t->num_tensors; i++) {
         const TensorInfo *ti = &t->tensors[i];
         if (!ti->trainable) continue;
@@ -1158,8 +1204,10 @@ static void test_airbench_model(void) {
         if (e > worst) worst = e, worst_name = ti->name;
         checked++;
     }
-    check(worst < 5e-2, "gradcheck airbench (train-mode BN, max-pools, 1/9 logit scale), %d trainable tensors: worst %s rel err %.2e",
-          checked, worst_name, worst);
+    kinks_skipped = NULL;
+    check(worst < 5e-2 && kinks <= checked, /* 6 entries a tensor: at most 1 in 6 at a kink */
+          "gradcheck airbench (train-mode BN, max-pools, 1/9 logit scale), %d trainable tensors: worst %s rel err %.2e"
+          " (%d of %d entries at a max-pool kink, left out)", checked, worst_name, worst, kinks, 6 * checked);
     /* from epoch 3 the whitening bias is frozen and the backward stops at the first block: every
        other gradient is the same as with the bias training, the bias gets none */
     net_forward(&net, c.images, B, 1);
@@ -2624,6 +2672,12 @@ int main(void) {
     test_conv(3, 1, 3, 4);
     test_conv(3, 2, 3, 4);
     test_conv(3, 1, 4, 4);
+    conv_direct_enabled = 2; /* the same convolutions without im2col (Part II, trick 6) */
+    test_conv(3, 1, 3, 4);
+    test_conv(3, 1, 4, 4);
+    test_conv(5, 1, 2, 2);
+    test_conv(1, 1, 4, 4);
+    conv_direct_enabled = 1;
     conv_chunk_floats = chunk_floats;
     test_im2col(3, 1, 1, 5, 6);
     test_im2col(5, 1, 2, 7, 6);
@@ -2633,6 +2687,20 @@ int main(void) {
     test_im2col(3, 1, 1, 2, 9);
     test_im2col(3, 2, 1, 7, 6); /* the general path */
     test_im2col(2, 1, 0, 5, 5);
+    test_conv_direct(3, 5, 3, 5, 6, 4, (size_t)1 << 24);
+    test_conv_direct(3, 5, 3, 5, 6, 4, 1);
+    test_conv_direct(7, 13, 3, 9, 8, 3, 1);
+    test_conv_direct(13, 7, 3, 8, 9, 3, (size_t)1 << 24);
+    test_conv_direct(2, 40, 3, 4, 5, 2, (size_t)1 << 24); /* two column panels of dW's transpose */
+    test_conv_direct(40, 1, 3, 3, 3, 2, 1);
+    test_conv_direct(4, 4, 5, 7, 6, 2, (size_t)1 << 24); /* pad 2 */
+    test_conv_direct(3, 2, 3, 1, 1, 3, (size_t)1 << 24); /* smaller than the kernel */
+    test_conv_direct(3, 2, 5, 2, 9, 3, 1);
+    test_conv_direct(5, 6, 1, 4, 3, 2, (size_t)1 << 24); /* 1x1, no padding */
+    test_conv_direct(16, 16, 3, 32, 32, 3, (size_t)1 << 19); /* ResNet-20's first stage, as it runs */
+    test_conv_direct(24, 4, 3, 31, 31, 3, (size_t)1 << 19);
+    test_conv_direct(4, 6, 3, 15, 15, 3, (size_t)1 << 19);
+    test_conv_direct(6, 6, 3, 15, 15, 3, (size_t)1 << 19);
     test_conv_lanes(3, 5); /* col2im path */
     test_conv_lanes(4, 4); /* transposed-convolution path */
     test_batchnorm();
