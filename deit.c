@@ -1125,8 +1125,8 @@ static int teacher_preset(TeacherConfig *c, const char *name) {
    rows at the top or bottom, pad columns at either side). Row by row, as below, it takes 32
    memcpy calls of 32 floats per image and row of col; ResNet-20 trains about 1.2x as fast this
    way (dev/SPEED.md).
-   This is the convolution to read. With the fast matmul, the "same" convolutions on images of
-   15 x 15 and more skip im2col altogether: Part II, trick 6, computes the same sums from a
+   This is the convolution to read. With the fast matmul, the "same" convolutions on all but
+   the smallest images skip im2col altogether: Part II, trick 6, computes the same sums from a
    padded copy of the input (ResNet-20 trains 1.1x, infers 1.2x as fast).                     */
 
 /* Zero the columns ox < lo and ox >= hi of an image's h x w block of col: their pixels lie in
@@ -3235,14 +3235,15 @@ typedef struct {
     int mr, nr;
     MicroKernel kernel;
     MicroKernelTaps kernel_taps;
+    int conv_direct_pct; /* trick 6 is used where its padding adds at most this % to the work */
 } MatmulPath;
 
 
 static const MatmulPath matmul_paths[] = {
-    {"portable C, 4x24 tile", 4, 24, micro_kernel_portable, micro_kernel_portable_taps},
+    {"portable C, 4x24 tile", 4, 24, micro_kernel_portable, micro_kernel_portable_taps, 15},
 #ifdef DEIT_X86_DISPATCH
-    {"AVX2+FMA, 2x48 tile", 2, 48, micro_kernel_avx2, micro_kernel_avx2_taps},
-    {"AVX-512, 6x32 tile", 6, 32, micro_kernel_avx512, micro_kernel_avx512_taps},
+    {"AVX2+FMA, 2x48 tile", 2, 48, micro_kernel_avx2, micro_kernel_avx2_taps, 50},
+    {"AVX-512, 6x32 tile", 6, 32, micro_kernel_avx512, micro_kernel_avx512_taps, 15},
 #endif
 };
 static const char *matmul_path_names[] = {"portable", "avx2", "avx512"};
@@ -3455,16 +3456,18 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
 static int conv_direct_shape(const ConvBN *l) {
     return l->stride == 1 && l->ksize == 2 * l->pad + 1 && l->hout == l->hin && l->wout == l->win;
 }
-/* Taken where the grid's padding columns add at most 15% to the work: on images of 15 x 15 and
-   more with pad 1. On smaller ones they cost more than im2col saves (one thread, alternated:
-   the same speed on ResNet-20's 8 x 8 stage, 0.7-0.9x on airbench's 7 x 7 and 3 x 3 with 256
-   channels; 1.1-1.6x at 15 x 15 to 32 x 32). conv_direct_enabled: 1 so, 0 never, 2 on every
-   "same" convolution (the tests, which use small images). */
+/* Taken where the grid's padding columns add at most conv_direct_pct % to the work. With the
+   AVX-512 and the portable tile that is 15% (images of 15 x 15 and more, pad 1): on smaller
+   ones the padding costs more than im2col saves (dev/bench_conv.c, one thread: 1.1-1.4x
+   faster at 15 x 15 to 32 x 32, the same at 8 x 8, 0.7-0.9x on airbench's 7 x 7 and 3 x 3
+   with 256 channels). The AVX2 tile reads each B vector twice and gains more from a compact B:
+   up to 50% (7 x 7 and more; 1.35x forward at 7 x 7, 0.8x backward at 3 x 3). conv_direct_enabled:
+   1 so, 0 never, 2 on every "same" convolution (the tests, which use small images). */
 static int conv_direct_enabled = 1;
 static int conv_direct(const ConvBN *l) {
     long grid = (long)(l->hin + l->pad) * (l->win + l->pad), pixels = (long)l->hin * l->win;
     return matmul_use_fast && conv_direct_enabled && conv_direct_shape(l) &&
-           (conv_direct_enabled == 2 || 20 * grid <= 23 * pixels);
+           (conv_direct_enabled == 2 || 100 * grid <= (100 + matmul_path()->conv_direct_pct) * pixels);
 }
 
 /* Floats of one channel of nb padded images: the rows, one more (the last row's right padding),

@@ -835,31 +835,38 @@ static double max_rel_diff(const float *a, const float *b, size_t n) { /* max |a
    output bit for bit (the same sums in the same order), din and dW up to rounding (dW sums the
    pixels in other slices). The scratch starts full of 123s so that a padding entry it forgets to
    zero shows up; chunks of one image and of the whole batch; more output channels than a
-   register tile is wide (40), fewer than it is high (1). */
+   register tile is wide (40), fewer than it is high (1); every kernel version this processor
+   runs (the "_taps" kernels are compiled once per version). */
 static void test_conv_direct(int cin, int cout, int k, int h, int w, int B, size_t chunk_floats) {
     ConvBN l = {.cin = cin, .cout = cout, .ksize = k, .stride = 1, .pad = k / 2, .hin = h, .win = w, .hout = h, .wout = w};
     size_t nin = (size_t)cin * B * h * w, nout = (size_t)cout * B * h * w, nw = (size_t)cout * cin * k * k;
     float *in = rand_tensor(nin, 1), *dout = rand_tensor(nout, 1), *out[2], *din[2], *dw[2];
     l.w = rand_tensor(nw, 1);
     size_t saved_chunk = conv_chunk_floats;
-    int saved_direct = conv_direct_enabled, used = 0;
+    int saved_direct = conv_direct_enabled;
+    const MatmulPath *in_use = matmul_path();
     conv_chunk_floats = chunk_floats;
-    for (int direct = 0; direct < 2; direct++) {
-        conv_direct_enabled = direct ? 2 : 0;
-        used += conv_direct(&l);
-        out[direct] = zeros(nout), din[direct] = zeros(nin), dw[direct] = zeros(nw);
-        size_t scratch = conv_scratch_size(&l, B);
-        float *col = zeros(scratch), *dcol = zeros(scratch), *w_flip = zeros(nw), *dw_lanes = zeros(CONV_LANES * nw);
-        for (size_t i = 0; i < scratch; i++) col[i] = dcol[i] = 123.0f;
-        conv_forward(out[direct], col, in, l.w, &l, B);
-        conv_backward(din[direct], dw[direct], dw_lanes, col, dcol, w_flip, dout, in, l.w, &l, B);
+    for (int path = matmul_best_path(); path >= 0; path--) { /* every kernel version this processor runs */
+        matmul_chosen_path = &matmul_paths[path];
+        int used = 0;
+        for (int direct = 0; direct < 2; direct++) {
+            conv_direct_enabled = direct ? 2 : 0;
+            used += conv_direct(&l);
+            out[direct] = zeros(nout), din[direct] = zeros(nin), dw[direct] = zeros(nw);
+            size_t scratch = conv_scratch_size(&l, B);
+            float *col = zeros(scratch), *dcol = zeros(scratch), *w_flip = zeros(nw), *dw_lanes = zeros(CONV_LANES * nw);
+            for (size_t i = 0; i < scratch; i++) col[i] = dcol[i] = 123.0f;
+            conv_forward(out[direct], col, in, l.w, &l, B);
+            conv_backward(din[direct], dw[direct], dw_lanes, col, dcol, w_flip, dout, in, l.w, &l, B);
+        }
+        int same = memcmp(out[0], out[1], sizeof(float) * nout) == 0;
+        double e_din = max_rel_diff(din[1], din[0], nin), e_dw = max_rel_diff(dw[1], dw[0], nw);
+        check(used == 1 && same && e_din < 1e-5 && e_dw < 1e-5,
+              "conv without im2col (%s), %d->%d %dx%d on %dx%d, %d images%s = im2col: out %s, din %.1e, dW %.1e",
+              matmul_path_names[path], cin, cout, k, k, h, w, B, chunk_floats == 1 ? " in 1-image chunks" : "",
+              same ? "identical" : "DIFFERENT", e_din, e_dw);
     }
-    conv_chunk_floats = saved_chunk, conv_direct_enabled = saved_direct;
-    int same = memcmp(out[0], out[1], sizeof(float) * nout) == 0;
-    double e_din = max_rel_diff(din[1], din[0], nin), e_dw = max_rel_diff(dw[1], dw[0], nw);
-    check(used == 1 && same && e_din < 1e-5 && e_dw < 1e-5,
-          "conv without im2col, %d->%d %dx%d on %dx%d, %d images%s = im2col: out %s, din %.1e, dW %.1e", cin, cout, k, k,
-          h, w, B, chunk_floats == 1 ? " in 1-image chunks" : "", same ? "identical" : "DIFFERENT", e_din, e_dw);
+    conv_chunk_floats = saved_chunk, conv_direct_enabled = saved_direct, matmul_chosen_path = in_use;
 }
 
 static void test_conv_lanes(int cin, int cout) {
