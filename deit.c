@@ -1253,12 +1253,13 @@ static void conv_forward(float *out, float *cols, const float *in, const float *
     int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
     int n_chunks = (B + chunk - 1) / chunk;
     size_t col_size = conv_col_size(l, B);
+    int direct = conv_direct(l);
     OMP(omp parallel for schedule(static))
     for (int lane = 0; lane < CONV_LANES; lane++) {
         float *col = cols + lane * col_size;
         for (int c = conv_lane_first(lane, n_chunks); c < conv_lane_first(lane + 1, n_chunks); c++) {
             int b0 = c * chunk, nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
-            if (conv_direct(l)) { /* the fast path: no im2col (Part II, trick 6) */
+            if (direct) { /* the fast path: no im2col (Part II, trick 6) */
                 conv_forward_direct(out, col, in, w, l, B, b0, nb);
                 continue;
             }
@@ -1278,7 +1279,8 @@ static void conv_forward(float *out, float *cols, const float *in, const float *
    So din = w_flip x im2col(dout): one im2col and one well-shaped product (K = cout*k*k) instead
    of a product with K = cout, a zeroed dcol and col2im: the same arithmetic, and ResNet-20
    trains about 5% faster. The tests check both paths against finite differences.
-   dw += the sum of the lanes' partial gradients (dw_lanes: CONV_LANES x cout*K scratch);
+   dw += the sum of the lanes' partial gradients (dw_lanes: CONV_LANES x cout*K scratch; the
+   direct path of Part II stores each lane's partial transposed, (tap, ci) x co);
    din += each chunk's share (a chunk's images are its own, so lanes never write the same din). */
 static int conv_same_shape(const ConvBN *l) {
     return l->stride == 1 && l->cin == l->cout && l->hin == l->hout && l->win == l->wout;
@@ -1287,8 +1289,9 @@ static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, f
                           const float *dout, const float *in, const float *w, const ConvBN *l, int B) {
     int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
     int k = l->ksize, flip = din && conv_same_shape(l), n_chunks = (B + chunk - 1) / chunk;
+    int direct = conv_direct(l), taps = k * k; /* direct: the lanes' partials are transposed, (tap, ci) x co */
     size_t col_size = conv_col_size(l, B), nw = (size_t)l->cout * K;
-    if (flip || (din && conv_direct(l)))
+    if (flip || (din && direct))
         for (int co = 0; co < l->cout; co++)
             for (int ci = 0; ci < l->cin; ci++)
                 for (int ky = 0; ky < k; ky++)
@@ -1302,7 +1305,7 @@ static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, f
         for (int c = conv_lane_first(lane, n_chunks); c < conv_lane_first(lane + 1, n_chunks); c++) {
             int b0 = c * chunk, nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
             const float *dout_chunk = dout + (size_t)b0 * hw;
-            if (conv_direct(l)) { /* the fast path: no im2col (Part II, trick 6) */
+            if (direct) { /* the fast path: no im2col (Part II, trick 6) */
                 conv_backward_direct(din, dw_lane, col, dcol, w_flip, dout, in, l, B, b0, nb);
                 continue;
             }
@@ -1318,7 +1321,6 @@ static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, f
             }
         }
     }
-    int direct = conv_direct(l), taps = k * k; /* the direct path's partials are transposed: (tap, ci) x co */
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < nw; i++) {
         size_t at = i;
@@ -3178,7 +3180,8 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
 
 /* C tile (m <= MR rows, n <= NR columns) += A panel (MR x kc) * B panel (kc x NR).
    A(i,k) = a[k*a_k + i*a_i]: a packed panel has a_k = MR, a_i = 1; A read in place has its
-   own strides, a_k = a_cs and a_i = a_rs. B(k,j) = b[k*ldb + j]. MR and NR are constants
+   own strides, a_k = a_cs and a_i = a_rs. B(k,j) = b[k*ldb + j], or b[b_off[k] + j] when b_off
+   is given (trick 6; ldb unused). MR and NR are constants
    where it is inlined, so the compiler keeps the tile `acc` in registers and unrolls the i
    and j loops.                                                                              */
 #if defined(__GNUC__)
@@ -3429,40 +3432,43 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
     }
 }
 
-/* 6. A "same" convolution without im2col (stride 1, k = 2 pad + 1: every 3x3 pad 1 convolution
- *    of ResNet and airbench). im2col writes every input pixel k*k times and the product reads
+/* 6. A "same" convolution without im2col (stride 1, k = 2 pad + 1 >= 3: every stride-1 3x3 pad 1
+ *    convolution of ResNet and airbench). im2col writes every input pixel k*k times and the product reads
  *    them all back: with the packing of col for the weight gradient that was a quarter of
  *    ResNet-20's step at one thread (dev/SPEED.md). Instead each chunk of images is copied
  *    once into a padded layout in which every tap (ky, kx) of the kernel is a fixed shift:
  *      - a channel holds the chunk's images one below the other, with `pad` zero rows above
  *        each image and below the last one, and every row starts with `pad` zeros: rows are
  *        pitch = w + pad floats apart. (The zeros at the start of a row are also the right
- *        padding of the row above: pixel x = w - 1 + d of row y is entry d - 1 of row y + 1.)
+ *        padding of the row above: pixel x = w - 1 + d, d = 1 .. pad, of row y is entry d - 1
+ *        of row y + 1.)
  *      - the output is computed on the same grid: output pixel (image, y, x) is grid column
  *        q = its own input pixel's position minus the first pixel's. Input pixel
  *        (c, y + ky - pad, x + kx - pad), which im2col copies to col row (c, ky, kx), then lies
  *        at q + c * plane + (ky - pad) * pitch + (kx - pad) from the first pixel.
  *    So row (c, ky, kx) of col is the padded input itself, read from a shifted start: the
  *    kernel takes B row k at b + b_off[k] (the _taps kernels), with no copy. The grid columns
- *    that are padding get an output too, dropped when the grid is copied back: (w + pad) x
- *    (h + pad) / (w x h) of the work, 1.06 at 32x32 and 1.27 at 8x8. Every output is the same
- *    sum in the same order as through im2col, so the forward pass is bit for bit the same.
+ *    that are padding get an output too (a sum over real memory, meaningless), dropped when the
+ *    grid is copied back: (w + pad) x (h + pad) / (w x h) of the work, 1.06 at 32x32 and 1.27 at
+ *    8x8. Every output is the same sum in the same order as through im2col with the same kernel
+ *    version, so the forward pass is bit for bit the same.
  *    Backward, with dout copied to the same padded layout (zeros where the grid is padding):
- *      dW[co][c,ky,kx] = sum over q of dout[co][q] * in[q + shift(c, ky, kx)]: a product
- *        whose B column j starts at shift(j); its panels are packed from there;
+ *      dW^T[(ky,kx), c][co] = sum over q of in[q + shift(c, ky, kx)] * dout[co][q]: the input
+ *        read in place, dout packed (conv_taps_weight_grad); conv_backward transposes it back;
  *      din = the transposed convolution of dout (w_flip; see conv_backward): the same
  *        product as the forward pass, added to din when copied back.
  *    One chunk of images at a time, on the calling thread (the lanes of Part I run them). */
-static int conv_direct_shape(const ConvBN *l) {
-    return l->stride == 1 && l->ksize == 2 * l->pad + 1 && l->hout == l->hin && l->wout == l->win;
+static int conv_direct_shape(const ConvBN *l) { /* (not 1 x 1: there im2col is a plain copy) */
+    return l->stride == 1 && l->ksize >= 3 && l->ksize == 2 * l->pad + 1 && l->hout == l->hin && l->wout == l->win;
 }
 /* Taken where the grid's padding columns add at most conv_direct_pct % to the work. With the
-   AVX-512 and the portable tile that is 15% (images of 15 x 15 and more, pad 1): on smaller
+   AVX-512 and the portable tile that is 15% (images of 14 x 14 and more, pad 1): on smaller
    ones the padding costs more than im2col saves (dev/bench_conv.c, one thread: 1.1-1.4x
    faster at 15 x 15 to 32 x 32, the same at 8 x 8, 0.7-0.9x on airbench's 7 x 7 and 3 x 3
    with 256 channels). The AVX2 tile reads each B vector twice and gains more from a compact B:
-   up to 50% (7 x 7 and more; 1.35x forward at 7 x 7, 0.8x backward at 3 x 3). conv_direct_enabled:
-   1 so, 0 never, 2 on every "same" convolution (the tests, which use small images). */
+   up to 50% (5 x 5 and more; 1.35x forward at 7 x 7, 0.8x backward at 3 x 3).
+   conv_direct_enabled: 1 where the padding costs at most conv_direct_pct, 0 never, 2 on every
+   "same" convolution (the tests, which use small images). */
 static int conv_direct_enabled = 1;
 static int conv_direct(const ConvBN *l) {
     long grid = (long)(l->hin + l->pad) * (l->win + l->pad), pixels = (long)l->hin * l->win;
@@ -3471,7 +3477,8 @@ static int conv_direct(const ConvBN *l) {
 }
 
 /* Floats of one channel of nb padded images: the rows, one more (the last row's right padding),
-   and room for the reads of a last partial panel (NR_MAX) and its shifts (pad + 1 rows). */
+   and slack: a last partial panel reads up to NR - 1 floats past the written rows (columns that
+   are computed and never stored). Offsets into it are ints: a chunk's planes are a few MB. */
 static size_t conv_padded_plane(const ConvBN *l, int nb) {
     int pitch = l->win + l->pad;
     return (size_t)(l->pad + nb * (l->hin + l->pad) + l->pad + 2) * pitch + NR_MAX + 16;
@@ -3559,7 +3566,7 @@ static void conv_taps_weight_grad(float *dWt, const float *Pdout, const float *P
     size_t first = (size_t)l->pad * (l->win + l->pad) + l->pad;
     _Alignas(64) float ap[KC * MR_MAX];
     _Alignas(64) float bp[KC * NR_MAX];
-    for (int k0 = 0; k0 < N; k0 += KC) {
+    for (int k0 = 0; k0 < N; k0 += KC) { /* KC slices of the grid columns, the sum's index here */
         int kc = N - k0 < KC ? N - k0 : KC, tail = C / MR * MR;
         for (int j0 = 0; j0 < cout; j0 += NR) {
             int n = cout - j0 < NR ? cout - j0 : NR;
