@@ -1226,6 +1226,8 @@ static int conv_chunk(const ConvBN *l, int B) {
 static int conv_direct_shape(const ConvBN *l);
 static int conv_direct(const ConvBN *l);
 static size_t conv_direct_scratch(const ConvBN *l, int nb);
+static int conv_weight_grad_stack(const ConvBN *l);
+static size_t conv_weight_grad_at(const ConvBN *l, int g, int co, int ci, int ky, int kx);
 static void conv_forward_direct(float *out, float *col, const float *in, const float *w, const ConvBN *l, int B,
                                 int b0, int nb);
 static void conv_backward_direct(float *din, float *dw_lane, float *col, float *dcol, const float *w_flip,
@@ -1290,6 +1292,7 @@ static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, f
     int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
     int k = l->ksize, flip = din && conv_same_shape(l), n_chunks = (B + chunk - 1) / chunk;
     int direct = conv_direct(l), taps = k * k; /* direct: the lanes' partials are transposed, (tap, ci) x co */
+    int stack = direct ? conv_weight_grad_stack(l) : 1;
     size_t col_size = conv_col_size(l, B), nw = (size_t)l->cout * K;
     if (flip || (din && direct))
         for (int co = 0; co < l->cout; co++)
@@ -1324,10 +1327,7 @@ static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, f
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < nw; i++) {
         size_t at = i;
-        if (direct) {
-            size_t co = i / K, ci = i % K / taps, tap = i % taps;
-            at = (tap * l->cin + ci) * l->cout + co;
-        }
+        if (direct) at = conv_weight_grad_at(l, stack, (int)(i / K), (int)(i % K / taps), (int)(i % taps / k), (int)(i % k));
         float sum = 0.0f;
         for (int lane = 0; lane < CONV_LANES; lane++) sum += dw_lanes[lane * nw + at];
         dw[i] += sum;
@@ -3565,26 +3565,63 @@ static void conv_taps_product(float *G, int ldg, const float *A, int lda, const 
    rows plane floats apart, which the kernel reads in place. (The other way round, each panel of
    dW's columns had to be gathered from NR shifted starts, for only cout rows: the gather took
    longer than the product.) conv_backward turns dWt back into dW's layout when it adds up the
-   lanes. */
+   lanes.
+   Few output channels (ResNet's first stage: 16, half the AVX-512 tile's 32 columns) would
+   leave most of the tile idle, so taps are stacked: the sum of tap (ky + h, kx) over q equals,
+   with q moved by h rows, sum over q of in[c][q + shift(ky, kx)] * dout[co][q - h * pitch]. So
+   one product with the rows of tap (ky, kx) and the panel [dout(q), dout(q - pitch), ...,
+   dout(q - (g-1) pitch)] gives g taps at once, g * cout columns. The sum runs over (g-1) more
+   rows of grid columns; the extra terms read the zero rows around the images (g - 1 <= pad,
+   see conv_weight_grad_stack). dWt is then laid out per group of stacked taps:
+   conv_weight_grad_at(). ResNet-20's first stage: its weight gradient 1.3x faster (AVX2 1.35x),
+   the whole training step 4-5%.                                                              */
+static int conv_weight_grad_stack(const ConvBN *l) { /* g: taps stacked in one column panel */
+    int g = matmul_path()->nr / l->cout;
+    if (g > l->pad + 1) g = l->pad + 1;
+    return g < 1 ? 1 : g;
+}
+/* Where dW[co][ci][ky][kx] lies in dWt: the taps (ky0 .. ky0+rows-1, kx) of a group are rows
+   of ci, each rows * cout long (g = 1: dWt[(tap, ci)][co]). */
+static size_t conv_weight_grad_at(const ConvBN *l, int g, int co, int ci, int ky, int kx) {
+    int k = l->ksize, ky0 = ky / g * g, rows = k - ky0 < g ? k - ky0 : g;
+    return (size_t)ky0 * k * l->cin * l->cout + ((size_t)kx * l->cin + ci) * rows * l->cout +
+           (size_t)(ky - ky0) * l->cout + co;
+}
+/* The stacked panel: row q = the cout channels of dout at grid columns q, q - pitch, ... */
+static void pack_b_stacked(float *restrict dst, const float *dout, size_t plane, int pitch, int cout, int g, int kc,
+                           int NR) {
+    if (g * cout < NR) memset(dst, 0, sizeof(float) * NR * kc);
+    for (int k = 0; k < kc; k++)
+        for (int h = 0; h < g; h++)
+            for (int co = 0; co < cout; co++) dst[k * NR + h * cout + co] = dout[co * plane + k - (ptrdiff_t)h * pitch];
+}
 static void conv_taps_weight_grad(float *dWt, const float *Pdout, const float *Pin, size_t plane, const ConvBN *l, int N) {
     const MatmulPath *path = matmul_path();
-    const int MR = path->mr, NR = path->nr, C = l->cin, taps = l->ksize * l->ksize, cout = l->cout;
-    size_t first = (size_t)l->pad * (l->win + l->pad) + l->pad;
+    const int MR = path->mr, NR = path->nr, C = l->cin, k = l->ksize, cout = l->cout, pitch = l->win + l->pad;
+    const int g = conv_weight_grad_stack(l), N_sum = N + (g - 1) * pitch; /* grid columns summed over */
+    size_t first = (size_t)l->pad * pitch + l->pad;
     _Alignas(64) float ap[KC * MR_MAX];
     _Alignas(64) float bp[KC * NR_MAX];
-    for (int k0 = 0; k0 < N; k0 += KC) { /* KC slices of the grid columns, the sum's index here */
-        int kc = N - k0 < KC ? N - k0 : KC, tail = C / MR * MR;
-        for (int j0 = 0; j0 < cout; j0 += NR) {
+    for (int k0 = 0; k0 < N_sum; k0 += KC) { /* KC slices of the grid columns, the sum's index here */
+        int kc = N_sum - k0 < KC ? N_sum - k0 : KC, tail = C / MR * MR;
+        for (int j0 = 0; j0 < cout; j0 += NR) { /* (with g > 1, one panel) */
             int n = cout - j0 < NR ? cout - j0 : NR;
-            pack_b_panel(bp, Pdout + first, 1, (int)plane, k0, kc, j0, n, NR);
-            for (int tap = 0; tap < taps; tap++) {
-                const float *a = Pin + first + conv_tap_shift(l, plane, tap) + k0; /* channel 0 of this tap */
-                float *c = dWt + (size_t)tap * C * cout + j0;
-                for (int i0 = 0; i0 < tail; i0 += MR)
-                    path->kernel(kc, a + i0 * plane, 1, (int)plane, bp, NR, c + (size_t)i0 * cout, cout, MR, n);
-                if (tail < C) {
-                    pack_a(ap, a, (int)plane, 1, tail, C - tail, 0, kc, MR);
-                    path->kernel(kc, ap, MR, 1, bp, NR, c + (size_t)tail * cout, cout, C - tail, n);
+            if (g == 1) pack_b_panel(bp, Pdout + first, 1, (int)plane, k0, kc, j0, n, NR);
+            else pack_b_stacked(bp, Pdout + first + k0, plane, pitch, cout, g, kc, NR);
+            for (int ky0 = 0; ky0 < k; ky0 += g) {
+                int rows = k - ky0 < g ? k - ky0 : g, ldc = rows * cout, cols = g == 1 ? n : ldc;
+                int kc_rows = N + (rows - 1) * pitch - k0; /* a last group of fewer taps sums fewer */
+                if (kc_rows > kc) kc_rows = kc;
+                if (kc_rows <= 0) continue;
+                for (int kx = 0; kx < k; kx++) {
+                    const float *a = Pin + first + conv_tap_shift(l, plane, ky0 * k + kx) + k0; /* channel 0 */
+                    float *c = dWt + conv_weight_grad_at(l, g, j0, 0, ky0, kx);
+                    for (int i0 = 0; i0 < tail; i0 += MR)
+                        path->kernel(kc_rows, a + i0 * plane, 1, (int)plane, bp, NR, c + (size_t)i0 * ldc, ldc, MR, cols);
+                    if (tail < C) {
+                        pack_a(ap, a, (int)plane, 1, tail, C - tail, 0, kc_rows, MR);
+                        path->kernel(kc_rows, ap, MR, 1, bp, NR, c + (size_t)tail * ldc, ldc, C - tail, cols);
+                    }
                 }
             }
         }
