@@ -3166,14 +3166,17 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
 #define NC 4032 /* a multiple of every NR below (24, 32, 48) */
 
 /* 5. One register tile per processor. How big a tile fits depends on the vector registers: 32
- *    registers of 16 floats (AVX-512) hold a 6 x 32 tile (12 accumulators) plus what is being
- *    loaded; a 6 x 32 tile with AVX2's 16 registers of 8 floats spills to memory (77 against
- *    107 GFLOP/s on one core, measured). AVX2 takes 2 x 48: also 12 accumulators (2 rows of 6
+ *    registers of 16 floats (AVX-512) hold an 8 x 32 tile (16 accumulators) plus what is being
+ *    loaded. It runs as fast per flop as 6 x 32 (222 GFLOP/s on one core from L1) and fills
+ *    whole tiles with 16, 32 or 64 rows, the channel counts of the ResNet's convolutions, where
+ *    6 rows left one tile in three partly empty: ResNet-20 trained 10% faster, DeiT-Ti the same
+ *    (dev/SPEED.md, "8 x 32 on AVX-512"). A 6 x 32 tile with AVX2's 16 registers of 8 floats
+ *    spills to memory (77 against 107 GFLOP/s on one core, measured). AVX2 takes 2 x 48: also 12 accumulators (2 rows of 6
  *    vectors), with 2 broadcasts of A and 6 vector loads of B per k. On a Zen 3 EPYC with AVX2
  *    and no AVX-512 the fc1 product ran at 48 GFLOP/s on one core with 2 x 48, against 39
  *    with 4 x 24, 41 with 3 x 32, 44 with 2 x 40, 32 with 1 x 64 and 8 x 8, 27 with 6 x 16
  *    and 23 with 4 x 16 (dev/SPEED.md, "The AVX2 tile"). So the kernel is written once, for
- *    any tile (kernel_tile), and compiled three times: for AVX-512 with 6 x 32, for AVX2 + FMA
+ *    any tile (kernel_tile), and compiled three times: for AVX-512 with 8 x 32, for AVX2 + FMA
  *    with 2 x 48, and for any x86-64 or other processor (SSE2 and such) with 4 x 24. GCC and
  *    Clang compile a function for another instruction set than the rest of
  *    the program when it carries __attribute__((target(...))); the first matmul asks the
@@ -3181,7 +3184,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  *    `cc -O3 deit.c -lm`, which targets the oldest x86-64, still runs the kernel at full
  *    vector width. Every version adds the products over k in the same order: they differ
  *    only in rounding (FMA or not), and the tests run each against the reference.          */
-#define MR_MAX 6
+#define MR_MAX 8
 #define NR_MAX 48
 
 /* C tile (m <= MR rows, n <= NR columns) += A panel (MR x kc) * B panel (kc x NR).
@@ -3235,7 +3238,7 @@ typedef void (*MicroKernelTaps)(int kc, const float *restrict a, int a_k, int a_
 MICRO_KERNEL(micro_kernel_portable, 4, 24, )
 #if defined(__GNUC__) && defined(__x86_64__)
 #define DEIT_X86_DISPATCH 1
-MICRO_KERNEL(micro_kernel_avx512, 6, 32, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
+MICRO_KERNEL(micro_kernel_avx512, 8, 32, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
 MICRO_KERNEL(micro_kernel_avx2, 2, 48, __attribute__((target("avx2,fma"))))
 #endif
 
@@ -3252,7 +3255,7 @@ static const MatmulPath matmul_paths[] = {
     {"portable C, 4x24 tile", 4, 24, micro_kernel_portable, micro_kernel_portable_taps, 15},
 #ifdef DEIT_X86_DISPATCH
     {"AVX2+FMA, 2x48 tile", 2, 48, micro_kernel_avx2, micro_kernel_avx2_taps, 50},
-    {"AVX-512, 6x32 tile", 6, 32, micro_kernel_avx512, micro_kernel_avx512_taps, 15},
+    {"AVX-512, 8x32 tile", 8, 32, micro_kernel_avx512, micro_kernel_avx512_taps, 15},
 #endif
 };
 static const char *matmul_path_names[] = {"portable", "avx2", "avx512"};
