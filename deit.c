@@ -151,10 +151,6 @@ static void copy_into(float *dst, const float *src, size_t n) {
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < n; i++) dst[i] = src[i];
 }
-static void add_into(float *dst, const float *src, size_t n) { /* dst += src */
-    OMP(omp parallel for schedule(static))
-    for (size_t i = 0; i < n; i++) dst[i] += src[i];
-}
 
 /* Random numbers: xorshift64* (Marsaglia / Vigna). One Rng per stream so runs are seeded and
    reproducible; splitmix64 turns (seed, epoch, index) into independent per-sample seeds. */
@@ -1230,8 +1226,9 @@ static int conv_weight_grad_stack(const ConvBN *l);
 static size_t conv_weight_grad_at(const ConvBN *l, int g, int co, int ci, int ky, int kx);
 static void conv_forward_direct(float *out, float *col, const float *in, const float *w, const ConvBN *l, int B,
                                 int b0, int nb);
-static void conv_backward_direct(float *din, float *dw_lane, float *col, float *dcol, const float *w_flip,
-                                 const float *dout, const float *in, const ConvBN *l, int B, int b0, int nb);
+static void conv_backward_direct(float *din, int din_add, float *dw_lane, float *col, float *dcol,
+                                 const float *w_flip, const float *dout, const float *in, const ConvBN *l, int B,
+                                 int b0, int nb);
 
 static size_t conv_col_size(const ConvBN *l, int B) { /* floats of the col scratch of one chunk */
     size_t size = (size_t)l->cin * l->ksize * l->ksize * ((size_t)conv_chunk(l, B) * l->hout * l->wout + 16);
@@ -1283,12 +1280,14 @@ static void conv_forward(float *out, float *cols, const float *in, const float *
    trains about 5% faster. The tests check both paths against finite differences.
    dw += the sum of the lanes' partial gradients (dw_lanes: CONV_LANES x cout*K scratch; the
    direct path of Part II stores each lane's partial transposed, (tap, ci) x co);
-   din += each chunk's share (a chunk's images are its own, so lanes never write the same din). */
+   din += each chunk's share (a chunk's images are its own, so lanes never write the same din),
+   or, with din_add 0, din = it: the first gradient to reach a tensor is then written over
+   whatever it held, and the tensor needs no zeroing before the backward pass. */
 static int conv_same_shape(const ConvBN *l) {
     return l->stride == 1 && l->cin == l->cout && l->hin == l->hout && l->win == l->wout;
 }
-static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, float *dcols, float *w_flip,
-                          const float *dout, const float *in, const float *w, const ConvBN *l, int B) {
+static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, float *cols, float *dcols,
+                          float *w_flip, const float *dout, const float *in, const float *w, const ConvBN *l, int B) {
     int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
     int k = l->ksize, flip = din && conv_same_shape(l), n_chunks = (B + chunk - 1) / chunk;
     int direct = conv_direct(l), taps = k * k; /* direct: the lanes' partials are transposed, (tap, ci) x co */
@@ -1309,9 +1308,12 @@ static void conv_backward(float *din, float *dw, float *dw_lanes, float *cols, f
             int b0 = c * chunk, nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
             const float *dout_chunk = dout + (size_t)b0 * hw;
             if (direct) { /* the fast path: no im2col (Part II, trick 6) */
-                conv_backward_direct(din, dw_lane, col, dcol, w_flip, dout, in, l, B, b0, nb);
+                conv_backward_direct(din, din_add, dw_lane, col, dcol, w_flip, dout, in, l, B, b0, nb);
                 continue;
             }
+            if (din && !din_add) /* the products below add to din */
+                for (int ci = 0; ci < l->cin; ci++)
+                    memset(din + ((size_t)ci * B + b0) * l->hin * l->win, 0, sizeof(float) * nb * l->hin * l->win);
             im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, k, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
             matmul(dw_lane, K, dout_chunk, NP, 1, col, 1, ld, l->cout, K, nb * hw);
             if (flip) { /* col is free again: it now takes the patches of dout (cout*k*k = K rows) */
@@ -1456,12 +1458,13 @@ static void avgpool_forward(float *pooled, const float *in, int B, int C, int hw
         }
 }
 
+/* din = dpooled / hw on each of the pixels (written: the pool's input feeds nothing else) */
 static void avgpool_backward(float *din, const float *dpooled, int B, int C, int hw) {
     for (int c = 0; c < C; c++)
         for (int b = 0; b < B; b++) {
             float g = dpooled[(size_t)b * C + c] / hw;
             float *dx = din + ((size_t)c * B + b) * hw;
-            for (int i = 0; i < hw; i++) dx[i] += g;
+            for (int i = 0; i < hw; i++) dx[i] = g;
         }
 }
 
@@ -1474,11 +1477,12 @@ static void convbn_forward(Teacher *t, ConvBN *l, const float *in, const float *
                       residual, relu, l->cout, n, train, l->bn_eps, l->bn_momentum);
 }
 
-/* From l->dout back to the parameters' gradients and to din (+=). Uses t->dconv as scratch. */
-static void convbn_backward(Teacher *t, ConvBN *l, float *din, const float *in, int B) {
+/* From l->dout back to the parameters' gradients and to din (+= with din_add, = without).
+   Uses t->dconv as scratch. */
+static void convbn_backward(Teacher *t, ConvBN *l, float *din, int din_add, const float *in, int B) {
     size_t n = (size_t)B * l->hout * l->wout;
     batchnorm_backward(t->dconv, l->dgamma, l->dbeta, l->dout, l->conv, l->gamma, l->bn_mean, l->bn_rstd, l->cout, n);
-    conv_backward(din, l->dw, t->dw_lanes, t->col, t->dcol, t->w_flip, t->dconv, in, l->w, l, B);
+    conv_backward(din, din_add, l->dw, t->dw_lanes, t->col, t->dcol, t->w_flip, t->dconv, in, l->w, l, B);
 }
 
 /* out = relu(BN(conv2(relu(BN(conv1(in))))) + shortcut(in)): the shortcut (the identity, or a
@@ -1493,19 +1497,20 @@ static void basic_block_forward(Teacher *t, BasicBlock *k, const float *in, int 
     convbn_forward(t, &k->conv2, k->conv1.out, sc, 1, B, train);
 }
 
-/* Given conv2.dout (gradient of the block output), adds the gradient of the input to din. */
+/* Given conv2.dout (gradient of the block output), writes the gradient of the input to din:
+   the shortcut's share first (written over din's old contents), then conv1's added to it. */
 static void basic_block_backward(Teacher *t, BasicBlock *k, float *din, const float *in, int B) {
     size_t n_out = (size_t)k->conv2.cout * B * k->conv2.hout * k->conv2.wout;
     relu_backward(k->conv2.dout, k->conv2.out, n_out);
     if (k->has_shortcut) {
         copy_into(k->shortcut.dout, k->conv2.dout, n_out);
-        convbn_backward(t, &k->shortcut, din, in, B);
+        convbn_backward(t, &k->shortcut, din, 0, in, B);
     } else {
-        add_into(din, k->conv2.dout, n_out);
+        copy_into(din, k->conv2.dout, n_out);
     }
-    convbn_backward(t, &k->conv2, k->conv1.dout, k->conv1.out, B);
+    convbn_backward(t, &k->conv2, k->conv1.dout, 0, k->conv1.out, B);
     relu_backward(k->conv1.dout, k->conv1.out, (size_t)k->conv1.cout * B * k->conv1.hout * k->conv1.wout);
-    convbn_backward(t, &k->conv1, din, in, B);
+    convbn_backward(t, &k->conv1, din, 1, in, B);
 }
 
 /* ---- I.6.5 The teacher model: layout, init, forward, backward, checkpoint ------------------
@@ -1729,12 +1734,8 @@ static void teacher_zero_grad(Teacher *t) {
         return;
     }
     memset(t->grads_memory, 0, sizeof(float) * t->num_params);
-    for (int i = 0; i < t->num_blocks; i++) { /* only the gradients that accumulate need zeroing */
-        BasicBlock *k = &t->blocks[i];
-        fill_zero(k->conv1.dout, (size_t)k->conv1.cout * t->batch_size * k->conv1.hout * k->conv1.wout);
-        fill_zero(k->conv2.dout, (size_t)k->conv2.cout * t->batch_size * k->conv2.hout * k->conv2.wout);
-    }
-    fill_zero(t->stem.dout, (size_t)t->stem.cout * t->batch_size * t->stem.hout * t->stem.wout);
+    /* The activations' gradients need no zeroing: the first to reach each one writes it
+       (avgpool_backward, copy_into or din_add = 0 in basic_block_backward). */
     memset(t->dpooled, 0, sizeof(float) * t->batch_size * teacher_last_width(t));
     memset(t->dlogits, 0, sizeof(float) * t->batch_size * t->config.num_classes);
 }
@@ -1755,7 +1756,7 @@ static void teacher_backward(Teacher *t, int B) {
         basic_block_backward(t, &t->blocks[i], din, in, B);
     }
     relu_backward(t->stem.dout, t->stem.out, (size_t)t->stem.cout * B * t->stem.hout * t->stem.wout);
-    convbn_backward(t, &t->stem, NULL, t->input, B);
+    convbn_backward(t, &t->stem, NULL, 0, t->input, B);
 }
 
 /* ============================================================================================
@@ -2089,13 +2090,13 @@ static void airbench_backward(Teacher *t, int B) {
         const float *x = s == 0 ? t->whiten.out : t->air[s - 1].act2;
         float *dx = s > 0 ? t->air[s - 1].dact2 : whiten_trains ? t->whiten.dout : NULL;
         gelu_backward(st->conv2.dout, st->dact2, st->conv2.out, st->conv2.cout * np);
-        convbn_backward(t, &st->conv2, st->dact1, st->act1, B);
+        convbn_backward(t, &st->conv2, st->dact1, 1, st->act1, B);
         gelu_backward(l1->dout, st->dact1, l1->out, l1->cout * np);
         batchnorm_backward(st->dpooled, l1->dgamma, l1->dbeta, l1->dout, st->pooled, l1->gamma, l1->bn_mean, l1->bn_rstd,
                            l1->cout, np);
         fill_zero(t->dconv, l1->cout * n1);
         maxpool_backward(t->dconv, st->dpooled, st->pool_from, (size_t)l1->cout * B, l1->hout, l1->wout, 2);
-        conv_backward(dx, l1->dw, t->dw_lanes, t->col, t->dcol, t->w_flip, t->dconv, x, l1->w, l1, B);
+        conv_backward(dx, 1, l1->dw, t->dw_lanes, t->col, t->dcol, t->w_flip, t->dconv, x, l1->w, l1, B);
     }
     if (!whiten_trains) return;
     ConvBN *wh = &t->whiten;
@@ -3643,10 +3644,11 @@ static void conv_forward_direct(float *out, float *col, const float *in, const f
     conv_unpad(out, G, ldg, l->cout, B, b0, nb, l, 0);
 }
 
-/* The chunk b0 .. b0+nb of conv_backward: dw_lane += dout x taps(in)^T and, if din, din +=
+/* The chunk b0 .. b0+nb of conv_backward: dw_lane += dout x taps(in)^T and, if din, din (+)=
    w_flip x taps(dout). col holds the padded input and the padded dout; dcol the grid of din. */
-static void conv_backward_direct(float *din, float *dw_lane, float *col, float *dcol, const float *w_flip,
-                                 const float *dout, const float *in, const ConvBN *l, int B, int b0, int nb) {
+static void conv_backward_direct(float *din, int din_add, float *dw_lane, float *col, float *dcol,
+                                 const float *w_flip, const float *dout, const float *in, const ConvBN *l, int B,
+                                 int b0, int nb) {
     size_t plane = conv_padded_plane(l, nb);
     int N = conv_grid_columns(l, nb), ldg = N + 16, K = l->cout * l->ksize * l->ksize;
     float *Pin = col, *Pdout = col + l->cin * plane;
@@ -3656,7 +3658,7 @@ static void conv_backward_direct(float *din, float *dw_lane, float *col, float *
     if (!din) return;
     memset(dcol, 0, sizeof(float) * l->cin * ldg);
     conv_taps_product(dcol, ldg, w_flip, K, Pdout, plane, l->cout, l, l->cin, N);
-    conv_unpad(din, dcol, ldg, l->cin, B, b0, nb, l, 1);
+    conv_unpad(din, dcol, ldg, l->cin, B, b0, nb, l, din_add);
 }
 
 

@@ -763,7 +763,7 @@ static void test_conv(int k, int stride, int cin, int cout) {
     c.col = zeros(conv_scratch_size(l, 2));
     float *dcol = zeros(conv_scratch_size(l, 2)), *din = zeros(nin), *dw = zeros(nw), *w_flip = zeros(nw);
     float *dw_lanes = zeros(CONV_LANES * nw);
-    conv_backward(din, dw, dw_lanes, c.col, dcol, w_flip, c.R, c.in, l->w, l, 2);
+    conv_backward(din, 1, dw, dw_lanes, c.col, dcol, w_flip, c.R, c.in, l->w, l, 2);
     char name[96];
     snprintf(name, sizeof(name), "conv %dx%d stride %d, %d->%d channels (%s dx)%s", k, k, stride, cin, cout,
              conv_direct(l) ? "no im2col, transposed-conv" : conv_same_shape(l) ? "transposed-conv" : "col2im",
@@ -775,6 +775,13 @@ static void test_conv(int k, int stride, int cin, int cout) {
        still off by its own size. */
     check_grad(name, "dx", c.in, din, nin, probe_conv, &c, 1e-1f, 1e-2);
     check_grad(name, "dW", l->w, dw, nw, probe_conv, &c, 1e-1f, 1e-2);
+    /* din_add = 0: din written over its old contents (NaN here), the same numbers as added to zeros */
+    float *din_written = zeros(nin), *dw_again = zeros(nw);
+    for (size_t i = 0; i < nin; i++) din_written[i] = NAN;
+    conv_backward(din_written, 0, dw_again, dw_lanes, c.col, dcol, w_flip, c.R, c.in, l->w, l, 2);
+    int same = 1;
+    for (size_t i = 0; i < nin; i++) same &= din_written[i] == din[i];
+    check(same, "%s with din_add 0: din written over NaN equals din added to zeros", name);
     /* one output by hand: channel 1, image 1, position (1, 2) */
     probe_conv(&c);
     double s = 0;
@@ -819,7 +826,7 @@ static void conv_pass(const ConvBN *l, int B, const float *in, const float *dout
     float *col = zeros(conv_scratch_size(l, B)), *dcol = zeros(conv_scratch_size(l, B));
     float *w_flip = zeros(nw), *dw_lanes = zeros(CONV_LANES * nw);
     conv_forward(out, col, in, l->w, l, B);
-    conv_backward(din, dw, dw_lanes, col, dcol, w_flip, dout, in, l->w, l, B);
+    conv_backward(din, 1, dw, dw_lanes, col, dcol, w_flip, dout, in, l->w, l, B);
 }
 
 static double max_rel_diff(const float *a, const float *b, size_t n) { /* max |a - b| / max |b| */
@@ -857,7 +864,9 @@ static void test_conv_direct(int cin, int cout, int k, int h, int w, int B, size
             float *col = zeros(scratch), *dcol = zeros(scratch), *w_flip = zeros(nw), *dw_lanes = zeros(CONV_LANES * nw);
             for (size_t i = 0; i < scratch; i++) col[i] = dcol[i] = NAN; /* a stale entry read by a kept output shows */
             conv_forward(out[direct], col, in, l.w, &l, B);
-            conv_backward(din[direct], dw[direct], dw_lanes, col, dcol, w_flip, dout, in, l.w, &l, B);
+            if (direct) /* and din written over NaN (din_add 0), the im2col path's added to zeros */
+                for (size_t i = 0; i < nin; i++) din[direct][i] = NAN;
+            conv_backward(din[direct], !direct, dw[direct], dw_lanes, col, dcol, w_flip, dout, in, l.w, &l, B);
         }
         int same = memcmp(out[0], out[1], sizeof(float) * nout) == 0;
         double e_din = max_rel_diff(din[1], din[0], nin), e_dw = max_rel_diff(dw[1], dw[0], nw);
@@ -982,6 +991,7 @@ static void test_relu_pool(void) {
     PoolCtx c = {.B = 2, .C = 3, .hw = 5};
     c.x = rand_tensor(30, 1), c.out = zeros(6), c.R = rand_tensor(6, 1);
     float *dx = zeros(30);
+    for (int i = 0; i < 30; i++) dx[i] = 7.0f; /* dx is written, not added to */
     avgpool_backward(dx, c.R, 2, 3, 5);
     check_grad("avgpool", "dx", c.x, dx, 30, probe_pool, &c, 1e-2f, 1e-2);
     float y[4] = {0.0f, 2.0f, 0.0f, 3.0f}, d[4] = {1, 1, 1, 1}; /* relu's outputs; its forward is in the BN test */
