@@ -1208,15 +1208,26 @@ static void col2im(float *din, const float *dcol, int ld, int B, int b0, int nb,
             }
 }
 
-/* Images per chunk: as many as keep one chunk's col within about 2 MB (at least one). 512 KB
+/* Images per chunk: as many as keep one chunk's col within about 2 MB (at least one), then
+   fewer, so that the chunks come in a multiple of the CONV_LANES lanes (below) and the threads
+   get equal shares: ResNet-20's 8 x 8 stage had 10 chunks of 14 images, 70 images for one of
+   two threads and 58 for the other, and its 1 x 1 shortcut one chunk, all on one thread (2
+   threads: 772 -> 810 img/s). 512 KB
    (half this core's L2) made ResNet-20 4-5% faster but airbench, the default teacher, about 15%
-   slower at 2 threads (dev/SPEED.md, "The convolution's chunk"). A variable, not a constant, so
-   that the tests can force one image per chunk. */
+   slower at 2 threads (dev/SPEED.md, "The convolution's chunk"). Variables, not constants, so
+   that the tests can force one image per chunk, or one chunk (conv_chunk_even 0). */
 static size_t conv_chunk_floats = 1 << 19;
+static int conv_chunk_even = 1;
+#define CONV_LANES 8
 static int conv_chunk(const ConvBN *l, int B) {
     size_t per_image = (size_t)l->cin * l->ksize * l->ksize * l->hout * l->wout;
     size_t nb = conv_chunk_floats / per_image;
-    return nb < 1 ? 1 : nb > (size_t)B ? B : (int)nb;
+    if (nb < 1) return 1;
+    if (nb >= (size_t)B) nb = B;
+    if (!conv_chunk_even) return (int)nb;
+    size_t chunks = (B + nb - 1) / nb; /* then as many chunks as the next multiple of the lanes */
+    chunks = (chunks + CONV_LANES - 1) / CONV_LANES * CONV_LANES;
+    return (int)((B + chunks - 1) / chunks);
 }
 /* Part II's convolution without im2col (trick 6), which the fast matmul uses where it can */
 static int conv_direct_shape(const ConvBN *l);
@@ -1244,7 +1255,6 @@ static size_t conv_col_size(const ConvBN *l, int B) { /* floats of the col scrat
    threads made them wait at a barrier every KC slice: airbench trained 1.2x faster on 2
    threads than on one. The weight gradient is the lanes' partial sums added in lane order, so
    it is the same whatever the thread count; 8 lanes keep up to 8 cores busy. */
-#define CONV_LANES 8
 static size_t conv_scratch_size(const ConvBN *l, int B) { return CONV_LANES * conv_col_size(l, B); }
 static int conv_lane_first(int lane, int n_chunks) { return (int)((long)lane * n_chunks / CONV_LANES); }
 

@@ -850,9 +850,9 @@ static void test_conv_direct(int cin, int cout, int k, int h, int w, int B, size
     float *in = rand_tensor(nin, 1), *dout = rand_tensor(nout, 1), *out[2], *din[2], *dw[2];
     l.w = rand_tensor(nw, 1);
     size_t saved_chunk = conv_chunk_floats;
-    int saved_direct = conv_direct_enabled;
+    int saved_direct = conv_direct_enabled, saved_even = conv_chunk_even;
     const MatmulPath *in_use = matmul_path();
-    conv_chunk_floats = chunk_floats;
+    conv_chunk_floats = chunk_floats, conv_chunk_even = 0; /* chunks of exactly chunk_floats */
     for (int path = matmul_best_path(); path >= 0; path--) { /* every kernel version this processor runs */
         matmul_chosen_path = &matmul_paths[path];
         int used = 0;
@@ -876,6 +876,16 @@ static void test_conv_direct(int cin, int cout, int k, int h, int w, int B, size
               same ? "identical" : "DIFFERENT", e_din, e_dw);
     }
     conv_chunk_floats = saved_chunk, conv_direct_enabled = saved_direct, matmul_chosen_path = in_use;
+    conv_chunk_even = saved_even;
+}
+
+/* The chunks as training makes them: a multiple of the lanes, evenly filled (ResNet-20, batch 128) */
+static void test_conv_chunks(void) {
+    ConvBN stage3 = {.cin = 64, .ksize = 3, .hout = 8, .wout = 8}, stage1 = {.cin = 16, .ksize = 3, .hout = 32, .wout = 32};
+    ConvBN shortcut = {.cin = 16, .ksize = 1, .hout = 16, .wout = 16};
+    check(conv_chunk(&stage3, 128) == 8 && conv_chunk(&shortcut, 128) == 16 && conv_chunk(&stage1, 128) == 3 &&
+              conv_chunk(&stage3, 5) == 1,
+          "conv chunks: 8 images (16 chunks) at 8x8 x 64 channels, 16 (8 chunks) for the 1x1 shortcut, 3 at 32x32 x 16");
 }
 
 static void test_conv_lanes(int cin, int cout) {
@@ -886,6 +896,7 @@ static void test_conv_lanes(int cin, int cout) {
     l.w = rand_tensor(nw, 1);
     float *out[3], *din[3], *dw[3];
     size_t chunk_floats = conv_chunk_floats;
+    conv_chunk_even = 0;
     for (int run = 0; run < 3; run++) { /* 0: one chunk; 1: 1-image chunks; 2: the same at 1 thread */
         out[run] = zeros(nout), din[run] = zeros(nin), dw[run] = zeros(nw);
         conv_chunk_floats = run == 0 ? (size_t)1 << 24 : 1;
@@ -898,7 +909,7 @@ static void test_conv_lanes(int cin, int cout) {
         omp_set_num_threads(threads);
 #endif
     }
-    conv_chunk_floats = chunk_floats;
+    conv_chunk_floats = chunk_floats, conv_chunk_even = 1;
     double e_out = max_rel_diff(out[1], out[0], nout), e_din = max_rel_diff(din[1], din[0], nin), e_dw = max_rel_diff(dw[1], dw[0], nw);
     check(e_out < 1e-5 && e_din < 1e-5 && e_dw < 1e-5,
           "conv %d->%d, 20 images in 1-image chunks over %d lanes = one chunk: out %.1e, din %.1e, dW %.1e",
@@ -2733,6 +2744,7 @@ int main(void) {
     test_im2col(3, 1, 1, 2, 9);
     test_im2col(3, 2, 1, 7, 6); /* the general path */
     test_im2col(2, 1, 0, 5, 5);
+    test_conv_chunks();
     test_conv_direct(3, 5, 3, 5, 6, 4, (size_t)1 << 24);
     test_conv_direct(3, 5, 3, 5, 6, 4, 1);
     test_conv_direct(7, 13, 3, 9, 8, 3, 1);
