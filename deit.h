@@ -160,13 +160,17 @@ typedef struct {
     float *running_mean, *running_var;  /* (cout) running statistics, used in eval mode */
     float *dw, *dgamma, *dbeta;         /* their gradients */
     float *conv;                        /* (cout, B, hout, wout) convolution output */
-    float *out;                         /* (cout, B, hout, wout) BatchNorm output, then in place: ReLU of it
-                                           (stem, conv1), ReLU of it + the shortcut (conv2: the block's
-                                           output), nothing (shortcut) */
+    float *out;                         /* (cout, B, hout, wout) BatchNorm output, with what follows it done
+                                           as it is written: ReLU (stem, conv1), + the shortcut and ReLU
+                                           (conv2: the block's output), nothing (shortcut) */
     float *bn_mean, *bn_rstd;           /* (cout) batch statistics of the last training forward */
     float bn_eps, bn_momentum;          /* 1e-5 and 0.1 (ResNet), 1e-12 and 0.4 (airbench) */
     float *dout;                        /* gradient of out; conv2's is taken back through the block's ReLU
                                            in place before it flows into BatchNorm */
+    float *padded_in;                   /* the convolution's input in the padded layout of Part II's trick
+                                           6, chunk after chunk, as the training forward made it, kept for
+                                           the backward (NULL: not kept; ResNet convs that take trick 6) */
+    int padded_in_kept;                 /* 1 when the last forward was a training one that filled it */
 } ConvBN;
 
 /* relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); shortcut = 1x1 conv + BN or identity */

@@ -747,7 +747,7 @@ typedef struct {
 
 static double probe_conv(void *p) {
     ConvCtx *c = p;
-    conv_forward(c->out, c->col, c->in, c->l.w, &c->l, c->B);
+    conv_forward(c->out, c->col, NULL, c->in, c->l.w, &c->l, c->B);
     return dot(c->out, c->R, (size_t)c->l.cout * c->B * c->l.hout * c->l.wout);
 }
 
@@ -763,7 +763,7 @@ static void test_conv(int k, int stride, int cin, int cout) {
     c.col = zeros(conv_scratch_size(l, 2));
     float *dcol = zeros(conv_scratch_size(l, 2)), *din = zeros(nin), *dw = zeros(nw), *w_flip = zeros(nw);
     float *dw_lanes = zeros(CONV_LANES * nw);
-    conv_backward(din, 1, dw, dw_lanes, c.col, dcol, w_flip, c.R, c.in, l->w, l, 2);
+    conv_backward(din, 1, dw, dw_lanes, c.col, dcol, NULL, w_flip, c.R, c.in, l->w, l, 2);
     char name[96];
     snprintf(name, sizeof(name), "conv %dx%d stride %d, %d->%d channels (%s dx)%s", k, k, stride, cin, cout,
              conv_direct(l) ? "no im2col, transposed-conv" : conv_same_shape(l) ? "transposed-conv" : "col2im",
@@ -778,7 +778,7 @@ static void test_conv(int k, int stride, int cin, int cout) {
     /* din_add = 0: din written over its old contents (NaN here), the same numbers as added to zeros */
     float *din_written = zeros(nin), *dw_again = zeros(nw);
     for (size_t i = 0; i < nin; i++) din_written[i] = NAN;
-    conv_backward(din_written, 0, dw_again, dw_lanes, c.col, dcol, w_flip, c.R, c.in, l->w, l, 2);
+    conv_backward(din_written, 0, dw_again, dw_lanes, c.col, dcol, NULL, w_flip, c.R, c.in, l->w, l, 2);
     int same = 1;
     for (size_t i = 0; i < nin; i++) same &= din_written[i] == din[i];
     check(same, "%s with din_add 0: din written over NaN equals din added to zeros", name);
@@ -825,8 +825,8 @@ static void conv_pass(const ConvBN *l, int B, const float *in, const float *dout
     size_t nw = (size_t)l->cout * l->cin * l->ksize * l->ksize;
     float *col = zeros(conv_scratch_size(l, B)), *dcol = zeros(conv_scratch_size(l, B));
     float *w_flip = zeros(nw), *dw_lanes = zeros(CONV_LANES * nw);
-    conv_forward(out, col, in, l->w, l, B);
-    conv_backward(din, 1, dw, dw_lanes, col, dcol, w_flip, dout, in, l->w, l, B);
+    conv_forward(out, col, NULL, in, l->w, l, B);
+    conv_backward(din, 1, dw, dw_lanes, col, dcol, NULL, w_flip, dout, in, l->w, l, B);
 }
 
 static double max_rel_diff(const float *a, const float *b, size_t n) { /* max |a - b| / max |b| */
@@ -863,17 +863,31 @@ static void test_conv_direct(int cin, int cout, int k, int h, int w, int B, size
             size_t scratch = conv_scratch_size(&l, B);
             float *col = zeros(scratch), *dcol = zeros(scratch), *w_flip = zeros(nw), *dw_lanes = zeros(CONV_LANES * nw);
             for (size_t i = 0; i < scratch; i++) col[i] = dcol[i] = NAN; /* a stale entry read by a kept output shows */
-            conv_forward(out[direct], col, in, l.w, &l, B);
+            conv_forward(out[direct], col, NULL, in, l.w, &l, B);
             if (direct) /* and din written over NaN (din_add 0), the im2col path's added to zeros */
                 for (size_t i = 0; i < nin; i++) din[direct][i] = NAN;
-            conv_backward(din[direct], !direct, dw[direct], dw_lanes, col, dcol, w_flip, dout, in, l.w, &l, B);
+            conv_backward(din[direct], !direct, dw[direct], dw_lanes, col, dcol, NULL, w_flip, dout, in, l.w, &l, B);
         }
+        /* the direct path again, its padded input kept by the forward for the backward: the same numbers */
+        float *out_k = zeros(nout), *din_k = zeros(nin), *dw_k = zeros(nw), *kept = zeros(conv_padded_size(&l, B));
+        {
+            size_t scratch = conv_scratch_size(&l, B);
+            float *col = zeros(scratch), *dcol = zeros(scratch), *w_flip = zeros(nw), *dw_lanes = zeros(CONV_LANES * nw);
+            for (size_t i = 0; i < scratch; i++) col[i] = dcol[i] = NAN;
+            for (size_t i = 0; i < conv_padded_size(&l, B); i++) kept[i] = NAN;
+            conv_forward(out_k, col, kept, in, l.w, &l, B);
+            for (size_t i = 0; i < scratch; i++) col[i] = dcol[i] = NAN; /* the backward reads only what was kept */
+            conv_backward(din_k, 1, dw_k, dw_lanes, col, dcol, kept, w_flip, dout, in, l.w, &l, B);
+        }
+        int kept_same = !memcmp(out_k, out[1], sizeof(float) * nout) && !memcmp(din_k, din[1], sizeof(float) * nin) &&
+                        !memcmp(dw_k, dw[1], sizeof(float) * nw);
         int same = memcmp(out[0], out[1], sizeof(float) * nout) == 0;
         double e_din = max_rel_diff(din[1], din[0], nin), e_dw = max_rel_diff(dw[1], dw[0], nw);
-        check(used == 1 && same && e_din < 1e-5 && e_dw < 1e-5,
-              "conv without im2col (%s), %d->%d %dx%d on %dx%d, %d images%s = im2col: out %s, din %.1e, dW %.1e",
-              matmul_path_names[path], cin, cout, k, k, h, w, B, chunk_floats == 1 ? " in 1-image chunks" : "",
-              same ? "identical" : "DIFFERENT", e_din, e_dw);
+        check(used == 1 && same && e_din < 1e-5 && e_dw < 1e-5 && kept_same,
+              "conv without im2col (%s), %d->%d %dx%d on %dx%d, %d images%s = im2col: out %s, din %.1e, dW %.1e; "
+              "with the padded input kept for the backward: %s", matmul_path_names[path], cin, cout, k, k, h, w, B,
+              chunk_floats == 1 ? " in 1-image chunks" : "", same ? "identical" : "DIFFERENT", e_din, e_dw,
+              kept_same ? "identical" : "DIFFERENT");
     }
     conv_chunk_floats = saved_chunk, conv_direct_enabled = saved_direct, matmul_chosen_path = in_use;
     conv_chunk_even = saved_even;
@@ -2765,6 +2779,10 @@ int main(void) {
     test_batchnorm();
     test_relu_pool();
     test_teacher_model();
+    printf("== the ResNet again, every 3x3 stride-1 conv without im2col, its padded input kept for the backward ==\n");
+    conv_direct_enabled = 2;
+    test_teacher_model();
+    conv_direct_enabled = 1;
     test_airbench_layers();
     test_airbench_model();
     printf("== data ==\n");

@@ -22,9 +22,9 @@ static void run(int cin, int cout, int hw, int B) {
         for (int direct = 0; direct < 2; direct++) {
             conv_direct_enabled = direct ? 2 : 0;
             double t0 = now_seconds();
-            conv_forward(out, col, in, w, &l, B);
+            conv_forward(out, col, NULL, in, w, &l, B);
             double t1 = now_seconds();
-            conv_backward(din, 1, dw, dw_lanes, col, dcol, w_flip, dout, in, w, &l, B);
+            conv_backward(din, 1, dw, dw_lanes, col, dcol, NULL, w_flip, dout, in, w, &l, B);
             double t2 = now_seconds();
             if (t1 - t0 < best[direct][0]) best[direct][0] = t1 - t0;
             if (t2 - t1 < best[direct][1]) best[direct][1] = t2 - t1;
