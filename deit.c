@@ -1212,9 +1212,8 @@ static void col2im(float *din, const float *dcol, int ld, int B, int b0, int nb,
    fewer, so that the chunks come in a multiple of the CONV_LANES lanes (below) and the threads
    get equal shares: ResNet-20's 8 x 8 stage had 10 chunks of 14 images, 70 images for one of
    two threads and 58 for the other, and its 1 x 1 shortcut one chunk, all on one thread (2
-   threads: 772 -> 810 img/s). 512 KB
-   (half this core's L2) made ResNet-20 4-5% faster but airbench, the default teacher, about 15%
-   slower at 2 threads (dev/SPEED.md, "The convolution's chunk"). Variables, not constants, so
+   threads: 772 -> 810 img/s). A smaller col, 512 KB (half this core's L2), made ResNet-20 4-5%
+   faster but airbench, the default teacher, about 15% slower at 2 threads (dev/SPEED.md, "The convolution's chunk"). Variables, not constants, so
    that the tests can force one image per chunk, or one chunk (conv_chunk_even 0). */
 static size_t conv_chunk_floats = 1 << 19;
 static int conv_chunk_even = 1;
@@ -1292,7 +1291,8 @@ static void conv_forward(float *out, float *cols, float *keep, const float *in, 
    of a product with K = cout, a zeroed dcol and col2im: the same arithmetic, and ResNet-20
    trains about 5% faster. The tests check both paths against finite differences.
    dw += the sum of the lanes' partial gradients (dw_lanes: CONV_LANES x cout*K scratch; the
-   direct path of Part II stores each lane's partial transposed, (tap, ci) x co);
+   direct path of Part II stores each lane's partial transposed, (tap, ci) x co, its taps in
+   groups: conv_weight_grad_at);
    din += each chunk's share (a chunk's images are its own, so lanes never write the same din),
    or, with din_add 0, din = it: the first gradient to reach a tensor is then written over
    whatever it held, and the tensor needs no zeroing before the backward pass.
@@ -1358,7 +1358,8 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
    eval:     the running statistics instead of the batch's
    What follows a BatchNorm in the ResNet, the residual add and the ReLU, is done in the same
    pass over memory: out = max(y + residual, 0) (residual may be NULL, relu 0 or 1). Three
-   passes over a stage's 8 MB became one, and ResNet-20 trains about 4% faster.             */
+   passes over a stage's 8 MB became one; with the statistics in one pass (below), ResNet-20
+   trains about 3% faster.                                                                   */
 #define BN_EPS 1e-5f
 #define BN_MOMENTUM 0.1f
 

@@ -169,7 +169,7 @@ typedef struct {
                                            in place before it flows into BatchNorm */
     float *padded_in;                   /* the convolution's input in the padded layout of Part II's trick
                                            6, chunk after chunk, as the training forward made it, kept for
-                                           the backward (NULL: not kept; ResNet convs that take trick 6) */
+                                           the backward (allocated for the convs that take trick 6) */
     int padded_in_kept;                 /* 1 when the last forward was a training one that filled it */
 } ConvBN;
 
