@@ -1818,6 +1818,20 @@ static void test_train_and_resume(void) {
               memcmp(with_t.deit.params.head_dist_w, without_t.deit.params.head_dist_w, sizeof(float) * with_t.deit.tensors[21].size),
           "hard distillation changes the distillation head's training (same start and seed, with vs without the teacher)");
     net_free(&with_t), net_free(&without_t);
+    /* both networks' activations exist before the first step, every page already written */
+    Net fresh_s = tiny_student(), fresh_t = {.kind = NET_CNN};
+    teacher_build(&fresh_t.cnn, &tcfg);
+    teacher_init(&fresh_t.cnn, 1);
+    Run run;
+    TrainConfig tr = td;
+    tr.out = "test_run_r.bin";
+    int rc_r = run_begin(&run, &fresh_s, &fresh_t, &tr);
+    check(rc_r == 0 && fresh_s.deit.acts_memory && fresh_s.deit.batch_size == tr.batch && fresh_t.cnn.acts_memory &&
+              fresh_t.cnn.batch_size == tr.batch && fresh_s.deit.grads_acts_memory[fresh_s.deit.num_grads_acts - 1] == 0.0f,
+          "run_begin allocates the student's and the teacher's activations for the batch, zeroed, before the first step");
+    run_free(&run);
+    net_free(&fresh_s), net_free(&fresh_t);
+    remove("test_run_r.bin");
     remove("test_run_h.bin"), remove("test_run_h.bin.state"), remove("test_run_h.bin.flags"), remove("test_run_n.bin"), remove("test_run_n.bin.state"), remove("test_run_n.bin.flags");
     remove("test_run_a.bin"), remove("test_run_a.bin.state"), remove("test_run_a.bin.flags"), remove("test_run_b.bin"), remove("test_run_b.bin.state"), remove("test_run_b.bin.flags");
     remove("test_run_d.bin"), remove("test_run_d.bin.state"), remove("test_run_d.bin.flags");
