@@ -1373,15 +1373,17 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
 #define BN_MOMENTUM 0.1f
 
 /* Sums over a channel's n = B*h*w numbers (131072 for ResNet-20's first stage at batch 128),
-   in double. One running sum is a chain where each add waits for the previous one; eight
-   independent partial sums (lane j takes every 8th number) let the compiler do eight adds
-   at once with vector instructions, and still nothing is reordered within a lane.
+   in double. One running sum is a chain where each add waits for the previous one; 32
+   independent partial sums (lane j takes every 32nd number) let the compiler do many adds
+   at once with vector instructions, and still nothing is reordered within a lane. (With 8
+   lanes GCC 12 made a slow loop of them: bn_sums ran at 2.5 G numbers/s on one AVX-512 core,
+   against 16.4 with 32 lanes; 8.7 with AVX2, 3.7 with SSE2. ResNet-20 trains 5% faster.)
      bn_sums: sum (x - c) and sum (x - c)^2;   bn_dot: sum dy (x - c) and sum dy
    The statistics take one pass: with d = x - c, mean = c + sum d / n and the variance is
    sum d^2 / n - (sum d / n)^2. That difference loses digits when the mean is far from c
    compared with the spread; c = the channel's first number is within a few standard
    deviations of the mean, and in double the loss is far below float's precision.           */
-#define BN_LANES 8
+#define BN_LANES 32
 static void bn_sums(const float *x, float c, size_t n, double *sum, double *sum_sq) {
     double s[BN_LANES] = {0}, q[BN_LANES] = {0};
     size_t i = 0;
