@@ -276,9 +276,14 @@ static void linear_backward(float *dinp, float *dw, float *db, const float *dout
     if (db) {
         OMP(omp parallel for schedule(static))
         for (int j0 = 0; j0 < N; j0 += 64) { /* each thread owns a range of columns */
-            int j1 = j0 + 64 < N ? j0 + 64 : N;
-            for (int i = 0; i < M; i++)
-                for (int j = j0; j < j1; j++) db[j] += dout[(size_t)i * N + j];
+            int w = N - j0 < 64 ? N - j0 : 64;
+            float sum[64] = {0}; /* in registers: db[j] += ... row after row waited on memory */
+            for (int i = 0; i < M; i++) {
+                const float *dy = dout + (size_t)i * N + j0;
+                if (w == 64) for (int j = 0; j < 64; j++) sum[j] += dy[j];
+                else for (int j = 0; j < w; j++) sum[j] += dy[j];
+            }
+            for (int j = 0; j < w; j++) db[j0 + j] += sum[j];
         }
     }
 }
@@ -429,14 +434,16 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
     }
     OMP(omp parallel for schedule(static))
     for (int i0 = 0; i0 < D; i0 += 16) { /* each thread owns a range of columns of dw, db */
-        int i1 = i0 + 16 < D ? i0 + 16 : D;
+        int w = D - i0 < 16 ? D - i0 : 16;
+        float sum_w[16] = {0}, sum_b[16] = {0}; /* in registers, as in linear_backward */
         for (int r = 0; r < R; r++) {
-            const float *x = inp + (size_t)r * D, *dy = dout + (size_t)r * D;
-            for (int i = i0; i < i1; i++) {
-                dw[i] += dy[i] * (x[i] - mean[r]) * rstd[r];
-                db[i] += dy[i];
+            const float *x = inp + (size_t)r * D + i0, *dy = dout + (size_t)r * D + i0;
+            for (int i = 0; i < w; i++) {
+                sum_w[i] += dy[i] * (x[i] - mean[r]) * rstd[r];
+                sum_b[i] += dy[i];
             }
         }
+        for (int i = 0; i < w; i++) dw[i0 + i] += sum_w[i], db[i0 + i] += sum_b[i];
     }
 }
 
