@@ -4199,8 +4199,6 @@ static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
     r->total_steps = (long)cfg->epochs * r->steps_per_epoch;
     r->warmup_steps = (long)(cfg->warmup_epochs * r->steps_per_epoch);
     optimizer_init(&r->opt, cfg->opt, net_num_params(net), cfg->weight_decay, cfg->momentum, cfg->nesterov, cfg->lookahead);
-    net_alloc_activations(net, B); /* here, not in the first step, which would then look 7x slow */
-    if (teacher) net_alloc_activations(teacher, B);
     if (r->opt.ema) memcpy(r->opt.ema, net_params(net), sizeof(float) * net_num_params(net)); /* (a resumed run loads it) */
     r->state = (RunState){0, 0, 0, 0, 0.0, dataset_hash(&r->train_set), teacher ? params_hash(teacher) : 0};
     path_printf(r->state_path, sizeof(r->state_path), "%s.state", cfg->out);
@@ -4251,6 +4249,8 @@ static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
         r->params_before_step = xmalloc(sizeof(float) * net_num_params(net));
         memcpy(r->params_before_step, net_params(net), sizeof(float) * net_num_params(net));
     }
+    net_alloc_activations(net, B); /* here, not in the first step, which would then look 7x slow */
+    if (teacher) net_alloc_activations(teacher, B);
     r->epoch_start = r->last_save = now_seconds();
     stop_signal = 0;
     signal(SIGINT, on_stop_signal);
