@@ -280,7 +280,7 @@ static void linear_backward(float *dinp, float *dw, float *db, const float *dout
             float sum[64] = {0}; /* in registers: db[j] += ... row after row waited on memory */
             for (int i = 0; i < M; i++) {
                 const float *dy = dout + (size_t)i * N + j0;
-                if (w == 64) for (int j = 0; j < 64; j++) sum[j] += dy[j];
+                if (w == 64) for (int j = 0; j < 64; j++) sum[j] += dy[j]; /* constant count: vectorized */
                 else for (int j = 0; j < w; j++) sum[j] += dy[j];
             }
             for (int j = 0; j < w; j++) db[j0 + j] += sum[j];

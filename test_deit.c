@@ -1818,7 +1818,7 @@ static void test_train_and_resume(void) {
               memcmp(with_t.deit.params.head_dist_w, without_t.deit.params.head_dist_w, sizeof(float) * with_t.deit.tensors[21].size),
           "hard distillation changes the distillation head's training (same start and seed, with vs without the teacher)");
     net_free(&with_t), net_free(&without_t);
-    /* both networks' activations exist before the first step, every page already written */
+    /* both networks' activations exist, zeroed, when run_begin returns: before the first step */
     Net fresh_s = tiny_student(), fresh_t = {.kind = NET_CNN};
     teacher_build(&fresh_t.cnn, &tcfg);
     teacher_init(&fresh_t.cnn, 1);
