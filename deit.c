@@ -66,6 +66,8 @@
 #define OMP(...) _Pragma(#__VA_ARGS__)
 static int num_threads(void) { return omp_get_max_threads(); }
 static int inside_parallel_region(void) { return omp_get_level() > 0; }
+static int thread_index(void) { return omp_get_thread_num(); } /* inside a parallel region: 0 .. team_size()-1 */
+static int team_size(void) { return omp_get_num_threads(); }
 static void set_threads(int n) {
     if (n > omp_get_num_procs())
         fprintf(stderr, "deit: warning: --threads %d on %d processors: the threads will wait on each other (slower)\n", n,
@@ -76,6 +78,8 @@ static void set_threads(int n) {
 #define OMP(...)
 static int num_threads(void) { return 1; }
 static int inside_parallel_region(void) { return 0; }
+static int thread_index(void) { return 0; }
+static int team_size(void) { return 1; }
 static void set_threads(int n) { (void)n; }
 #endif
 
@@ -3183,8 +3187,9 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  *
  * ########################################################################################## */
 
-/* The fast one. Six tricks, all plain C that the compiler turns into vector instructions (the
- * sixth, at the end of this part, is for the convolutions):
+/* The fast one. Seven tricks, all plain C that the compiler turns into vector instructions (the
+ * seventh, just before matmul_fast, is for the weight gradients; the sixth, at the end of this
+ * part, for the convolutions):
  *
  * 1. Register tile. The innermost routine (kernel_tile) computes a small MR x NR block of C
  *    in a local array `acc`. For each k it loads MR numbers of A and NR numbers of B and does
@@ -3429,7 +3434,56 @@ static void matmul_fast_one_thread(const MatmulPath *path, float *C, int ldc, co
     }
 }
 
-static float *matmul_packed_b; /* KC x NC, allocated once */
+static float *matmul_packed_b; /* KC x (NC + NR_MAX x threads): packed B panels, allocated once */
+static int matmul_packed_b_threads; /* the thread count it was allocated for */
+
+/* 7. Deep products. A weight gradient sums over every token of the batch: K = 4224 for
+ *    DeiT-Ti/4 at batch 64 (17 slices of KC), with M = 192 to 768 rows. The loops of matmul_fast
+ *    below stop all threads twice per K slice (pack B together, then compute), 34 times for
+ *    one such product, and cut 192 rows into blocks of 72 + 72 + 48, which two threads share
+ *    unevenly. Here each thread owns a fixed range of the work items (one B panel x one block of
+ *    MC rows, panel by panel) for every K slice, packs only the panels its items need into its
+ *    own part of the buffer, and never waits for the other: one parallel region per product.
+ *    This pays while the slice of A (M x KC, read for every panel) stays in L2, so only for
+ *    M <= 1024: the products with thousands of rows keep the blocked loops. Each element of C
+ *    gets the same sums in the same order as there, so the result is bit for bit the same.
+ *    At 2 threads (dev/SPEED.md): the weight gradient of fc2 240 -> 365 GFLOP/s, of proj
+ *    224 -> 344, of a ResNet convolution through im2col (16 x 144, K = 16384) 91 -> 174. */
+static int matmul_deep_enabled = 1; /* 0: every product through the blocked loops (tests) */
+static void matmul_fast_deep(const MatmulPath *path, float *C, int ldc, const float *A, int a_rs, int a_cs,
+                             const float *B, int b_rs, int b_cs, int M, int N, int K) {
+    const int MR = path->mr, NR = path->nr, a_direct = (a_cs == 1) || (a_rs == 1);
+    const int n_panels = (N + NR - 1) / NR, n_blocks = (M + MC - 1) / MC, n_items = n_panels * n_blocks;
+    OMP(omp parallel)
+    {
+        _Alignas(64) float ap[MC * KC];
+        int t = thread_index(), threads = team_size();
+        int w_begin = (int)((long)n_items * t / threads), w_end = (int)((long)n_items * (t + 1) / threads);
+        /* this thread's panels q_first .. q_last go to slots q + t of the buffer: a panel
+           that two threads both need (their ranges meet inside it) is packed by each */
+        int q_first = w_begin / n_blocks, q_last = (w_end - 1) / n_blocks;
+        float *bp = matmul_packed_b + (size_t)t * NR * KC;
+        for (int k0 = 0; k0 < K && w_begin < w_end; k0 += KC) {
+            int kc = K - k0 < KC ? K - k0 : KC;
+            for (int q = q_first; q <= q_last; q++) {
+                int n = N - q * NR < NR ? N - q * NR : NR;
+                pack_b_panel(bp + (size_t)q * NR * KC, B, b_rs, b_cs, k0, kc, q * NR, n, NR);
+            }
+            for (int w = w_begin; w < w_end; w++) {
+                int q = w / n_blocks, i0 = (w % n_blocks) * MC;
+                int m = M - i0 < MC ? M - i0 : MC, n = N - q * NR < NR ? N - q * NR : NR;
+                int first = a_direct ? m / MR * MR : 0; /* rows before it are read in place */
+                if (first < m) pack_a(ap + (size_t)first * kc, A, a_rs, a_cs, i0 + first, m - first, k0, kc, MR);
+                for (int p = 0; p < m; p += MR) {
+                    int im = m - p < MR ? m - p : MR, in_place = a_direct && im == MR;
+                    const float *a = in_place ? A + (size_t)(i0 + p) * a_rs + (size_t)k0 * a_cs : ap + (size_t)p * kc;
+                    path->kernel(kc, a, in_place ? a_cs : MR, in_place ? a_rs : 1, bp + (size_t)q * NR * KC, NR,
+                                 C + (size_t)(i0 + p) * ldc + q * NR, ldc, im, n);
+                }
+            }
+        }
+    }
+}
 
 static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
                    const float *B, int b_rs, int b_cs, int M, int N, int K) {
@@ -3439,8 +3493,18 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
         matmul_fast_one_thread(path, C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
         return;
     }
-    if (!matmul_packed_b) matmul_packed_b = xmalloc(sizeof(float) * KC * NC);
+    if (!matmul_packed_b || matmul_packed_b_threads < num_threads()) {
+        free(matmul_packed_b);
+        matmul_packed_b_threads = num_threads();
+        matmul_packed_b = xmalloc(sizeof(float) * KC * (NC + (size_t)NR_MAX * matmul_packed_b_threads));
+    }
     const int MR = path->mr, NR = path->nr;
+    if (K > KC && M <= 1024 && matmul_deep_enabled) { /* trick 7, a slice of N at a time */
+        for (int j0 = 0; j0 < N; j0 += NC)
+            matmul_fast_deep(path, C + j0, ldc, A, a_rs, a_cs, B + (size_t)j0 * b_cs, b_rs, b_cs, M,
+                             N - j0 < NC ? N - j0 : NC, K);
+        return;
+    }
     float *bp = matmul_packed_b;
     /* Trick 4: when A's rows or columns are contiguous (a_cs == 1 or a_rs == 1), only a last
        group of fewer than MR rows is packed. When B's rows are contiguous (b_cs == 1) and there

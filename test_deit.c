@@ -110,7 +110,7 @@ static void matmul_reference(float *C, int ldc, const float *A, int a_rs, int a_
 
 static void test_matmul(void) {
     int shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {13, 37, 29}, {6, 32, 256}, {67, 131, 257}, {100, 300, 513}, {5, 4100, 9},
-                       {73, 4033, 17}};
+                       {73, 4033, 17}, {9, 4100, 300}};
     const MatmulPath *in_use = matmul_path();
     /* every kernel version this processor runs (fast = 1 + its index), then the naive loops (fast = 0) */
     for (int fast = 1 + matmul_best_path(); fast >= 0; fast--)
@@ -140,6 +140,29 @@ static void test_matmul(void) {
                 }
         }
     matmul_chosen_path = in_use;
+    /* trick 7 (deep products: K > KC, M <= 1024) gives every element the same sums in the same
+       order as the blocked loops, at any thread count: bit for bit the same result */
+    int deep_shapes[][3] = {{192, 768, 4224}, {77, 131, 600}, {1000, 33, 700}, {9, 4100, 300}};
+    for (size_t s = 0; s < sizeof(deep_shapes) / sizeof(deep_shapes[0]); s++) {
+        int M = deep_shapes[s][0], N = deep_shapes[s][1], K = deep_shapes[s][2], same = 1;
+        float *A = rand_tensor((size_t)M * K, 1.0f), *B = rand_tensor((size_t)K * N, 1.0f), *C[4];
+        for (int run = 0; run < 4; run++) { /* 0: blocked loops; 1-3: trick 7 at 1, 2, 3 threads */
+            C[run] = zeros((size_t)M * N);
+            matmul_deep_enabled = run > 0;
+#ifdef _OPENMP
+            int threads = omp_get_max_threads();
+            if (run > 0) omp_set_num_threads(run);
+#endif
+            matmul_fast(C[run], N, A, 1, M, B, N, 1, M, N, K); /* A transposed, as in a weight gradient */
+#ifdef _OPENMP
+            omp_set_num_threads(threads);
+#endif
+            if (run > 0) same = same && !memcmp(C[run], C[0], sizeof(float) * M * N);
+        }
+        matmul_deep_enabled = 1;
+        check(same, "matmul %dx%dx%d, trick 7 (deep products) at 1, 2 and 3 threads = the blocked loops, bit for bit",
+              M, N, K);
+    }
     /* the switch: matmul() runs exactly the naive loops when matmul_use_fast is 0, the fast one when 1 */
     int M = 9, N = 11, K = 13;
     float *A = rand_tensor((size_t)M * K, 1.0f), *B = rand_tensor((size_t)K * N, 1.0f);
