@@ -156,7 +156,7 @@ static void fill_zero(float *x, size_t n) {
    calloc only when they are first written: for DeiT-Ti's 1.5 GB of activations and gradients
    at batch 128 that took 7 s inside the first training step, which then ran at 15 img/s. */
 static float *xcalloc_touched(size_t n) {
-    float *p = xcalloc(n, sizeof(float));
+    float *p = xmalloc(sizeof(float) * n);
     fill_zero(p, n);
     return p;
 }
@@ -3437,6 +3437,21 @@ static void matmul_fast_one_thread(const MatmulPath *path, float *C, int ldc, co
 static float *matmul_packed_b; /* KC x (NC + NR_MAX x threads): packed B panels, allocated once */
 static int matmul_packed_b_threads; /* the thread count it was allocated for */
 
+/* Rows i0 .. i0+m of C (a block, m <= MC; C already points at the panel's first column) +=
+   those rows of A x one B panel (kc x NR, rows ldb apart; n valid columns), MR rows at a time:
+   a full group of MR rows is read in place when a_direct (trick 4), the others from ap, where
+   the caller has packed the block. Both loops below run every block through here. */
+static void block_times_panel(const MatmulPath *path, float *C, int ldc, const float *A, int a_rs, int a_cs,
+                              int a_direct, const float *ap, int i0, int m, int k0, int kc, const float *b, int ldb,
+                              int n) {
+    const int MR = path->mr;
+    for (int p = 0; p < m; p += MR) {
+        int im = m - p < MR ? m - p : MR, in_place = a_direct && im == MR;
+        const float *a = in_place ? A + (size_t)(i0 + p) * a_rs + (size_t)k0 * a_cs : ap + (size_t)p * kc;
+        path->kernel(kc, a, in_place ? a_cs : MR, in_place ? a_rs : 1, b, ldb, C + (size_t)(i0 + p) * ldc, ldc, im, n);
+    }
+}
+
 /* 7. Deep products. A weight gradient sums over every token of the batch: K = 4224 for
  *    DeiT-Ti/4 at batch 64 (17 slices of KC), with M = 192 to 768 rows. The loops of matmul_fast
  *    below stop all threads twice per K slice (pack B together, then compute), 34 times for
@@ -3474,12 +3489,8 @@ static void matmul_fast_deep(const MatmulPath *path, float *C, int ldc, const fl
                 int m = M - i0 < MC ? M - i0 : MC, n = N - q * NR < NR ? N - q * NR : NR;
                 int first = a_direct ? m / MR * MR : 0; /* rows before it are read in place */
                 if (first < m) pack_a(ap + (size_t)first * kc, A, a_rs, a_cs, i0 + first, m - first, k0, kc, MR);
-                for (int p = 0; p < m; p += MR) {
-                    int im = m - p < MR ? m - p : MR, in_place = a_direct && im == MR;
-                    const float *a = in_place ? A + (size_t)(i0 + p) * a_rs + (size_t)k0 * a_cs : ap + (size_t)p * kc;
-                    path->kernel(kc, a, in_place ? a_cs : MR, in_place ? a_rs : 1, bp + (size_t)q * NR * KC, NR,
-                                 C + (size_t)(i0 + p) * ldc + q * NR, ldc, im, n);
-                }
+                block_times_panel(path, C + q * NR, ldc, A, a_rs, a_cs, a_direct, ap, i0, m, k0, kc,
+                                  bp + (size_t)q * NR * KC, NR, n);
             }
         }
     }
@@ -3546,13 +3557,8 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
                         int jn = nc - q * NR < NR ? nc - q * NR : NR;
                         int direct = b_direct && jn == NR;
                         const float *b = direct ? B + (size_t)k0 * b_rs + j0 + q * NR : bp + (size_t)q * NR * kc;
-                        for (int p = 0; p < m; p += MR) {
-                            int im = m - p < MR ? m - p : MR;
-                            int in_place = a_direct && im == MR;
-                            const float *a = in_place ? A + (size_t)(i0 + p) * a_rs + (size_t)k0 * a_cs : ap + (size_t)p * kc;
-                            path->kernel(kc, a, in_place ? a_cs : MR, in_place ? a_rs : 1, b, direct ? b_rs : NR,
-                                         C + (size_t)(i0 + p) * ldc + j0 + q * NR, ldc, im, jn);
-                        }
+                        block_times_panel(path, C + j0 + q * NR, ldc, A, a_rs, a_cs, a_direct, ap, i0, m, k0, kc, b,
+                                          direct ? b_rs : NR, jn);
                     }
                 }
             }
