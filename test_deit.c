@@ -183,6 +183,7 @@ static void test_matmul(void) {
 /* ---- 3. every layer of the transformer ----------------------------------------------------- */
 typedef struct {
     int B, T, D, NH, K, N, C, S, P;
+    int Tq;   /* attention: query tokens (0: all T); residual: numbers of x per image (0: N) */
     float *x, *w, *b, *out, *R, *aux1, *aux2, *aux3;
 } LayerCtx;
 
@@ -271,8 +272,9 @@ static void test_layernorm(void) {
 
 static double probe_attention(void *p) {
     LayerCtx *c = p;
-    attention_forward(c->out, c->aux1, c->x, c->B, c->T, c->D, c->NH);
-    return dot(c->out, c->R, (size_t)c->B * c->T * c->D);
+    int Tq = c->Tq ? c->Tq : c->T;
+    attention_forward(c->out, c->aux1, c->x, c->B, c->T, Tq, c->D, c->NH);
+    return dot(c->out, c->R, (size_t)c->B * Tq * c->D);
 }
 
 static void test_attention(void) {
@@ -281,7 +283,7 @@ static void test_attention(void) {
     c.x = rand_tensor(nqkv, 1), c.out = zeros(nout), c.aux1 = zeros(2 * 2 * 5 * 5), c.R = rand_tensor(nout, 1);
     probe_attention(&c);
     float *dqkv = zeros(nqkv);
-    attention_backward(dqkv, c.R, c.x, c.aux1, 2, 5, 6, 2);
+    attention_backward(dqkv, c.R, c.x, c.aux1, 2, 5, 5, 6, 2);
     check_grad("attention", "dqkv", c.x, dqkv, nqkv, probe_attention, &c, 1e-2f, 1e-2);
     double worst = 0;
     for (int r = 0; r < 2 * 2 * 5; r++) {
@@ -314,7 +316,7 @@ static void test_attention(void) {
     c2.x = rand_tensor(nqkv2, 1), c2.out = zeros(nout2), c2.aux1 = zeros(2 * 2 * 7 * 7), c2.R = rand_tensor(nout2, 1);
     probe_attention(&c2);
     float *dqkv2 = zeros(nqkv2);
-    attention_backward(dqkv2, c2.R, c2.x, c2.aux1, 2, T2, D2, 2);
+    attention_backward(dqkv2, c2.R, c2.x, c2.aux1, 2, T2, T2, D2, 2);
     check_grad("attention (head size 6, 7 tokens)", "dqkv", c2.x, dqkv2, nqkv2, probe_attention, &c2, 1e-2f, 1e-2);
     probe_attention(&c2);
     worst = 0;
@@ -339,6 +341,20 @@ static void test_attention(void) {
             }
     check(worst < 1e-5, "attention (head size 6, 7 tokens): every output equals softmax(q k^T / sqrt(hd)) v (max err %.1e)", worst);
 
+    /* Queries from the first Tq = 2 tokens only (the last block): the outputs are the first 2
+       rows of each image's full output, and the gradient (dQ of 2 rows, dK and dV of all 7
+       from 2 rows of att) passes the finite-difference check */
+    LayerCtx c3 = c2;
+    c3.Tq = 2, c3.out = zeros(2 * 2 * 12), c3.aux1 = zeros(2 * 2 * 7 * 7), c3.R = rand_tensor(2 * 2 * 12, 1);
+    probe_attention(&c2), probe_attention(&c3);
+    worst = 0;
+    for (b = 0; b < 2; b++)
+        for (i = 0; i < 2 * D2; i++) worst = fmax(worst, fabs(c3.out[b * 2 * D2 + i] - c2.out[b * T2 * D2 + i]));
+    check(worst == 0, "attention with queries from the first 2 of 7 tokens: their rows of the full output (max diff %.1e)", worst);
+    float *dqkv3 = zeros(nqkv2);
+    attention_backward(dqkv3, c3.R, c3.x, c3.aux1, 2, T2, 2, D2, 2);
+    check_grad("attention (2 query tokens of 7)", "dqkv", c3.x, dqkv3, nqkv2, probe_attention, &c3, 1e-2f, 1e-2);
+
     /* DeiT-Ti's heads (66 tokens, head size 64) and odd ones (37 tokens, head size 33): with
        the fast matmul (whole register tiles read in place, edges packed) against the naive
        loops, forward and backward */
@@ -351,8 +367,8 @@ static void test_attention(void) {
         for (int fast = 0; fast < 2; fast++) {
             matmul_use_fast = fast;
             out[fast] = zeros(no), att[fast] = zeros(na), dq[fast] = zeros(nq);
-            attention_forward(out[fast], att[fast], qkv, 2, T, D, NH);
-            attention_backward(dq[fast], dout, qkv, att[fast], 2, T, D, NH);
+            attention_forward(out[fast], att[fast], qkv, 2, T, T, D, NH);
+            attention_backward(dq[fast], dout, qkv, att[fast], 2, T, T, D, NH);
         }
         matmul_use_fast = saved;
         double e_out = 0, e_dq = 0;
@@ -405,7 +421,7 @@ static void test_gelu(void) {
 
 static double probe_residual(void *p) {
     LayerCtx *c = p;
-    residual_forward(c->out, c->x, c->aux1, c->aux2, c->B, (size_t)c->N);
+    residual_forward(c->out, c->x, (size_t)(c->Tq ? c->Tq : c->N), c->aux1, c->aux2, c->B, (size_t)c->N);
     return dot(c->out, c->R, (size_t)c->B * c->N);
 }
 
@@ -414,9 +430,19 @@ static void test_residual_drop_path(void) {
     float mask[4] = {0.0f, 1.25f, 1.25f, 0.0f}; /* a fixed drop-path mask with keep prob 0.8 */
     c.x = rand_tensor(24, 1), c.aux1 = rand_tensor(24, 1), c.aux2 = mask, c.out = zeros(24), c.R = rand_tensor(24, 1);
     float *dx = zeros(24), *dbr = zeros(24);
-    residual_backward(dx, dbr, c.R, mask, 4, 6);
+    residual_backward(dx, 6, dbr, c.R, mask, 4, 6);
     check_grad("residual+drop_path", "dx", c.x, dx, 24, probe_residual, &c, 1e-2f, 1e-2);
     check_grad("residual+drop_path", "dbranch", c.aux1, dbr, 24, probe_residual, &c, 1e-2f, 1e-2);
+    /* x with 10 numbers per image, of which the first 6 are used (the last block) */
+    LayerCtx c10 = c;
+    c10.Tq = 10, c10.x = rand_tensor(40, 1);
+    float *dx10 = zeros(40), *dbr10 = zeros(24);
+    residual_backward(dx10, 10, dbr10, c.R, mask, 4, 6);
+    check_grad("residual+drop_path, x of 10 per image", "dx", c10.x, dx10, 40, probe_residual, &c10, 1e-2f, 1e-2);
+    double unused = 0;
+    for (int b = 0; b < 4; b++)
+        for (int i = 6; i < 10; i++) unused += fabs(dx10[b * 10 + i]);
+    check(unused == 0, "residual: the numbers of x past the first 6 of an image get no gradient");
     float s[20000];
     Rng r;
     rng_seed(&r, 5);
@@ -607,6 +633,42 @@ static void test_model_gradients_drop_path(void) {
           "gradcheck with drop path 0.5 (training mode): %d branches dropped, %d scaled by 2, worst %s rel err %.2e", dropped,
           doubled, worst_name, worst);
     deit_free(&m);
+}
+
+/* The last block computed for the heads' tokens only (deit_tokens_out) against the same block
+   computed for all T tokens: the same logits, and the same gradient of every parameter, with
+   drop path on (training mode) and the hard distillation loss. */
+static void test_last_block_heads_only(int dist) {
+    DeiTConfig cfg = tiny_config(dist);
+    DeiT m;
+    deit_build(&m, &cfg);
+    deit_init(&m, 44);
+    for (size_t i = 0; i < m.num_params; i++) m.params_memory[i] += 0.3f * rng_normal(&test_rng);
+    m.drop_path = 0.5f;
+    int B = 4, labels[4] = {3, 1, 0, 2}, C = cfg.num_classes;
+    float *images = rand_tensor((size_t)B * 3 * 64, 1), *targets = zeros(B * C), *teacher = rand_tensor(B * C, 2);
+    smooth_targets(targets, labels, 0.1f, B, C);
+    float *logits[2], *grads[2];
+    for (int all = 0; all < 2; all++) {
+        deit_last_block_all_tokens = all;
+        rng_seed(&m.rng, 9);
+        deit_forward(&m, images, B, 1);
+        deit_zero_grad(&m);
+        deit_loss(model_heads(&m, 1), targets, teacher, &(Distillation){DISTILL_HARD, 0.5f, 2.0f}, B, C);
+        deit_backward(&m, B);
+        logits[all] = zeros((size_t)B * C), grads[all] = zeros(m.num_params);
+        memcpy(logits[all], m.acts.logits_mean, sizeof(float) * B * C);
+        memcpy(grads[all], m.grads_memory, sizeof(float) * m.num_params);
+    }
+    deit_last_block_all_tokens = 0;
+    double e_logits = 0, e_grads = 0, g_max = 0;
+    for (int i = 0; i < B * C; i++) e_logits = fmax(e_logits, fabs(logits[0][i] - logits[1][i]));
+    for (size_t i = 0; i < m.num_params; i++)
+        e_grads = fmax(e_grads, fabs(grads[0][i] - grads[1][i])), g_max = fmax(g_max, fabs(grads[1][i]));
+    check(e_logits < 1e-6 && e_grads < 1e-6 * g_max && g_max > 0,
+          "dist=%d: last block for the heads' %d tokens of %d = all tokens: logits (max diff %.1e), gradients "
+          "(max diff %.1e of %.1e)", dist, 1 + dist, m.num_tokens, e_logits, e_grads, g_max);
+    deit_free(&m); /* (the tensors from zeros and rand_tensor are freed at exit) */
 }
 
 static void test_model_behaviour(void) {
@@ -2765,6 +2827,8 @@ int main(void) {
     test_model_gradients_drop_path();
     matmul_use_fast = saved_matmul;
     test_model_gradients_drop_path();
+    test_last_block_heads_only(0);
+    test_last_block_heads_only(1);
     test_model_behaviour();
     test_checkpoint();
     printf("== optimizers ==\n");
