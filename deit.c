@@ -4548,7 +4548,9 @@ static double disagreement(const int *a, const int *b, int n) {
 /* Attention rollout (Abnar & Zuidema 2020): per layer the heads' average attention plus the
    identity for the residual, rows renormalised, multiplied through the layers:
      R = A'_{L-1} ... A'_1 A'_0,   A'_l = normalize_rows(0.5 mean_h(att_l) + 0.5 I)
-   att is (L, NH, T, T) for one image; rollout (T, T) rows are distributions over the inputs. */
+   att is (L, NH, T, T) for one image; rollout (T, T) rows are distributions over the inputs.
+   The model's last layer writes only the rows of the heads' tokens (deit_tokens_out), and row i
+   of the product depends only on row i of the last A': the rows read (0 and 1) are exact. */
 static void attention_rollout(float *rollout, const float *att, int L, int NH, int T) {
     double *r = xcalloc((size_t)T * T, sizeof(double)), *a = xmalloc(sizeof(double) * T * T), *tmp = xmalloc(sizeof(double) * T * T);
     for (int i = 0; i < T; i++) r[(size_t)i * T + i] = 1.0;
