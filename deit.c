@@ -5702,17 +5702,17 @@ static long peak_memory_kb(void) {
     return kb;
 }
 
-/* Forward FLOPs of one image (a multiply-add counts 2), as computed: a block whose Tq tokens ask
-   queries (all T, or the heads' R tokens in the last one: deit_tokens_out). */
-static double deit_block_flops(double T, double Tq, double D, double H) {
-    return 2 * T * D * 3 * D + 2 * 2 * Tq * T * D + 2 * Tq * D * D + 2 * 2 * Tq * D * H;
-}
-static double deit_flops_per_image(const DeiTConfig *c) {
-    double D = c->dim, H = c->mlp_hidden, C = c->num_classes, G = c->img_size / c->patch_size;
-    double N = G * G, T = 1 + c->dist_token + N, K = (double)c->in_chans * c->patch_size * c->patch_size;
-    double R = deit_last_block_all_tokens ? T : 1 + c->dist_token;
-    return 2 * N * K * D + (c->depth - 1) * deit_block_flops(T, T, D, H) + deit_block_flops(T, R, D, H) +
-           2 * D * C * (1 + c->dist_token);
+/* Forward FLOPs of one image (a multiply-add counts 2), as computed: block l's queries, projection
+   and MLP for the deit_tokens_out(m, l) tokens that leave it (all T, or the heads' in the last). */
+static double deit_flops_per_image(const DeiT *m) {
+    const DeiTConfig *c = &m->config;
+    double D = c->dim, H = c->mlp_hidden, C = c->num_classes, N = m->num_patches, T = m->num_tokens;
+    double K = (double)c->in_chans * c->patch_size * c->patch_size, f = 2 * N * K * D + 2 * D * C * (1 + c->dist_token);
+    for (int l = 0; l < c->depth; l++) {
+        double Tq = deit_tokens_out(m, l);
+        f += 2 * T * D * 3 * D + 2 * 2 * Tq * T * D + 2 * Tq * D * D + 2 * 2 * Tq * D * H;
+    }
+    return f;
 }
 
 static double teacher_flops_per_image(Teacher *t) {
@@ -5915,7 +5915,7 @@ static int cmd_bench(const Options *o) {
     net.kind = NET_DEIT;
     deit_build(&net.deit, &c);
     deit_init(&net.deit, 1);
-    bench_net(&net, B, R, deit_flops_per_image(&c), "student");
+    bench_net(&net, B, R, deit_flops_per_image(&net.deit), "student");
     net_free(&net);
     net.kind = NET_CNN;
     teacher_build(&net.cnn, &tc);
