@@ -1,5 +1,6 @@
-# deit.c build. `make` builds ./deit with OpenMP and -march=native when the compiler accepts
-# them (NO_OMP=1 turns OpenMP off, NO_NATIVE=1 drops -march=native); `make test` runs the tests.
+# deit.c build. `make` builds ./deit with OpenMP, -march=native and -fno-math-errno when the
+# compiler accepts them (NO_OMP=1 turns OpenMP off, NO_NATIVE=1 drops -march=native); `make test`
+# runs the tests.
 # Never -ffast-math: it breaks erf/exp handling in GELU and the softmax.
 CC ?= cc
 CFLAGS ?= -O3 -Wall -Wextra
