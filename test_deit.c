@@ -407,7 +407,7 @@ static void test_gelu(void) {
     for (int i = 0; i < 4; i++) worst = fmax(worst, fabs((double)erf_approx(far[i]) - erf((double)far[i])));
     check(worst <= 1e-6 && isnan(erf_approx(NAN)), "erf_approx within 1e-6 of erf on [-8, 8] and far out: max error %.2e (at %.5f)", worst, at);
     /* exp_approx (the softmax's and gelu_backward's exp) against exp in double, relative error,
-       on a fine grid over [-87, 88]; beyond it, the clamp */
+       on a fine grid over [-87, 88]; below it, the clamp (callers pass x <= 0) */
     worst = 0.0, at = 0.0;
     for (int i = -870000; i <= 880000; i++) {
         float v = i * 1e-4f;
