@@ -14,7 +14,9 @@ ifeq ($(NO_NATIVE),)
     # Clang on an Intel AVX-512 Xeon would compile the 8 x 32 matmul tile with 256-bit vectors
     # (GCC is told so in deit.c, next to the kernel).
     ifneq ($(shell $(CC) --version 2>/dev/null | grep -c clang),0)
-      ARCH += -mprefer-vector-width=512
+      ifeq ($(call probe,-Werror -mprefer-vector-width=512),yes)
+        ARCH += -mprefer-vector-width=512
+      endif
     endif
   endif
 endif
