@@ -3477,8 +3477,7 @@ static void matmul_fast_one_thread(const MatmulPath *path, float *C, int ldc, co
     }
 }
 
-static float *matmul_packed_b; /* KC x (NC + NR_MAX x threads): packed B panels, allocated once */
-static int matmul_packed_b_threads; /* the thread count it was allocated for */
+static float *matmul_packed_b; /* KC x NC: the blocked loops' packed B panels, allocated once */
 
 /* Rows i0 .. i0+m of C (a block, m <= MC; C already points at the panel's first column) +=
    those rows of A x one B panel (kc x NR, rows ldb apart; n valid columns), MR rows at a time:
@@ -3499,41 +3498,85 @@ static void block_times_panel(const MatmulPath *path, float *C, int ldc, const f
  *    DeiT-Ti/4 at batch 64 (17 slices of KC), with M = 192 to 768 rows. The loops of matmul_fast
  *    below stop all threads twice per K slice (pack B together, then compute), 34 times for
  *    one such product, and cut 192 rows into blocks of 72 + 72 + 48, which two threads share
- *    unevenly. Here each thread owns a fixed range of the work items (one B panel x one block of
- *    MC rows, panel by panel) for every K slice, packs only the panels its items need into its
- *    own part of the buffer, and never waits for the other: one parallel region per product.
- *    This pays while the slice of A (M x KC, read for every panel) stays in L2, so only for
- *    M <= 1024: the products with thousands of rows keep the blocked loops. Each element of C
- *    gets the same sums in the same order as there, so the result is bit for bit the same.
- *    At 2 threads (dev/SPEED.md): the weight gradient of fc2 240 -> 365 GFLOP/s, of proj
- *    224 -> 344, of a ResNet convolution through im2col (16 x 144, K = 16384) 91 -> 174. */
+ *    unevenly. Here each thread owns a fixed range of the work items (one block of MC rows x
+ *    one B panel) for every K slice, packs the A blocks and B panels its items need into its
+ *    own part of a buffer, and never waits for the other: one parallel region per product.
+ *    The items run block by block when M > N and panel by panel otherwise, so that each
+ *    thread packs about half of the larger operand and all of the smaller one.
+ *    A is dout read transposed (A(i,k) = dout[k*N + i]). Read in place, as trick 4 does, each
+ *    k of a tile is a new cache line N floats from the last; on an Intel Xeon the qkv and fc1
+ *    weight gradients (N = 576, 768: lines 2.3 and 3 KB apart) then ran at 165 GFLOP/s at 2
+ *    threads against 260 for the forward products, the other two (768 bytes apart) at 175-215.
+ *    Packed here, each token's MC numbers are read in one run, and the four ran at 185-260
+ *    (dev/SPEED.md, "The weight gradients on an Intel Xeon"). This pays while a thread's A
+ *    blocks and B panels of one K slice stay in L2, so only for M <= 1024: the products with
+ *    thousands of rows keep the blocked loops. Each element of C gets the same sums in the
+ *    same order as there, so the result is bit for bit the same. */
 static int matmul_deep_enabled = 1; /* 0: every product through the blocked loops (tests) */
+static float *matmul_deep_packed;   /* each thread's packed A blocks and B panels (grows, kept) */
+static size_t matmul_deep_packed_size;
+
+/* Rows i0 .. i0+m of a transposed A (A(i,k) = a[k*a_cs + i]) into panels of MR rows, k outer:
+   for each k the m numbers are read in one run. Inlined with a constant MR (below), so that the
+   compiler copies whole vectors. */
+static ALWAYS_INLINE void pack_a_transposed(float *restrict dst, const float *A, int a_cs, int i0, int m, int k0,
+                                            int kc, const int MR) {
+    int full = m / MR * MR;
+    for (int k = 0; k < kc; k++) {
+        const float *src = A + (size_t)(k0 + k) * a_cs + i0;
+        for (int p = 0; p < full; p += MR)
+            for (int i = 0; i < MR; i++) dst[(size_t)p * kc + k * MR + i] = src[p + i];
+    }
+    if (full < m) pack_a(dst + (size_t)full * kc, A, 1, a_cs, i0 + full, m - full, k0, kc, MR);
+}
+
+/* A block of m <= MC rows of A into panels of MR rows (as pack_a). */
+VECTOR_CLONES
+static void pack_a_block(float *restrict dst, const float *A, int a_rs, int a_cs, int i0, int m, int k0, int kc, int MR) {
+    if (a_rs == 1 && MR == 8) pack_a_transposed(dst, A, a_cs, i0, m, k0, kc, 8);
+    else if (a_rs == 1 && MR == 4) pack_a_transposed(dst, A, a_cs, i0, m, k0, kc, 4);
+    else if (a_rs == 1 && MR == 2) pack_a_transposed(dst, A, a_cs, i0, m, k0, kc, 2);
+    else pack_a(dst, A, a_rs, a_cs, i0, m, k0, kc, MR);
+}
+
 static void matmul_fast_deep(const MatmulPath *path, float *C, int ldc, const float *A, int a_rs, int a_cs,
                              const float *B, int b_rs, int b_cs, int M, int N, int K) {
-    const int MR = path->mr, NR = path->nr, a_direct = (a_cs == 1) || (a_rs == 1);
+    const int MR = path->mr, NR = path->nr;
     const int n_panels = (N + NR - 1) / NR, n_blocks = (M + MC - 1) / MC, n_items = n_panels * n_blocks;
+    const int by_block = M > N, inner = by_block ? n_panels : n_blocks; /* item w = outer * inner + inner */
+    size_t per_thread = ((size_t)n_blocks * MC + (size_t)n_panels * NR) * KC;
+    if (matmul_deep_packed_size < per_thread * num_threads()) {
+        free(matmul_deep_packed);
+        matmul_deep_packed_size = per_thread * num_threads();
+        matmul_deep_packed = xmalloc(sizeof(float) * matmul_deep_packed_size);
+    }
     OMP(omp parallel)
     {
-        _Alignas(64) float ap[MC * KC];
         int t = thread_index(), threads = team_size();
         int w_begin = (int)((long)n_items * t / threads), w_end = (int)((long)n_items * (t + 1) / threads);
-        /* this thread's panels q_first .. q_last go to slots q + t of the buffer: a panel
-           that two threads both need (their ranges meet inside it) is packed by each */
-        int q_first = w_begin / n_blocks, q_last = (w_end - 1) / n_blocks;
-        float *bp = matmul_packed_b + (size_t)t * NR * KC;
+        /* the blocks and panels this thread's items use: a range of the outer loop, and all of
+           the inner one unless the items stay in one outer step */
+        int out_first = w_begin / inner, out_last = (w_end - 1) / inner, in_first = 0, in_last = inner - 1;
+        if (out_first == out_last) in_first = w_begin % inner, in_last = (w_end - 1) % inner;
+        int blk_first = by_block ? out_first : in_first, blk_last = by_block ? out_last : in_last;
+        int q_first = by_block ? in_first : out_first, q_last = by_block ? in_last : out_last;
+        float *ap = matmul_deep_packed + (size_t)t * per_thread; /* block blk at ap + blk * MC * kc */
+        float *bp = ap + (size_t)n_blocks * MC * KC;              /* panel q at bp + q * NR * kc */
         for (int k0 = 0; k0 < K && w_begin < w_end; k0 += KC) {
             int kc = K - k0 < KC ? K - k0 : KC;
             for (int q = q_first; q <= q_last; q++) {
                 int n = N - q * NR < NR ? N - q * NR : NR;
-                pack_b_panel(bp + (size_t)q * NR * KC, B, b_rs, b_cs, k0, kc, q * NR, n, NR);
+                pack_b_panel(bp + (size_t)q * NR * kc, B, b_rs, b_cs, k0, kc, q * NR, n, NR);
+            }
+            for (int blk = blk_first; blk <= blk_last; blk++) {
+                int i0 = blk * MC, m = M - i0 < MC ? M - i0 : MC;
+                pack_a_block(ap + (size_t)i0 * kc, A, a_rs, a_cs, i0, m, k0, kc, MR);
             }
             for (int w = w_begin; w < w_end; w++) {
-                int q = w / n_blocks, i0 = (w % n_blocks) * MC;
-                int m = M - i0 < MC ? M - i0 : MC, n = N - q * NR < NR ? N - q * NR : NR;
-                int first = a_direct ? m / MR * MR : 0; /* rows before it are read in place */
-                if (first < m) pack_a(ap + (size_t)first * kc, A, a_rs, a_cs, i0 + first, m - first, k0, kc, MR);
-                block_times_panel(path, C + q * NR, ldc, A, a_rs, a_cs, a_direct, ap, i0, m, k0, kc,
-                                  bp + (size_t)q * NR * KC, NR, n);
+                int blk = by_block ? w / inner : w % inner, q = by_block ? w % inner : w / inner;
+                int i0 = blk * MC, m = M - i0 < MC ? M - i0 : MC, n = N - q * NR < NR ? N - q * NR : NR;
+                block_times_panel(path, C + q * NR, ldc, A, a_rs, a_cs, 0, ap + (size_t)i0 * kc, i0, m, k0, kc,
+                                  bp + (size_t)q * NR * kc, NR, n);
             }
         }
     }
@@ -3547,11 +3590,6 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
         matmul_fast_one_thread(path, C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
         return;
     }
-    if (!matmul_packed_b || matmul_packed_b_threads < num_threads()) {
-        free(matmul_packed_b);
-        matmul_packed_b_threads = num_threads();
-        matmul_packed_b = xmalloc(sizeof(float) * KC * (NC + (size_t)NR_MAX * matmul_packed_b_threads));
-    }
     const int MR = path->mr, NR = path->nr;
     if (K > KC && M <= 1024 && matmul_deep_enabled) { /* trick 7, a slice of N at a time */
         for (int j0 = 0; j0 < N; j0 += NC)
@@ -3559,6 +3597,7 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
                              N - j0 < NC ? N - j0 : NC, K);
         return;
     }
+    if (!matmul_packed_b) matmul_packed_b = xmalloc(sizeof(float) * KC * NC);
     float *bp = matmul_packed_b;
     /* Trick 4: when A's rows or columns are contiguous (a_cs == 1 or a_rs == 1), only a last
        group of fewer than MR rows is packed. When B's rows are contiguous (b_cs == 1) and there
