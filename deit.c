@@ -810,11 +810,20 @@ static void deit_alloc_activations(DeiT *m, int B) {
     ACT_PTRS(a, ptrs);
     ACT_PTRS(g, gptrs);
 #undef ACT_PTRS
+    /* The gradients of a block's activations are used only while the backward pass is in that
+       block, so grads_acts holds one block's (from ln1 to fc2), reused by every block and zeroed
+       as it starts, and two of resid2: the gradient arriving at a block and the one it passes
+       to the block below. */
+    size_t gsizes[NUM_ACTIVATION_TENSORS];
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
+        int per_block = i >= 3 && i <= 18; /* ln1 .. drop_scale: L of everything */
+        gsizes[i] = !has_grad[i] ? 0 : !per_block ? sizes[i] : sizes[i] / L * (i == 17 ? 2 : 1);
+    }
     size_t total = 0, total_grads = 0;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
         m->act_sizes[i] = sizes[i];
         total += sizes[i];
-        total_grads += has_grad[i] ? sizes[i] : 0;
+        total_grads += gsizes[i];
     }
     m->num_acts = total;
     m->num_grads_acts = total_grads;
@@ -825,7 +834,7 @@ static void deit_alloc_activations(DeiT *m, int B) {
         *ptrs[i] = m->acts_memory + off;
         *gptrs[i] = has_grad[i] ? m->grads_acts_memory + goff : NULL;
         off += sizes[i];
-        goff += has_grad[i] ? sizes[i] : 0;
+        goff += gsizes[i];
     }
     m->batch_size = B;
 }
@@ -907,8 +916,8 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
     }
 }
 
-/* Zero all gradients (the backward functions accumulate). The activation gradients are large,
-   so the threads share the work (fill_zero). */
+/* Zero all gradients (the backward functions accumulate; deit_backward zeroes each block's
+   activation gradients again as it enters the block). The threads share the work (fill_zero). */
 static void deit_zero_grad(DeiT *m) {
     memset(m->grads_memory, 0, sizeof(float) * m->num_params);
     if (m->grads_acts_memory) fill_zero(m->grads_acts_memory, m->num_grads_acts);
@@ -932,24 +941,28 @@ static void deit_backward(DeiT *m, int B) {
     linear_backward(da->cls_out, g->head_w, g->head_b, da->logits, a->cls_out, p->head_w, B, D, C);
     select_token_backward(da->lnf, da->cls_out, 0, B, R, D);
     const float *x_last = a->resid2 + (size_t)(L - 1) * BTD;
-    float *dx_last = da->resid2 + (size_t)(L - 1) * BTD;
+    float *dx_last = da->resid2 + (size_t)((L - 1) % 2) * BTD; /* da->resid2 holds two: block l's at l % 2 */
     layernorm_backward(dx_last, g->lnf_w, g->lnf_b, da->lnf, x_last, p->lnf_w, a->lnf_mean, a->lnf_rstd, B * R, D);
 
     for (int l = L - 1; l >= 0; l--) {
         int Tq = deit_tokens_out(m, l);
         size_t BQ = (size_t)B * Tq;
         const float *x = l == 0 ? a->x0 : a->resid2 + (size_t)(l - 1) * BTD;
-        float *dx = l == 0 ? da->x0 : da->resid2 + (size_t)(l - 1) * BTD;
+        float *dx = l == 0 ? da->x0 : da->resid2 + (size_t)((l - 1) % 2) * BTD;
         float *scale1 = a->drop_scale + (size_t)l * 2 * B, *scale2 = scale1 + B;
         float *ln1 = a->ln1 + l * BTD, *ln1_mean = a->ln1_mean + l * BT, *ln1_rstd = a->ln1_rstd + l * BT;
         float *qkv = a->qkv + l * 3 * BTD, *att = a->att + (size_t)l * B * NH * T * T;
         float *atty = a->atty + l * BTD, *resid1 = a->resid1 + l * BTD;
         float *ln2 = a->ln2 + l * BTD, *ln2_mean = a->ln2_mean + l * BT, *ln2_rstd = a->ln2_rstd + l * BT;
         float *fc1 = a->fc1 + l * BTH, *gelu = a->gelu + l * BTH;
-        float *dln1 = da->ln1 + l * BTD, *dqkv = da->qkv + l * 3 * BTD, *datty = da->atty + l * BTD;
-        float *dattproj = da->attproj + l * BTD, *dresid1 = da->resid1 + l * BTD;
-        float *dln2 = da->ln2 + l * BTD, *dfc1 = da->fc1 + l * BTH, *dgelu = da->gelu + l * BTH;
-        float *dfc2 = da->fc2 + l * BTD, *dresid2 = da->resid2 + l * BTD;
+        /* Gradients: dresid2 arrives from above (the block l + 1, or the final norm), dx goes to
+           the block below. The others are this block's, in grads_acts' one-block tensors, which
+           lie one after the other from ln1 to fc2 and start at zero in every block. */
+        float *dresid2 = da->resid2 + (size_t)(l % 2) * BTD;
+        float *dln1 = da->ln1, *dqkv = da->qkv, *datty = da->atty, *dattproj = da->attproj;
+        float *dresid1 = da->resid1, *dln2 = da->ln2, *dfc1 = da->fc1, *dgelu = da->gelu, *dfc2 = da->fc2;
+        fill_zero(da->ln1, (size_t)(da->resid2 - da->ln1));
+        if (l > 0) fill_zero(dx, BTD); /* it held the gradient that came into block l + 1 */
 
         /* MLP branch */
         residual_backward(dresid1, (size_t)Tq * D, dfc2, dresid2, scale2, B, (size_t)Tq * D);

@@ -71,7 +71,9 @@ typedef struct {
 
 /* Everything the forward pass keeps for the backward pass (per-layer tensors stacked on L).
    The same struct type holds the gradients of the activations (DeiT.grads_acts); the tensors
-   marked [no grad] receive none, and their pointer there is NULL.
+   marked [no grad] receive none, and their pointer there is NULL. There the per-layer tensors
+   hold one block (the backward pass needs a block's gradients only while it is in that block),
+   and resid2 two: (2, B, T, D), the block's incoming gradient and the one it passes down.
    The last block (l = L - 1) computes the heads' R = 1 + dist_token tokens only from its
    attention output on (deit_tokens_out in deit.c): there att has R rows of T per image and
    head, atty ... resid2 (and lnf) are (B, R, ...) at the start of the block's (B, T, ...) slot. */
