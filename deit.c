@@ -833,7 +833,7 @@ static void deit_alloc_activations(DeiT *m, int B) {
        to the block below. */
     size_t gsizes[NUM_ACTIVATION_TENSORS];
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
-        int per_block = i >= 3 && i <= 18; /* ln1 .. drop_scale: L of everything */
+        int per_block = i >= 3 && i <= 18; /* ln1 .. drop_scale: one slice per block, L in all */
         gsizes[i] = !has_grad[i] ? 0 : !per_block ? sizes[i] : sizes[i] / L * (i == 17 ? 2 : 1);
     }
     size_t total = 0, total_grads = 0;
@@ -3579,7 +3579,8 @@ static void matmul_fast_deep(const MatmulPath *path, float *C, int ldc, const fl
                              const float *B, int b_rs, int b_cs, int M, int N, int K) {
     const int MR = path->mr, NR = path->nr;
     const int n_panels = (N + NR - 1) / NR, n_blocks = (M + MC - 1) / MC, n_items = n_panels * n_blocks;
-    const int by_block = M > N, inner = by_block ? n_panels : n_blocks; /* item w = outer * inner + inner */
+    /* item w = (outer index) * inner + (inner index): blocks outer when M > N, else panels */
+    const int by_block = M > N, inner = by_block ? n_panels : n_blocks;
     size_t per_thread = ((size_t)n_blocks * MC + (size_t)n_panels * NR) * KC;
     if (matmul_deep_packed_size < per_thread * num_threads()) {
         free(matmul_deep_packed);
