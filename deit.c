@@ -485,8 +485,8 @@ static inline float exp_approx(float x) {
 }
 
 /* x *= s, and the largest x: the maximum kept in SUM_LANES running maxima side by side (as
-   sum_pow), so that the compiler takes 16 at a time; one running maximum was a chain of compares,
-   each waiting for the one before, and a third of attention_forward's time on an Intel Xeon. */
+   sum_pow), so that the compiler takes 16 at a time. One running maximum is a chain of compares,
+   each waiting for the one before: on an Intel Xeon a block's attention_forward ran 12-15% slower. */
 static inline float scale_max(float *x, float s, int n) {
     float lane[SUM_LANES];
     for (int j = 0; j < SUM_LANES; j++) lane[j] = -FLT_MAX;

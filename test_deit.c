@@ -417,6 +417,18 @@ static void test_gelu(void) {
     check(worst <= 5e-7 && exp_approx(0.0f) == 1.0f && exp_approx(-1e30f) < 1e-37f && exp_approx(-1e30f) >= 0.0f &&
               isnan(exp_approx(NAN)), "exp_approx within 5e-7 of exp (relative) on [-87, 88], exp(0) = 1, far out 0: max error %.2e (at %.4f)",
           worst, at);
+    /* scale_max (the softmax's row maximum, 16 running maxima): every length around the lanes,
+       the maximum at every position (also in the tail after the last full 16), every x scaled */
+    int max_ok = 1;
+    for (int n = 1; n <= 70; n++)
+        for (int at_i = 0; at_i < n; at_i++) {
+            float x[70], want[70];
+            for (int i = 0; i < n; i++) x[i] = -5.0f - (float)((i * 7) % 11), want[i] = x[i] * 0.125f;
+            x[at_i] = 3.0f, want[at_i] = 0.375f;
+            float m = scale_max(x, 0.125f, n);
+            max_ok = max_ok && m == 0.375f && !memcmp(x, want, sizeof(float) * n);
+        }
+    check(max_ok, "scale_max: x *= s and the largest x, for lengths 1-70 with the maximum at every position");
 }
 
 static double probe_residual(void *p) {
