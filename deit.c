@@ -3391,7 +3391,7 @@ typedef struct {
 
 
 static const MatmulPath matmul_paths[] = {
-    {"portable C, 4x24 tile", 4, 24, micro_kernel_portable, micro_kernel_portable_taps, 15},
+    {"portable C, 4x24 tile", 4, 24, micro_kernel_portable, micro_kernel_portable_taps, 10},
 #ifdef DEIT_X86_DISPATCH
     {"AVX2+FMA, 2x48 tile", 2, 48, micro_kernel_avx2, micro_kernel_avx2_taps, 50},
     {"AVX-512, 8x32 tile", 8, 32, micro_kernel_avx512, micro_kernel_avx512_taps, 15},
@@ -3690,20 +3690,25 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
  *    them all back: with the packing of col for the weight gradient that was a quarter of
  *    ResNet-20's step at one thread (dev/SPEED.md). Instead each chunk of images is copied
  *    once into a padded layout in which every tap (ky, kx) of the kernel is a fixed shift:
- *      - a channel holds the chunk's images one below the other, with `pad` zero rows above
- *        each image and below the last one, and every row starts with `pad` zeros: rows are
- *        pitch = w + pad floats apart. (The zeros at the start of a row are also the right
- *        padding of the row above: pixel x = w - 1 + d, d = 1 .. pad, of row y is entry d - 1
- *        of row y + 1.)
+ *      - a channel holds the chunk's nb images interleaved by rows: row y of image 0, row y of
+ *        image 1, ..., row y of image nb-1, then row y + 1 of image 0, and so on. Every row
+ *        starts with `pad` zeros, so rows are pitch = w + pad floats apart, and the pixel
+ *        below (image i, y, x) is step = nb * pitch floats further. `pad` steps of zeros lie
+ *        above the first rows and below the last ones. (The zeros at the start of a row are
+ *        also the right padding of the row before it: pixel x = w - 1 + d, d = 1 .. pad, of a
+ *        row is entry d - 1 of the next row.)
  *      - the output is computed on the same grid: output pixel (image, y, x) is grid column
  *        q = its own input pixel's position minus the first pixel's. Input pixel
  *        (c, y + ky - pad, x + kx - pad), which im2col copies to col row (c, ky, kx), then lies
- *        at q + c * plane + (ky - pad) * pitch + (kx - pad) from the first pixel.
+ *        at q + c * plane + (ky - pad) * step + (kx - pad) from the first pixel.
  *    So row (c, ky, kx) of col is the padded input itself, read from a shifted start: the
  *    kernel takes B row k at b + b_off[k] (the _taps kernels), with no copy. The grid columns
  *    that are padding get an output too (a sum over real memory, meaningless), dropped when the
- *    grid is copied back: (w + pad) x (h + pad) / (w x h) of the work, 1.06 at 32x32 and 1.27 at
- *    8x8. Every output is the same sum in the same order as through im2col with the same kernel
+ *    grid is copied back: (w + pad) / w of the work, 1.03 at 32x32 and 1.125 at 8x8. (With the
+ *    images one below the other instead, each image also had its own `pad` zero rows: (w + pad)
+ *    x (h + pad) / (w x h), 1.27 at 8x8. Interleaved, ResNet-20 trained 5-6% faster and airbench
+ *    9% on an Intel Xeon at 2 threads; dev/SPEED.md, "The images interleaved by rows".)
+ *    Every output is the same sum in the same order as through im2col with the same kernel
  *    version, so the forward pass is bit for bit the same.
  *    Backward, with dout copied to the same padded layout (zeros where the grid is padding):
  *      dW^T[(ky,kx), c][co] = sum over q of in[q + shift(c, ky, kx)] * dout[co][q]: the input
@@ -3714,17 +3719,19 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
 static int conv_direct_shape(const ConvBN *l) { /* (not 1 x 1: there im2col is a plain copy) */
     return l->stride == 1 && l->ksize >= 3 && l->ksize == 2 * l->pad + 1 && l->hout == l->hin && l->wout == l->win;
 }
-/* Taken where the grid's padding columns add at most conv_direct_pct % to the work. With the
-   AVX-512 and the portable tile that is 15% (images of 14 x 14 and more, pad 1): on smaller
-   ones the padding costs more than im2col saves (dev/bench_conv.c, one thread: 1.1-1.4x
-   faster at 15 x 15 to 32 x 32, the same at 8 x 8, 0.7-0.9x on airbench's 7 x 7 and 3 x 3
-   with 256 channels). The AVX2 tile reads each B vector twice and gains more from a compact B:
-   up to 50% (5 x 5 and more; 1.35x forward at 7 x 7, 0.8x backward at 3 x 3).
+/* Taken where the grid's padding columns add at most conv_direct_pct % to the work, pad / w.
+   With the AVX-512 tile that is 15%: images of 7 x 7 and more (pad 1). On an Intel Xeon at 2
+   threads (dev/bench_conv.c), forward and backward: 1.04x and 1.11x faster than im2col at 8 x 8,
+   1.16x and 1.08x at 7 x 7 with 256 channels, 1.4-1.7x at 15 x 15 to 32 x 32; on 3 x 3 (33%)
+   1.00x and 0.88x. The portable tile, 10%: 8 x 8 is even there, 7 x 7 0.90x and 0.96x. The AVX2
+   tile reads each B vector twice and gains more from a compact B: up to 50% (1.68x and 1.23x
+   at 3 x 3 with the AVX2 kernel on the Xeon; on an AMD EPYC, with the images one below the
+   other, 1.35x forward at 7 x 7).
    conv_direct_enabled: 1 where the padding costs at most conv_direct_pct, 0 never, 2 on every
    "same" convolution (the tests, which use small images). */
 static int conv_direct_enabled = 1;
 static int conv_direct(const ConvBN *l) {
-    long grid = (long)(l->hin + l->pad) * (l->win + l->pad), pixels = (long)l->hin * l->win;
+    long grid = l->win + l->pad, pixels = l->win; /* per image row */
     return matmul_use_fast && conv_direct_enabled && conv_direct_shape(l) &&
            (conv_direct_enabled == 2 || 100 * grid <= (100 + matmul_path()->conv_direct_pct) * pixels);
 }
@@ -3734,11 +3741,15 @@ static int conv_direct(const ConvBN *l) {
    are computed and never stored). Offsets into it are ints: a chunk's planes are a few MB. */
 static size_t conv_padded_plane(const ConvBN *l, int nb) {
     int pitch = l->win + l->pad;
-    return (size_t)(l->pad + nb * (l->hin + l->pad) + l->pad + 2) * pitch + NR_MAX + 16;
+    return (size_t)((l->hin + 2 * l->pad) * nb + 1) * pitch + NR_MAX + 16;
 }
+/* Grid columns from a pixel to the one below it in the same image: nb rows of pitch */
+static int conv_row_step(const ConvBN *l, int nb) { return nb * (l->win + l->pad); }
+/* Where the first pixel lies in a padded plane: below pad zero rows of every image, after pad zeros */
+static size_t conv_first_pixel(const ConvBN *l, int nb) { return (size_t)l->pad * conv_row_step(l, nb) + l->pad; }
 /* Grid columns from the first pixel to the last one of nb images */
 static int conv_grid_columns(const ConvBN *l, int nb) {
-    return ((nb - 1) * (l->hin + l->pad) + l->hin - 1) * (l->win + l->pad) + l->win;
+    return (l->hin * nb - 1) * (l->win + l->pad) + l->win;
 }
 static size_t conv_direct_scratch(const ConvBN *l, int nb) { /* floats of col (and more than dcol needs) */
     return (size_t)(l->cin + l->cout) * conv_padded_plane(l, nb);
@@ -3746,19 +3757,16 @@ static size_t conv_direct_scratch(const ConvBN *l, int nb) { /* floats of col (a
 
 /* Images b0 .. b0+nb of x (C, B, h, w) into the padded layout, channel c at P + c * plane. */
 static void conv_pad(float *P, size_t plane, const float *x, int C, int B, int b0, int nb, const ConvBN *l) {
-    int h = l->hin, w = l->win, pad = l->pad, pitch = w + pad;
+    int h = l->hin, w = l->win, pad = l->pad, pitch = w + pad, step = conv_row_step(l, nb);
     for (int c = 0; c < C; c++) {
-        float *Pc = P + c * plane;
-        memset(Pc, 0, sizeof(float) * pad * pitch); /* the rows above the first image */
-        for (int i = 0; i < nb; i++) {
-            const float *src = x + ((size_t)c * B + b0 + i) * h * w;
-            float *row = Pc + (size_t)(pad + i * (h + pad)) * pitch;
-            for (int y = 0; y < h; y++, row += pitch, src += w) {
+        float *Pc = P + c * plane, *row = Pc + (size_t)pad * step;
+        memset(Pc, 0, sizeof(float) * pad * step); /* the rows above the images */
+        for (int y = 0; y < h; y++)
+            for (int i = 0; i < nb; i++, row += pitch) {
                 for (int d = 0; d < pad; d++) row[d] = 0.0f;
-                memcpy(row + pad, src, sizeof(float) * w);
+                memcpy(row + pad, x + (((size_t)c * B + b0 + i) * h + y) * w, sizeof(float) * w);
             }
-            memset(row, 0, sizeof(float) * (pad * pitch + (i == nb - 1 ? pitch : 0))); /* below it */
-        }
+        memset(row, 0, sizeof(float) * (pad * step + pitch)); /* below them */
     }
 }
 
@@ -3768,7 +3776,7 @@ static void conv_unpad(float *y, const float *G, int ldg, int C, int B, int b0, 
     for (int c = 0; c < C; c++)
         for (int i = 0; i < nb; i++)
             for (int r = 0; r < h; r++) {
-                const float *src = G + (size_t)c * ldg + (size_t)(i * (h + l->pad) + r) * pitch;
+                const float *src = G + (size_t)c * ldg + (size_t)(r * nb + i) * pitch;
                 float *dst = y + (((size_t)c * B + b0 + i) * h + r) * w;
                 if (add) for (int x = 0; x < w; x++) dst[x] += src[x];
                 else memcpy(dst, src, sizeof(float) * w);
@@ -3776,23 +3784,23 @@ static void conv_unpad(float *y, const float *G, int ldg, int C, int B, int b0, 
 }
 
 /* Where tap j = (c, ky, kx) of the first pixel lies in the padded layout, relative to it. */
-static int conv_tap_shift(const ConvBN *l, size_t plane, int j) {
+static int conv_tap_shift(const ConvBN *l, size_t plane, int nb, int j) {
     int k = l->ksize, c = j / (k * k), ky = j / k % k, kx = j % k;
-    return (int)(c * plane) + (ky - l->pad) * (l->win + l->pad) + (kx - l->pad);
+    return (int)(c * plane) + (ky - l->pad) * conv_row_step(l, nb) + (kx - l->pad);
 }
 
 /* G (M x N grid columns, row stride ldg) += A (M x C*k*k, row stride lda) x the taps of the padded
    P: the loops of matmul_fast_one_thread, with B read in place through the shifts of its rows. */
 static void conv_taps_product(float *G, int ldg, const float *A, int lda, const float *P, size_t plane, int C,
-                              const ConvBN *l, int M, int N) {
+                              const ConvBN *l, int nb, int M, int N) {
     const MatmulPath *path = matmul_path();
     const int MR = path->mr, NR = path->nr, K = C * l->ksize * l->ksize;
-    const float *first = P + (size_t)l->pad * (l->win + l->pad) + l->pad; /* the first pixel */
+    const float *first = P + conv_first_pixel(l, nb);
     _Alignas(64) float ap[KC * MR_MAX];
     int b_off[KC];
     for (int k0 = 0, ks = k_slice(K); k0 < K; k0 += ks) {
         int kc = K - k0 < ks ? K - k0 : ks, tail = M / MR * MR;
-        for (int k = 0; k < kc; k++) b_off[k] = conv_tap_shift(l, plane, k0 + k);
+        for (int k = 0; k < kc; k++) b_off[k] = conv_tap_shift(l, plane, nb, k0 + k);
         if (tail < M) pack_a(ap, A, lda, 1, tail, M - tail, k0, kc, MR); /* the last rows, once per slice */
         for (int j0 = 0; j0 < N; j0 += NR) {
             int n = N - j0 < NR ? N - j0 : NR;
@@ -3815,11 +3823,11 @@ static void conv_taps_product(float *G, int ldg, const float *A, int lda, const 
    lanes.
    Few output channels (ResNet's first stage: 16, half the AVX-512 tile's 32 columns) would
    leave most of the tile idle, so taps are stacked: the sum of tap (ky + h, kx) over q equals,
-   with q moved by h rows, sum over q of in[c][q + shift(ky, kx)] * dout[co][q - h * pitch]. So
-   one product with the rows of tap (ky, kx) and the panel [dout(q), dout(q - pitch), ...,
-   dout(q - (g-1) pitch)] gives g taps at once, g * cout columns. The sum runs over (g-1) more
-   rows of grid columns; the extra terms read the zero rows around the images (g - 1 <= pad,
-   see conv_weight_grad_stack). dWt is then laid out per group of stacked taps:
+   with q moved by h image rows (h steps), sum over q of in[c][q + shift(ky, kx)] *
+   dout[co][q - h * step]. So one product with the rows of tap (ky, kx) and the panel
+   [dout(q), dout(q - step), ..., dout(q - (g-1) step)] gives g taps at once, g * cout columns.
+   The sum runs over (g-1) steps more of grid columns; the extra terms read the zero rows
+   above and below the images (g - 1 <= pad, see conv_weight_grad_stack). dWt is then laid out per group of stacked taps:
    conv_weight_grad_at(). ResNet-20's first stage: its weight gradient 1.3x faster (AVX2 1.35x),
    the whole training step 4-5%.                                                              */
 static int conv_weight_grad_stack(const ConvBN *l) { /* g: taps stacked in one column panel */
@@ -3834,19 +3842,20 @@ static size_t conv_weight_grad_at(const ConvBN *l, int g, int co, int ci, int ky
     return (size_t)ky0 * k * l->cin * l->cout + ((size_t)kx * l->cin + ci) * rows * l->cout +
            (size_t)(ky - ky0) * l->cout + co;
 }
-/* The stacked panel: row q = the cout channels of dout at grid columns q, q - pitch, ... */
-static void pack_b_stacked(float *restrict dst, const float *dout, size_t plane, int pitch, int cout, int g, int kc,
+/* The stacked panel: row q = the cout channels of dout at grid columns q, q - step, ... */
+static void pack_b_stacked(float *restrict dst, const float *dout, size_t plane, int step, int cout, int g, int kc,
                            int NR) {
     if (g * cout < NR) memset(dst, 0, sizeof(float) * NR * kc);
     for (int k = 0; k < kc; k++)
         for (int h = 0; h < g; h++)
-            for (int co = 0; co < cout; co++) dst[k * NR + h * cout + co] = dout[co * plane + k - (ptrdiff_t)h * pitch];
+            for (int co = 0; co < cout; co++) dst[k * NR + h * cout + co] = dout[co * plane + k - (ptrdiff_t)h * step];
 }
-static void conv_taps_weight_grad(float *dWt, const float *Pdout, const float *Pin, size_t plane, const ConvBN *l, int N) {
+static void conv_taps_weight_grad(float *dWt, const float *Pdout, const float *Pin, size_t plane, const ConvBN *l,
+                                  int nb, int N) {
     const MatmulPath *path = matmul_path();
-    const int MR = path->mr, NR = path->nr, C = l->cin, k = l->ksize, cout = l->cout, pitch = l->win + l->pad;
-    const int g = conv_weight_grad_stack(l), N_sum = N + (g - 1) * pitch; /* grid columns summed over */
-    size_t first = (size_t)l->pad * pitch + l->pad;
+    const int MR = path->mr, NR = path->nr, C = l->cin, k = l->ksize, cout = l->cout, step = conv_row_step(l, nb);
+    const int g = conv_weight_grad_stack(l), N_sum = N + (g - 1) * step; /* grid columns summed over */
+    size_t first = conv_first_pixel(l, nb);
     _Alignas(64) float ap[KC * MR_MAX];
     _Alignas(64) float bp[KC * NR_MAX];
     for (int k0 = 0, ks = k_slice(N_sum); k0 < N_sum; k0 += ks) { /* slices of the grid columns, the sum's index here */
@@ -3854,14 +3863,14 @@ static void conv_taps_weight_grad(float *dWt, const float *Pdout, const float *P
         for (int j0 = 0; j0 < cout; j0 += NR) { /* (with g > 1, one panel) */
             int n = cout - j0 < NR ? cout - j0 : NR;
             if (g == 1) pack_b_panel(bp, Pdout + first, 1, (int)plane, k0, kc, j0, n, NR);
-            else pack_b_stacked(bp, Pdout + first + k0, plane, pitch, cout, g, kc, NR);
+            else pack_b_stacked(bp, Pdout + first + k0, plane, step, cout, g, kc, NR);
             for (int ky0 = 0; ky0 < k; ky0 += g) {
                 int rows = k - ky0 < g ? k - ky0 : g, ldc = rows * cout, cols = g == 1 ? n : ldc;
-                int kc_rows = N + (rows - 1) * pitch - k0; /* a last group of fewer taps sums fewer */
+                int kc_rows = N + (rows - 1) * step - k0; /* a last group of fewer taps sums fewer */
                 if (kc_rows > kc) kc_rows = kc;
                 if (kc_rows <= 0) continue;
                 for (int kx = 0; kx < k; kx++) {
-                    const float *a = Pin + first + conv_tap_shift(l, plane, ky0 * k + kx) + k0; /* channel 0 */
+                    const float *a = Pin + first + conv_tap_shift(l, plane, nb, ky0 * k + kx) + k0; /* channel 0 */
                     float *c = dWt + conv_weight_grad_at(l, g, j0, 0, ky0, kx);
                     for (int i0 = 0; i0 < tail; i0 += MR)
                         path->kernel(kc_rows, a + i0 * plane, 1, (int)plane, bp, NR, c + (size_t)i0 * ldc, ldc, MR, cols);
@@ -3896,7 +3905,7 @@ static void conv_forward_direct(float *out, float *col, float *keep, const float
     float *P = keep ? conv_padded_chunk(keep, l, B, b0) : col, *G = col + l->cin * plane;
     conv_pad(P, plane, in, l->cin, B, b0, nb, l);
     memset(G, 0, sizeof(float) * l->cout * ldg);
-    conv_taps_product(G, ldg, w, K, P, plane, l->cin, l, l->cout, N);
+    conv_taps_product(G, ldg, w, K, P, plane, l->cin, l, nb, l->cout, N);
     conv_unpad(out, G, ldg, l->cout, B, b0, nb, l, 0);
 }
 
@@ -3910,10 +3919,10 @@ static void conv_backward_direct(float *din, int din_add, float *dw_lane, float 
     float *Pin = kept ? conv_padded_chunk(kept, l, B, b0) : col, *Pdout = col + l->cin * plane;
     if (!kept) conv_pad(Pin, plane, in, l->cin, B, b0, nb, l);
     conv_pad(Pdout, plane, dout, l->cout, B, b0, nb, l);
-    conv_taps_weight_grad(dw_lane, Pdout, Pin, plane, l, N);
+    conv_taps_weight_grad(dw_lane, Pdout, Pin, plane, l, nb, N);
     if (!din) return;
     memset(dcol, 0, sizeof(float) * l->cin * ldg);
-    conv_taps_product(dcol, ldg, w_flip, K, Pdout, plane, l->cout, l, l->cin, N);
+    conv_taps_product(dcol, ldg, w_flip, K, Pdout, plane, l->cout, l, nb, l->cin, N);
     conv_unpad(din, dcol, ldg, l->cin, B, b0, nb, l, din_add);
 }
 
