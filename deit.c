@@ -1388,7 +1388,7 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
                           const ConvBN *l, int B) {
     int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
     int k = l->ksize, flip = din && conv_same_shape(l), n_chunks = (B + chunk - 1) / chunk;
-    int direct = conv_direct(l), taps = k * k; /* direct: the lanes' partials are transposed, (tap, ci) x co */
+    int direct = conv_direct(l); /* direct: the lanes' partials are transposed, (tap, ci) x co */
     int stack = direct ? conv_weight_grad_stack(l) : 1;
     size_t col_size = conv_col_size(l, B), nw = (size_t)l->cout * K;
     if (flip || (din && direct))
@@ -1424,13 +1424,25 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
             }
         }
     }
+    /* the lanes' partial gradients added up in lane order, in place of lane 0's, in the order
+       they lie in memory; then added to dw, from dWt's layout on the direct path (reading the
+       lanes through conv_weight_grad_at took 7% of a 64-channel backward at 8 x 8) */
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < nw; i++) {
-        size_t at = i;
-        if (direct) at = conv_weight_grad_at(l, stack, (int)(i / K), (int)(i % K / taps), (int)(i % taps / k), (int)(i % k));
         float sum = 0.0f;
-        for (int lane = 0; lane < CONV_LANES; lane++) sum += dw_lanes[lane * nw + at];
-        dw[i] += sum;
+        for (int lane = 0; lane < CONV_LANES; lane++) sum += dw_lanes[lane * nw + i];
+        dw_lanes[i] = sum;
+    }
+    OMP(omp parallel for schedule(static))
+    for (int co = 0; co < l->cout; co++) {
+        float *dw_co = dw + (size_t)co * K;
+        if (!direct) {
+            for (int i = 0; i < K; i++) dw_co[i] += dw_lanes[(size_t)co * K + i];
+            continue;
+        }
+        for (int ci = 0; ci < l->cin; ci++)
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) dw_co[(ci * k + ky) * k + kx] += dw_lanes[conv_weight_grad_at(l, stack, co, ci, ky, kx)];
     }
 }
 
