@@ -1255,7 +1255,10 @@ static void im2col(float *col, int ld, const float *in, int B, int b0, int nb, i
                 }
                 const float *in_row = in + (((size_t)c * B + b) * hin + iy) * win;
                 if (stride == 1 && hi > lo) memcpy(dst_row + lo, in_row + lo - pad + kx, sizeof(float) * (hi - lo));
-                else if (stride != 1) for (int ox = lo; ox < hi; ox++) dst_row[ox] = in_row[ox * stride - pad + kx];
+                else if (stride == 2) { /* the same with a constant stride: ResNet's downsampling 1.07-1.2x faster */
+                    const float *src = in_row - pad + kx;
+                    for (int ox = lo; ox < hi; ox++) dst_row[ox] = src[2 * ox];
+                } else if (stride != 1) for (int ox = lo; ox < hi; ox++) dst_row[ox] = in_row[ox * stride - pad + kx];
             }
             zero_columns(dst, hout, wout, lo, hi);
         }
@@ -1364,6 +1367,10 @@ static void conv_forward(float *out, float *cols, float *keep, const float *in, 
 }
 
 /* out = W col  =>  dW = dout col^T,  dcol = W^T dout,  din = col2im(dcol), chunk by chunk.
+   The fast matmul copies an operand read transposed into panels: col^T (K columns) in dout col^T.
+   Where K > cout (ResNet's stride-2 3x3 convolutions: K = 144 or 288 against 32 or 64), each
+   lane computes dW^T = col dout^T instead, whose transposed operand is dout (cout columns), and
+   the lanes are added up transposed back (ResNet-20's 16 -> 32 stride-2 backward 1.3x faster).
    A stride-1 convolution that keeps the shape (ResNet's 3x3 pad 1 convs inside a stage) takes
    a shortcut for din: the gradient of a convolution is the convolution of dout with the same
    kernel flipped in space and with in/out channels swapped (the "transposed convolution"):
@@ -1389,7 +1396,7 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
     int hw = l->hout * l->wout, NP = B * hw, K = l->cin * l->ksize * l->ksize, chunk = conv_chunk(l, B);
     int k = l->ksize, flip = din && conv_same_shape(l), n_chunks = (B + chunk - 1) / chunk;
     int direct = conv_direct(l); /* direct: the lanes' partials are transposed, (tap, ci) x co */
-    int stack = direct ? conv_weight_grad_stack(l) : 1;
+    int stack = direct ? conv_weight_grad_stack(l) : 1, dw_transposed = !direct && K > l->cout;
     size_t col_size = conv_col_size(l, B), nw = (size_t)l->cout * K;
     if (flip || (din && direct))
         for (int co = 0; co < l->cout; co++)
@@ -1413,7 +1420,8 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
                 for (int ci = 0; ci < l->cin; ci++)
                     memset(din + ((size_t)ci * B + b0) * l->hin * l->win, 0, sizeof(float) * nb * l->hin * l->win);
             im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, k, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
-            matmul(dw_lane, K, dout_chunk, NP, 1, col, 1, ld, l->cout, K, nb * hw);
+            if (dw_transposed) matmul(dw_lane, l->cout, col, ld, 1, dout_chunk, 1, NP, K, l->cout, nb * hw);
+            else matmul(dw_lane, K, dout_chunk, NP, 1, col, 1, ld, l->cout, K, nb * hw);
             if (flip) { /* col is free again: it now takes the patches of dout (cout*k*k = K rows) */
                 im2col(col, ld, dout, B, b0, nb, l->cout, l->hout, l->wout, k, 1, k - 1 - l->pad, l->hin, l->win);
                 matmul(din + (size_t)b0 * hw, NP, w_flip, K, 1, col, ld, 1, l->cin, nb * hw, K);
@@ -1437,7 +1445,7 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
     for (int co = 0; co < l->cout; co++) {
         float *dw_co = dw + (size_t)co * K;
         if (!direct) {
-            for (int i = 0; i < K; i++) dw_co[i] += dw_lanes[(size_t)co * K + i];
+            for (int i = 0; i < K; i++) dw_co[i] += dw_lanes[dw_transposed ? (size_t)i * l->cout + co : (size_t)co * K + i];
             continue;
         }
         for (int ci = 0; ci < l->cin; ci++)
