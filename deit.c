@@ -3775,6 +3775,19 @@ static size_t conv_direct_scratch(const ConvBN *l, int nb) { /* floats of col (a
     return (size_t)(l->cin + l->cout) * conv_padded_plane(l, nb);
 }
 
+/* n floats. memcpy of a size the compiler knows becomes a few vector moves; with a variable size
+   it is a call, which costs about as much as copying an image row of 8 to 32 floats. So the
+   widths of CIFAR's ResNet stages get copies of their own (the copies in and out of the padded
+   layout: the 32-channel 16 x 16 forward 4-5% faster; dev/SPEED.md). */
+static inline void copy_row(float *restrict dst, const float *restrict src, int n) {
+    switch (n) {
+    case 8: memcpy(dst, src, sizeof(float) * 8); break;
+    case 16: memcpy(dst, src, sizeof(float) * 16); break;
+    case 32: memcpy(dst, src, sizeof(float) * 32); break;
+    default: memcpy(dst, src, sizeof(float) * n);
+    }
+}
+
 /* Images b0 .. b0+nb of x (C, B, h, w) into the padded layout, channel c at P + c * plane. */
 static void conv_pad(float *P, size_t plane, const float *x, int C, int B, int b0, int nb, const ConvBN *l) {
     int h = l->hin, w = l->win, pad = l->pad, pitch = w + pad, step = conv_row_step(l, nb);
@@ -3784,7 +3797,7 @@ static void conv_pad(float *P, size_t plane, const float *x, int C, int B, int b
         for (int y = 0; y < h; y++)
             for (int i = 0; i < nb; i++, row += pitch) {
                 for (int d = 0; d < pad; d++) row[d] = 0.0f;
-                memcpy(row + pad, x + (((size_t)c * B + b0 + i) * h + y) * w, sizeof(float) * w);
+                copy_row(row + pad, x + (((size_t)c * B + b0 + i) * h + y) * w, w);
             }
         memset(row, 0, sizeof(float) * (pad * step + pitch)); /* below them */
     }
@@ -3799,7 +3812,7 @@ static void conv_unpad(float *y, const float *G, int ldg, int C, int B, int b0, 
                 const float *src = G + (size_t)c * ldg + (size_t)(r * nb + i) * pitch;
                 float *dst = y + (((size_t)c * B + b0 + i) * h + r) * w;
                 if (add) for (int x = 0; x < w; x++) dst[x] += src[x];
-                else memcpy(dst, src, sizeof(float) * w);
+                else copy_row(dst, src, w);
             }
 }
 
