@@ -54,6 +54,10 @@ static double dot(const float *a, const float *b, size_t n) {
 /* ---- finite-difference machinery -------------------------------------------------------- */
 typedef double (*ProbeFn)(void *ctx); /* runs a forward pass, returns the scalar probe loss */
 
+/* The larger of two errors, or NaN if either is one (fmax and a plain > would skip a NaN, and a
+   check "error < tol" would then pass on a NaN gradient) */
+static double max_or_nan(double a, double b) { return a != a || b != b ? NAN : a > b ? a : b; }
+
 /* Compares analytic[i] with the central difference of f in x[i] on up to max_checks entries.
    Error per entry: |a - n| / max(|a| + |n|, floor). Returns the largest error.
    With kinks_skipped pointing to a counter (nets with max-pools), an entry where f has a kink
@@ -84,7 +88,7 @@ static double grad_error(float *x, const float *analytic, size_t n, ProbeFn f, v
         double denom = fabs(analytic[i]) + fabs(num);
         if (denom < floor) denom = floor;
         double err = fabs(analytic[i] - num) / denom;
-        if (err > worst) worst = err;
+        worst = max_or_nan(worst, err);
     }
     return worst;
 }
@@ -349,7 +353,7 @@ static void test_attention(void) {
     probe_attention(&c2), probe_attention(&c3);
     worst = 0;
     for (b = 0; b < 2; b++)
-        for (i = 0; i < 2 * D2; i++) worst = fmax(worst, fabs(c3.out[b * 2 * D2 + i] - c2.out[b * T2 * D2 + i]));
+        for (i = 0; i < 2 * D2; i++) worst = max_or_nan(worst, fabs(c3.out[b * 2 * D2 + i] - c2.out[b * T2 * D2 + i]));
     check(worst == 0, "attention with queries from the first 2 of 7 tokens: their rows of the full output (max diff %.1e)", worst);
     float *dqkv3 = zeros(nqkv2);
     attention_backward(dqkv3, c3.R, c3.x, c3.aux1, 2, T2, 2, D2, 2);
@@ -372,8 +376,8 @@ static void test_attention(void) {
         }
         matmul_use_fast = saved;
         double e_out = 0, e_dq = 0;
-        for (size_t i = 0; i < no; i++) e_out = fmax(e_out, fabs(out[1][i] - out[0][i]) / (1 + fabs(out[0][i])));
-        for (size_t i = 0; i < nq; i++) e_dq = fmax(e_dq, fabs(dq[1][i] - dq[0][i]) / (1 + fabs(dq[0][i])));
+        for (size_t i = 0; i < no; i++) e_out = max_or_nan(e_out, fabs(out[1][i] - out[0][i]) / (1 + fabs(out[0][i])));
+        for (size_t i = 0; i < nq; i++) e_dq = max_or_nan(e_dq, fabs(dq[1][i] - dq[0][i]) / (1 + fabs(dq[0][i])));
         check(e_out < 1e-5 && e_dq < 1e-5, "attention, %d tokens, head size %d: fast matmul = naive loops (out %.1e, dqkv %.1e)",
               T, D / NH, e_out, e_dq);
     }
@@ -404,7 +408,7 @@ static void test_gelu(void) {
         if (e > worst) worst = e, at = v;
     }
     float far[4] = {-1e30f, -50.0f, 50.0f, 1e30f};
-    for (int i = 0; i < 4; i++) worst = fmax(worst, fabs((double)erf_approx(far[i]) - erf((double)far[i])));
+    for (int i = 0; i < 4; i++) worst = max_or_nan(worst, fabs((double)erf_approx(far[i]) - erf((double)far[i])));
     check(worst <= 1e-6 && isnan(erf_approx(NAN)), "erf_approx within 1e-6 of erf on [-8, 8] and far out: max error %.2e (at %.5f)", worst, at);
     /* exp_approx (the softmax's and gelu_backward's exp) against exp in double, relative error,
        on a fine grid over [-87, 88]; below it, the clamp (callers pass x <= 0) */
@@ -675,9 +679,9 @@ static void test_last_block_heads_only(int dist) {
     }
     deit_last_block_all_tokens = 0;
     double e_logits = 0, e_grads = 0, g_max = 0;
-    for (int i = 0; i < B * C; i++) e_logits = fmax(e_logits, fabs(logits[0][i] - logits[1][i]));
+    for (int i = 0; i < B * C; i++) e_logits = max_or_nan(e_logits, fabs(logits[0][i] - logits[1][i]));
     for (size_t i = 0; i < m.num_params; i++)
-        e_grads = fmax(e_grads, fabs(grads[0][i] - grads[1][i])), g_max = fmax(g_max, fabs(grads[1][i]));
+        e_grads = max_or_nan(e_grads, fabs(grads[0][i] - grads[1][i])), g_max = max_or_nan(g_max, fabs(grads[1][i]));
     check(e_logits < 1e-6 && e_grads < 1e-6 * g_max && g_max > 0,
           "dist=%d: last block for the heads' %d tokens of %d = all tokens: logits (max diff %.1e), gradients "
           "(max diff %.1e of %.1e)", dist, 1 + dist, m.num_tokens, e_logits, e_grads, g_max);
@@ -931,9 +935,9 @@ static double max_rel_diff(const float *a, const float *b, size_t n) { /* max |a
     double e = 0, scale = 1e-30;
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)a[i] - b[i]);
-        if (d != d) return INFINITY; /* (fmax would skip it) */
-        e = fmax(e, d);
-        scale = fmax(scale, fabs(b[i]));
+        if (d != d) return INFINITY;
+        e = max_or_nan(e, d);
+        scale = max_or_nan(scale, fabs(b[i]));
     }
     return e / scale;
 }
@@ -1284,8 +1288,8 @@ static void test_airbench_layers(void) {
         for (int j = 0; j < n; j++) {
             double av = 0.0, vv = 0.0;
             for (int k = 0; k < n; k++) av += A0[i * n + k] * V[k * n + j], vv += V[k * n + i] * V[k * n + j];
-            err = fmax(err, fabs(av - V[i * n + j] * A[j * n + j]));
-            orth = fmax(orth, fabs(vv - (i == j)));
+            err = max_or_nan(err, fabs(av - V[i * n + j] * A[j * n + j]));
+            orth = max_or_nan(orth, fabs(vv - (i == j)));
         }
     check(err < 1e-10 && orth < 1e-12, "symmetric_eigen (Jacobi), 12x12: |A v - lambda v| %.1e, |V^T V - I| %.1e", err, orth);
     /* whitening from data: on images with correlated channels, the 24 filters' outputs over all
@@ -1328,9 +1332,9 @@ static void test_airbench_layers(void) {
     double off = 0.0, diag_lo = 1e9, diag_hi = 0.0, neg = 0.0;
     for (int a = 0; a < 12; a++) {
         for (int b = 0; b < 12; b++)
-            if (a != b) off = fmax(off, fabs(M[a * 24 + b] / count));
-        diag_lo = fmin(diag_lo, M[a * 24 + a] / count), diag_hi = fmax(diag_hi, M[a * 24 + a] / count);
-        for (int f = 0; f < 12; f++) neg = fmax(neg, fabs(t.whiten.w[a * 12 + f] + t.whiten.w[(12 + a) * 12 + f]));
+            if (a != b) off = max_or_nan(off, fabs(M[a * 24 + b] / count));
+        diag_lo = fmin(diag_lo, M[a * 24 + a] / count), diag_hi = max_or_nan(diag_hi, M[a * 24 + a] / count);
+        for (int f = 0; f < 12; f++) neg = max_or_nan(neg, fabs(t.whiten.w[a * 12 + f] + t.whiten.w[(12 + a) * 12 + f]));
     }
     check(off < 1e-4 && diag_hi < 1.0 + 1e-4 && diag_lo > 0.0 && neg == 0.0,
           "whitening filters: patch outputs decorrelated (|off-diagonal| %.1e), variances in (0, 1] (%.3f .. %.3f), filters 12-23 = -(0-11)",
@@ -1393,8 +1397,8 @@ static void test_airbench_model(void) {
     for (int i = 0; i < t->num_tensors; i++)
         for (size_t j = 0; j < t->tensors[i].size; j++) {
             size_t k = t->tensors[i].offset + j;
-            if (i == 1) bias_grad = fmax(bias_grad, fabs(t->grads_memory[k]));
-            else diff = fmax(diff, fabs(t->grads_memory[k] - all_grads[k]));
+            if (i == 1) bias_grad = max_or_nan(bias_grad, fabs(t->grads_memory[k]));
+            else diff = max_or_nan(diff, fabs(t->grads_memory[k] - all_grads[k]));
         }
     check(!t->tensors[1].trainable && diff == 0 && bias_grad == 0 && fabs(all_grads[t->tensors[1].offset]) > 0,
           "airbench from epoch 3: whitening bias frozen, no gradient below the first block, every other gradient unchanged");
@@ -2017,7 +2021,7 @@ static void test_analysis(void) {
         memcpy(ref, next, sizeof(ref));
     }
     double worst_ref = 0;
-    for (int i = 0; i < 25; i++) worst_ref = fmax(worst_ref, fabs(roll[i] - ref[i]));
+    for (int i = 0; i < 25; i++) worst_ref = max_or_nan(worst_ref, fabs(roll[i] - ref[i]));
     check(worst_ref < 1e-6, "attention rollout of 3 layers x 2 heads = the product of head-averaged, residual-mixed maps (max diff %.1e)",
           worst_ref);
     /* a 1-layer rollout of uniform attention: 0.5 I + 0.5 / T */
@@ -2073,7 +2077,7 @@ static void test_analysis(void) {
     const float up_bilinear[8] = {0, 0.25f, 0.75f, 1.25f, 1.75f, 2.25f, 2.75f, 3};
     resize_1d(up, ramp, 4, 8, 1, 0);
     double worst_lin = 0;
-    for (int i = 0; i < 8; i++) worst_lin = fmax(worst_lin, fabs(up[i] - up_bilinear[i]));
+    for (int i = 0; i < 8; i++) worst_lin = max_or_nan(worst_lin, fabs(up[i] - up_bilinear[i]));
     resize_1d(up, ramp, 4, 8, 1, 1);
     check(worst_lin < 1e-6 && fabs(up[3] - 1.296875) < 1e-5 && fabs(up[4] - 1.703125) < 1e-5,
           "resize_1d 4 -> 8: bilinear {0, .25, .75, ..., 2.75, 3}; bicubic 1.296875, 1.703125 in the middle");
@@ -2087,14 +2091,14 @@ static void test_analysis(void) {
     double dev = 0;
     for (int c = 0; c < 3; c++) /* away from the border, where the clamped taps differ */
         for (int y = 2; y < 30; y++)
-            for (int x = 2; x < 30; x++) dev = fmax(dev, fabs(back[(c * 32 + y) * 32 + x] - im32[(c * 32 + y) * 32 + x]));
+            for (int x = 2; x < 30; x++) dev = max_or_nan(dev, fabs(back[(c * 32 + y) * 32 + x] - im32[(c * 32 + y) * 32 + x]));
     check(dev < 0.02, "bicubic 32 -> 48 -> 32 of a smooth image returns it (max dev %.4f)", dev);
     /* what a 32-pixel teacher is given of a batch of two 48-pixel images, and of a 32-pixel batch */
     float *batch48 = zeros(2 * 3 * 48 * 48), *buf = zeros(2 * 3 * 32 * 32);
     memcpy(batch48 + 3 * 48 * 48, im48, sizeof(float) * 3 * 48 * 48); /* image 1 = im48, image 0 = zeros */
     const float *seen = teacher_input(buf, batch48, 2, 48, 32);
     double dev2 = 0;
-    for (int i = 0; i < 3 * 32 * 32; i++) dev2 = fmax(dev2, fmax(fabs(seen[i]), fabs(seen[3 * 32 * 32 + i] - back[i])));
+    for (int i = 0; i < 3 * 32 * 32; i++) dev2 = max_or_nan(dev2, max_or_nan(fabs(seen[i]), fabs(seen[3 * 32 * 32 + i] - back[i])));
     check(seen == buf && dev2 == 0 && teacher_input(buf, im32, 1, 32, 32) == im32,
           "teacher_input: a 48-pixel batch resized image by image to the teacher's 32, a 32-pixel batch as it is");
     /* a student moved to 48 pixels keeps every weight and its token positions, and runs */
@@ -2161,7 +2165,7 @@ static void test_evaluate(void) {
         int label;
         make_batch(one, 32, target, &label, &d, &i, 1, &plain, 0, 0);
         deit_forward(&n.deit, one, 1, 0);
-        for (int c = 0; c < 10; c++) worst = fmax(worst, fabs(logits[i * 10 + c] - n.deit.acts.logits_mean[c]));
+        for (int c = 0; c < 10; c++) worst = max_or_nan(worst, fabs(logits[i * 10 + c] - n.deit.acts.logits_mean[c]));
     }
     check(worst < 1e-4, "evaluate: logits row i = a forward pass of test image i alone (batches of 7; max diff %.1e)", worst);
     net_free(&n);
