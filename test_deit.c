@@ -136,7 +136,7 @@ static void test_matmul(void) {
                     double worst = 0.0;
                     for (size_t i = 0; i < (size_t)M * N; i++) {
                         double e = fabs(C1[i] - C2[i]) / (1.0 + fabs(C2[i]));
-                        if (e > worst) worst = e;
+                        if (e > worst || e != e) worst = e;
                     }
                     check(worst < 1e-4 * sqrt((double)K), "matmul %-8s%s %4dx%4dx%4d transA=%d transB=%d vs reference: max err %.1e",
                           fast ? matmul_path_names[fast - 1] : "naive", alone ? " (one thread)" : "", M, N, K, ta, tb, worst);
@@ -293,7 +293,7 @@ static void test_attention(void) {
     for (int r = 0; r < 2 * 2 * 5; r++) {
         double s = 0;
         for (int t = 0; t < 5; t++) s += c.aux1[r * 5 + t];
-        if (fabs(s - 1) > worst) worst = fabs(s - 1);
+        if (fabs(s - 1) > worst || s != s) worst = fabs(s - 1);
     }
     check(worst < 1e-5, "attention rows are probabilities (max |sum - 1| = %.1e)", worst);
     /* against a direct computation of one output: image 1, head 1, token 3, component 2
@@ -340,7 +340,7 @@ static void test_attention(void) {
                     double o2 = 0;
                     for (int t2 = 0; t2 < T2; t2++) o2 += exp(s2[t2] - m2) / z * c2.x[(b * T2 + t2) * 36 + 2 * D2 + h * hd2 + i];
                     double e = fabs(o2 - c2.out[(b * T2 + t) * D2 + h * hd2 + i]);
-                    if (e > worst) worst = e;
+                    if (e > worst || e != e) worst = e;
                 }
             }
     check(worst < 1e-5, "attention (head size 6, 7 tokens): every output equals softmax(q k^T / sqrt(hd)) v (max err %.1e)", worst);
@@ -405,7 +405,7 @@ static void test_gelu(void) {
     for (int i = -800000; i <= 800000; i++) {
         float v = i * 1e-5f;
         double e = fabs((double)erf_approx(v) - erf((double)v));
-        if (e > worst) worst = e, at = v;
+        if (e > worst || e != e) worst = e, at = v;
     }
     float far[4] = {-1e30f, -50.0f, 50.0f, 1e30f};
     for (int i = 0; i < 4; i++) worst = max_or_nan(worst, fabs((double)erf_approx(far[i]) - erf((double)far[i])));
@@ -416,7 +416,7 @@ static void test_gelu(void) {
     for (int i = -870000; i <= 880000; i++) {
         float v = i * 1e-4f;
         double e = fabs((double)exp_approx(v) / exp((double)v) - 1.0);
-        if (e > worst) worst = e, at = v;
+        if (e > worst || e != e) worst = e, at = v;
     }
     check(worst <= 5e-7 && exp_approx(0.0f) == 1.0f && exp_approx(-1e30f) < 1e-37f && exp_approx(-1e30f) >= 0.0f &&
               isnan(exp_approx(NAN)), "exp_approx within 5e-7 of exp (relative) on [-87, 88], exp(0) = 1, far out 0: max error %.2e (at %.4f)",
@@ -602,7 +602,7 @@ static void test_model_gradients(int dist, DistillType type, int depth) {
         if (ti->size == 0) continue;
         double e = grad_error(m.params_memory + ti->offset, m.grads_memory + ti->offset, ti->size, probe_model, &c,
                               1e-2f, 1e-2, 12);
-        if (e > worst) worst = e, worst_name = ti->name;
+        if (e > worst || e != e) worst = e, worst_name = ti->name;
     }
     check(worst < 2e-2, "gradcheck %-22s all %d tensors, worst %s rel err %.2e", name, NUM_PARAM_TENSORS - (dist ? 0 : 3),
           worst_name, worst);
@@ -644,7 +644,7 @@ static void test_model_gradients_drop_path(void) {
         const TensorInfo *ti = &m.tensors[t];
         if (ti->size == 0) continue;
         double e = grad_error(m.params_memory + ti->offset, m.grads_memory + ti->offset, ti->size, probe_model, &c, 1e-2f, 1e-2, 12);
-        if (e > worst) worst = e, worst_name = ti->name;
+        if (e > worst || e != e) worst = e, worst_name = ti->name;
     }
     check(dropped > 0 && doubled > 0 && kept == 2 * B && dropped + doubled + kept == cfg.depth * 2 * B && worst < 2e-2,
           "gradcheck with drop path 0.5 (training mode): %d branches dropped, %d scaled by 2, worst %s rel err %.2e", dropped,
@@ -1197,7 +1197,7 @@ static void test_teacher_model(void) {
         /* float rounding of the loss limits the difference quotient to ~1e-4 absolute */
         double num = (fs[0] - fs[1]) / 2e-3, e = fabs(num - gv) / (1e-3 + 1e-2 * fabs(gv));
         if (getenv("DEIT_TEST_VERBOSE")) printf("     teacher tensor %2d %-10s g.v %+.6f numeric %+.6f\n", i, ti->name, gv, num);
-        if (e > worst) worst = e, worst_name = ti->name;
+        if (e > worst || e != e) worst = e, worst_name = ti->name;
         free(v);
     }
     check(worst < 1.0, "gradcheck teacher ResNet (train-mode BN), directional, all %d tensors: |err| / (1e-3 + 1%% |g.v|) worst %s %.2f",
@@ -1377,7 +1377,7 @@ static void test_airbench_model(void) {
         double e = grad_error(t->params_memory + ti->offset, t->grads_memory + ti->offset, ti->size, probe_teacher, &c, 1e-3f,
                               1e-3, 6);
         if (getenv("DEIT_TEST_VERBOSE")) printf("     airbench tensor %2d %-10s worst rel err %.2e\n", i, ti->name, e);
-        if (e > worst) worst = e, worst_name = ti->name;
+        if (e > worst || e != e) worst = e, worst_name = ti->name;
         checked++;
     }
     kinks_skipped = NULL;
@@ -2300,7 +2300,7 @@ static void test_determinism(void) {
     double worst = 0;
     for (size_t i = 0; i < a.deit.num_params; i++) {
         double e = fabs(a.deit.params_memory[i] - c.deit.params_memory[i]);
-        if (e > worst) worst = e;
+        if (e > worst || e != e) worst = e;
     }
     check(worst < 1e-5, "determinism: 1 vs 2 threads agree (max |diff| %.1e)", worst);
     net_free(&a), net_free(&b), net_free(&c);
