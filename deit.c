@@ -805,12 +805,17 @@ static void deit_alloc_activations(DeiT *m, int B) {
         Bs * T * D, Bs * T, Bs * T,                                 /* lnf, mean, rstd */
         Bs * D, Bs * D, Bs * C, Bs * C, Bs * C,                     /* cls_out, dist_out, logits, logits_dist, logits_mean */
     };
-    /* Which of them receive a gradient in the backward pass. Not the patches (the images need
-       none), the LayerNorm statistics, the attention probabilities, the drop-path scales or the
-       inference output: in grads_acts these are NULL, and no memory is allocated or zeroed for them. */
-    static const int has_grad[NUM_ACTIVATION_TENSORS] = {
-        0, 1, 1,       1, 0, 0,       1, 0, 1,    1, 1,    1, 0, 0,
-        1, 1, 1, 1,    0,             1, 0, 0,    1, 1, 1, 1, 0,
+    /* Which of them receive a gradient in the backward pass, and how much of it grads_acts holds.
+       0: none (the patches, whose images need none, the LayerNorm statistics, the attention
+       probabilities, the drop-path scales and the inference output: NULL in grads_acts, no memory
+       allocated or zeroed). A: all of it. 1: one block's slice (ln1 .. fc2): a block's activation
+       gradients are used only while the backward pass is in that block, so every block reuses
+       the same one, zeroed as the block starts. 2: two slices (resid2): the gradient arriving at
+       a block and the one it passes to the block below. */
+    enum { A = -1 };
+    static const int grad_slices[NUM_ACTIVATION_TENSORS] = {
+        0, A, A,       1, 0, 0,       1, 0, 1,    1, 1,    1, 0, 0,
+        1, 1, 1, 2,    0,             A, 0, 0,    A, A, A, A, 0,
     };
     float **ptrs[NUM_ACTIVATION_TENSORS], **gptrs[NUM_ACTIVATION_TENSORS];
     ActivationTensors *a = &m->acts, *g = &m->grads_acts;
@@ -827,15 +832,9 @@ static void deit_alloc_activations(DeiT *m, int B) {
     ACT_PTRS(a, ptrs);
     ACT_PTRS(g, gptrs);
 #undef ACT_PTRS
-    /* The gradients of a block's activations are used only while the backward pass is in that
-       block, so grads_acts holds one block's (from ln1 to fc2), reused by every block and zeroed
-       as it starts, and two of resid2: the gradient arriving at a block and the one it passes
-       to the block below. */
     size_t gsizes[NUM_ACTIVATION_TENSORS];
-    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
-        int per_block = i >= 3 && i <= 18; /* ln1 .. drop_scale: one slice per block, L in all */
-        gsizes[i] = !has_grad[i] ? 0 : !per_block ? sizes[i] : sizes[i] / L * (i == 17 ? 2 : 1);
-    }
+    for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++)
+        gsizes[i] = grad_slices[i] == A ? sizes[i] : sizes[i] / L * grad_slices[i];
     size_t total = 0, total_grads = 0;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
         m->act_sizes[i] = sizes[i];
@@ -849,7 +848,7 @@ static void deit_alloc_activations(DeiT *m, int B) {
     size_t off = 0, goff = 0;
     for (int i = 0; i < NUM_ACTIVATION_TENSORS; i++) {
         *ptrs[i] = m->acts_memory + off;
-        *gptrs[i] = has_grad[i] ? m->grads_acts_memory + goff : NULL;
+        *gptrs[i] = gsizes[i] ? m->grads_acts_memory + goff : NULL;
         off += sizes[i];
         goff += gsizes[i];
     }
@@ -933,11 +932,16 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
     }
 }
 
-/* Zero all gradients (the backward functions accumulate; deit_backward zeroes each block's
-   activation gradients again as it enters the block). The threads share the work (fill_zero). */
+/* Zero all gradients (the backward functions accumulate). The one block's activation
+   gradients (ln1 .. fc2) are left to deit_backward, which zeroes them as it enters each block.
+   The threads share the work (fill_zero). */
 static void deit_zero_grad(DeiT *m) {
     memset(m->grads_memory, 0, sizeof(float) * m->num_params);
-    if (m->grads_acts_memory) fill_zero(m->grads_acts_memory, m->num_grads_acts);
+    if (!m->grads_acts_memory) return;
+    float *start = m->grads_acts_memory, *end = start + m->num_grads_acts;
+    float *block = m->grads_acts.ln1, *block_end = m->grads_acts.resid2;
+    fill_zero(start, (size_t)(block - start));
+    fill_zero(block_end, (size_t)(end - block_end));
 }
 
 /* Backward pass: the forward's layers in reverse, from grads_acts.logits(_dist) to grads. */
