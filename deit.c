@@ -1404,7 +1404,7 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
     int plain = direct && conv_weight_grad_plain(l); /* except with few input channels */
     int stack = direct ? conv_weight_grad_stack(l) : 1, dw_transposed = !direct && K > l->cout;
     size_t col_size = conv_col_size(l, B), nw = (size_t)l->cout * K;
-    if (flip || (din && direct))
+    if (flip || (din && direct && l->stride == 1))
         for (int co = 0; co < l->cout; co++)
             for (int ci = 0; ci < l->cin; ci++)
                 for (int ky = 0; ky < k; ky++)
@@ -1418,16 +1418,19 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
         for (int c = conv_lane_first(lane, n_chunks); c < conv_lane_first(lane + 1, n_chunks); c++) {
             int b0 = c * chunk, nb = B - b0 < chunk ? B - b0 : chunk, ld = nb * hw + 16;
             const float *dout_chunk = dout + (size_t)b0 * hw;
-            if (direct) { /* the fast path: no im2col (Part II, trick 6) */
-                conv_backward_direct(din, din_add, dw_lane, col, dcol, kept, w_flip, dout, in, l, B, b0, nb);
-                continue;
+            if (direct) { /* the fast path: no im2col (Part II, trick 6); din too where the stride is 1 */
+                conv_backward_direct(l->stride == 1 ? din : NULL, din_add, dw_lane, col, dcol, kept, w_flip, dout, in, l,
+                                     B, b0, nb);
+                if (l->stride == 1 || !din) continue;
             }
             if (din && !din_add) /* the products below add to din */
                 for (int ci = 0; ci < l->cin; ci++)
                     memset(din + ((size_t)ci * B + b0) * l->hin * l->win, 0, sizeof(float) * nb * l->hin * l->win);
-            im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, k, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
-            if (dw_transposed) matmul(dw_lane, l->cout, col, ld, 1, dout_chunk, 1, NP, K, l->cout, nb * hw);
-            else matmul(dw_lane, K, dout_chunk, NP, 1, col, 1, ld, l->cout, K, nb * hw);
+            if (!direct) {
+                im2col(col, ld, in, B, b0, nb, l->cin, l->hin, l->win, k, l->stride, l->pad, l->hout, l->wout); /* recomputed: cheaper than storing */
+                if (dw_transposed) matmul(dw_lane, l->cout, col, ld, 1, dout_chunk, 1, NP, K, l->cout, nb * hw);
+                else matmul(dw_lane, K, dout_chunk, NP, 1, col, 1, ld, l->cout, K, nb * hw);
+            }
             if (flip) { /* col is free again: it now takes the patches of dout (cout*k*k = K rows) */
                 im2col(col, ld, dout, B, b0, nb, l->cout, l->hout, l->wout, k, 1, k - 1 - l->pad, l->hin, l->win);
                 matmul(din + (size_t)b0 * hw, NP, w_flip, K, 1, col, ld, 1, l->cin, nb * hw, K);
@@ -3712,7 +3715,7 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
 }
 
 /* 6. A "same" convolution without im2col (stride 1, k = 2 pad + 1 >= 3: every stride-1 3x3 pad 1
- *    convolution of ResNet and airbench). im2col writes every input pixel k*k times and the product reads
+ *    convolution of ResNet and airbench; stride 2 at the end). im2col writes every input pixel k*k times and the product reads
  *    them all back: with the packing of col for the weight gradient that was a quarter of
  *    ResNet-20's step at one thread (dev/SPEED.md). Instead each chunk of images is copied
  *    once into a padded layout in which every tap (ky, kx) of the kernel is a fixed shift:
@@ -3741,9 +3744,22 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
  *        read in place, dout packed (conv_taps_weight_grad); conv_backward transposes it back;
  *      din = the transposed convolution of dout (w_flip; see conv_backward): the same
  *        product as the forward pass, added to din when copied back.
+ *    Stride 2 (ResNet's two downsampling 3x3 convolutions) fits the same scheme once the input
+ *    is split into its four phases: plane (c, py, px) holds the pixels (2y + py, 2x + px), so
+ *    input row 2y + ky - pad of output row y is row y + dy of phase py, with ky - pad = 2 dy + py.
+ *    Each tap is then a fixed shift in one of the 4 cin planes, on a grid of the output's size
+ *    (conv_tap_shift; `lead` = pad / 2 rounded up zeros suffice). The forward and the weight
+ *    gradient take the taps as above; din goes through dcol and col2im as on the im2col path.
+ *    ResNet-20's 16 -> 32 and 32 -> 64 convolutions: 1.25x and 1.2x faster forward, 1.1x
+ *    backward (dev/SPEED.md, "Stride 2 in phases").
  *    One chunk of images at a time, on the calling thread (the lanes of Part I run them). */
+/* Zero columns before each row of the padded layout, and zero rows above and below: pad, or with
+   stride 2 the pad / 2 (rounded up) that the phases need */
+static int conv_lead(const ConvBN *l) { return (l->pad + l->stride - 1) / l->stride; }
 static int conv_direct_shape(const ConvBN *l) { /* (not 1 x 1: there im2col is a plain copy) */
-    return l->stride == 1 && l->ksize >= 3 && l->ksize == 2 * l->pad + 1 && l->hout == l->hin && l->wout == l->win;
+    if (l->ksize < 3 || l->ksize != 2 * l->pad + 1) return 0;
+    if (l->stride == 1) return l->hout == l->hin && l->wout == l->win;
+    return l->stride == 2 && l->hin == 2 * l->hout && l->win == 2 * l->wout; /* see conv_tap_shift */
 }
 /* Taken where the grid's padding columns add at most conv_direct_pct % to the work, pad / w.
    With the AVX-512 tile that is 15%: images of 7 x 7 and more (pad 1). On an Intel Xeon at 2
@@ -3757,7 +3773,7 @@ static int conv_direct_shape(const ConvBN *l) { /* (not 1 x 1: there im2col is a
    "same" convolution (the tests, which use small images). */
 static int conv_direct_enabled = 1;
 static int conv_direct(const ConvBN *l) {
-    long grid = l->win + l->pad, pixels = l->win; /* per image row */
+    long grid = l->wout + conv_lead(l), pixels = l->wout; /* per image row */
     return matmul_use_fast && conv_direct_enabled && conv_direct_shape(l) &&
            (conv_direct_enabled == 2 || 100 * grid <= (100 + matmul_path()->conv_direct_pct) * pixels);
 }
@@ -3766,19 +3782,20 @@ static int conv_direct(const ConvBN *l) {
    and slack: a last partial panel reads up to NR - 1 floats past the written rows (columns that
    are computed and never stored). Offsets into it are ints: a chunk's planes are a few MB. */
 static size_t conv_padded_plane(const ConvBN *l, int nb) {
-    int pitch = l->win + l->pad;
-    return (size_t)((l->hin + 2 * l->pad) * nb + 1) * pitch + NR_MAX + 16;
+    int pitch = l->wout + conv_lead(l);
+    return (size_t)((l->hout + 2 * conv_lead(l)) * nb + 1) * pitch + NR_MAX + 16;
 }
 /* Grid columns from a pixel to the one below it in the same image: nb rows of pitch */
-static int conv_row_step(const ConvBN *l, int nb) { return nb * (l->win + l->pad); }
-/* Where the first pixel lies in a padded plane: below pad zero rows of every image, after pad zeros */
-static size_t conv_first_pixel(const ConvBN *l, int nb) { return (size_t)l->pad * conv_row_step(l, nb) + l->pad; }
+static int conv_row_step(const ConvBN *l, int nb) { return nb * (l->wout + conv_lead(l)); }
+/* Where the first pixel lies in a padded plane: below `lead` zero rows, after `lead` zeros */
+static size_t conv_first_pixel(const ConvBN *l, int nb) { return (size_t)conv_lead(l) * conv_row_step(l, nb) + conv_lead(l); }
 /* Grid columns from the first pixel to the last one of nb images */
 static int conv_grid_columns(const ConvBN *l, int nb) {
-    return (l->hin * nb - 1) * (l->win + l->pad) + l->win;
+    return (l->hout * nb - 1) * (l->wout + conv_lead(l)) + l->wout;
 }
+static int conv_in_planes(const ConvBN *l) { return l->cin * l->stride * l->stride; } /* padded planes of the input */
 static size_t conv_direct_scratch(const ConvBN *l, int nb) { /* floats of col (and more than dcol needs) */
-    return (size_t)(l->cin + l->cout) * conv_padded_plane(l, nb);
+    return (size_t)(conv_in_planes(l) + l->cout) * conv_padded_plane(l, nb);
 }
 
 /* n floats. memcpy of a size the compiler knows becomes a few vector moves; with a variable size
@@ -3794,24 +3811,31 @@ static inline void copy_row(float *restrict dst, const float *restrict src, int 
     }
 }
 
-/* Images b0 .. b0+nb of x (C, B, h, w) into the padded layout, channel c at P + c * plane. */
-static void conv_pad(float *P, size_t plane, const float *x, int C, int B, int b0, int nb, const ConvBN *l) {
-    int h = l->hin, w = l->win, pad = l->pad, pitch = w + pad, step = conv_row_step(l, nb);
-    for (int c = 0; c < C; c++) {
-        float *Pc = P + c * plane, *row = Pc + (size_t)pad * step;
-        memset(Pc, 0, sizeof(float) * pad * step); /* the rows above the images */
-        for (int y = 0; y < h; y++)
-            for (int i = 0; i < nb; i++, row += pitch) {
-                for (int d = 0; d < pad; d++) row[d] = 0.0f;
-                copy_row(row + pad, x + (((size_t)c * B + b0 + i) * h + y) * w, w);
+/* Images b0 .. b0+nb of x (C, B, h, w) into the padded layout, channel c at P + c * plane; with
+   phases = 2 (a stride-2 convolution's input), each channel as four planes (see conv_tap_shift):
+   plane (c, py, px) holds the pixels (2y + py, 2x + px). The layout's rows are the output's. */
+static void conv_pad(float *P, size_t plane, const float *x, int C, int h, int w, int phases, int B, int b0, int nb,
+                     const ConvBN *l) {
+    int lead = conv_lead(l), pitch = l->wout + lead, step = conv_row_step(l, nb), rows = l->hout, cols = l->wout;
+    for (int c = 0; c < C; c++)
+        for (int py = 0; py < phases; py++)
+            for (int px = 0; px < phases; px++) {
+                float *Pc = P + ((size_t)(c * phases + py) * phases + px) * plane, *row = Pc + (size_t)lead * step;
+                memset(Pc, 0, sizeof(float) * lead * step); /* the rows above the images */
+                for (int y = 0; y < rows; y++)
+                    for (int i = 0; i < nb; i++, row += pitch) {
+                        const float *src = x + (((size_t)c * B + b0 + i) * h + y * phases + py) * w + px;
+                        for (int d = 0; d < lead; d++) row[d] = 0.0f;
+                        if (phases == 1) copy_row(row + lead, src, cols);
+                        else for (int j = 0; j < cols; j++) row[lead + j] = src[j * phases];
+                    }
+                memset(row, 0, sizeof(float) * (lead * step + pitch)); /* below them */
             }
-        memset(row, 0, sizeof(float) * (pad * step + pitch)); /* below them */
-    }
 }
 
 /* The grid (C rows of ldg) back to images b0 .. b0+nb of y (C, B, h, w): y = grid, or y += grid. */
 static void conv_unpad(float *y, const float *G, int ldg, int C, int B, int b0, int nb, const ConvBN *l, int add) {
-    int h = l->hin, w = l->win, pitch = w + l->pad;
+    int h = l->hout, w = l->wout, pitch = w + conv_lead(l);
     for (int c = 0; c < C; c++)
         for (int i = 0; i < nb; i++)
             for (int r = 0; r < h; r++) {
@@ -3822,10 +3846,15 @@ static void conv_unpad(float *y, const float *G, int ldg, int C, int B, int b0, 
             }
 }
 
-/* Where tap j = (c, ky, kx) of the first pixel lies in the padded layout, relative to it. */
+/* Where tap j = (c, ky, kx) of the first pixel lies in the padded layout, relative to it (with
+   stride 2, in one of channel c's four phase planes). */
 static int conv_tap_shift(const ConvBN *l, size_t plane, int nb, int j) {
-    int k = l->ksize, c = j / (k * k), ky = j / k % k, kx = j % k;
-    return (int)(c * plane) + (ky - l->pad) * conv_row_step(l, nb) + (kx - l->pad);
+    int k = l->ksize, c = j / (k * k), ky = j / k % k, kx = j % k, s = l->stride;
+    if (s == 1) return (int)(c * plane) + (ky - l->pad) * conv_row_step(l, nb) + (kx - l->pad);
+    /* stride 2: input row 2y + ky - pad = 2 (y + dy) + py, py = 0 or 1, lies in phase py, dy rows down */
+    int ry = ky - l->pad + 2 * l->pad, rx = kx - l->pad + 2 * l->pad; /* (made >= 0 before / and %) */
+    int py = ry % 2, dy = ry / 2 - l->pad, px = rx % 2, dx = rx / 2 - l->pad;
+    return (int)(((c * 2 + py) * 2 + px) * plane) + dy * conv_row_step(l, nb) + dx;
 }
 
 /* G (M x N grid columns, row stride ldg) += A (M x C*k*k, row stride lda) x the taps of the padded
@@ -3872,6 +3901,7 @@ static void conv_taps_product(float *G, int ldg, const float *A, int lda, const 
 static int conv_weight_grad_stack(const ConvBN *l) { /* g: taps stacked in one column panel */
     int g = matmul_path()->nr / l->cout;
     if (g > l->pad + 1) g = l->pad + 1;
+    if (l->stride > 1) g = 1; /* (taps one row apart lie in different phases) */
     return g < 1 ? 1 : g;
 }
 /* Where dW[co][ci][ky][kx] lies in dWt: the taps (ky0 .. ky0+rows-1, kx) of a group are rows
@@ -3894,7 +3924,7 @@ static void conv_taps_weight_grad(float *dWt, const float *Pdout, const float *P
     const MatmulPath *path = matmul_path();
     const int MR = path->mr, NR = path->nr, C = l->cin, k = l->ksize, cout = l->cout, step = conv_row_step(l, nb);
     const int g = conv_weight_grad_stack(l), N_sum = N + (g - 1) * step; /* grid columns summed over */
-    size_t first = conv_first_pixel(l, nb);
+    size_t first = conv_first_pixel(l, nb), cstride = plane * l->stride * l->stride; /* channel to channel */
     _Alignas(64) float ap[KC * MR_MAX];
     _Alignas(64) float bp[KC * NR_MAX];
     for (int k0 = 0, ks = k_slice(N_sum); k0 < N_sum; k0 += ks) { /* slices of the grid columns, the sum's index here */
@@ -3912,9 +3942,9 @@ static void conv_taps_weight_grad(float *dWt, const float *Pdout, const float *P
                     const float *a = Pin + first + conv_tap_shift(l, plane, nb, ky0 * k + kx) + k0; /* channel 0 */
                     float *c = dWt + conv_weight_grad_at(l, g, j0, 0, ky0, kx);
                     for (int i0 = 0; i0 < tail; i0 += MR)
-                        path->kernel(kc_rows, a + i0 * plane, 1, (int)plane, bp, NR, c + (size_t)i0 * ldc, ldc, MR, cols);
+                        path->kernel(kc_rows, a + i0 * cstride, 1, (int)cstride, bp, NR, c + (size_t)i0 * ldc, ldc, MR, cols);
                     if (tail < C) {
-                        pack_a(ap, a, (int)plane, 1, tail, C - tail, 0, kc_rows, MR);
+                        pack_a(ap, a, (int)cstride, 1, tail, C - tail, 0, kc_rows, MR);
                         path->kernel(kc_rows, ap, MR, 1, bp, NR, c + (size_t)tail * ldc, ldc, C - tail, cols);
                     }
                 }
@@ -3966,11 +3996,11 @@ static void conv_taps_weight_grad_plain(float *dW, const float *Pdout, const flo
    backward would otherwise make it again from the input: ResNet-20 trains 2-3% faster. */
 static size_t conv_padded_size(const ConvBN *l, int B) {
     int chunk = conv_chunk(l, B);
-    return (size_t)(B + chunk - 1) / chunk * l->cin * conv_padded_plane(l, chunk);
+    return (size_t)(B + chunk - 1) / chunk * conv_in_planes(l) * conv_padded_plane(l, chunk);
 }
 static float *conv_padded_chunk(const float *padded, const ConvBN *l, int B, int b0) {
     int chunk = conv_chunk(l, B);
-    return (float *)padded + (size_t)(b0 / chunk) * l->cin * conv_padded_plane(l, chunk);
+    return (float *)padded + (size_t)(b0 / chunk) * conv_in_planes(l) * conv_padded_plane(l, chunk);
 }
 
 /* The chunk b0 .. b0+nb of conv_forward: out = W x taps(in). col holds the padded input (or keep
@@ -3979,8 +4009,8 @@ static void conv_forward_direct(float *out, float *col, float *keep, const float
                                 int B, int b0, int nb) {
     size_t plane = conv_padded_plane(l, nb);
     int N = conv_grid_columns(l, nb), ldg = N + 16, K = l->cin * l->ksize * l->ksize;
-    float *P = keep ? conv_padded_chunk(keep, l, B, b0) : col, *G = col + l->cin * plane;
-    conv_pad(P, plane, in, l->cin, B, b0, nb, l);
+    float *P = keep ? conv_padded_chunk(keep, l, B, b0) : col, *G = col + conv_in_planes(l) * plane;
+    conv_pad(P, plane, in, l->cin, l->hin, l->win, l->stride, B, b0, nb, l);
     memset(G, 0, sizeof(float) * l->cout * ldg);
     conv_taps_product(G, ldg, w, K, P, plane, l->cin, l, nb, l->cout, N);
     conv_unpad(out, G, ldg, l->cout, B, b0, nb, l, 0);
@@ -3993,9 +4023,9 @@ static void conv_backward_direct(float *din, int din_add, float *dw_lane, float 
                                  const ConvBN *l, int B, int b0, int nb) {
     size_t plane = conv_padded_plane(l, nb);
     int N = conv_grid_columns(l, nb), ldg = N + 16, K = l->cout * l->ksize * l->ksize;
-    float *Pin = kept ? conv_padded_chunk(kept, l, B, b0) : col, *Pdout = col + l->cin * plane;
-    if (!kept) conv_pad(Pin, plane, in, l->cin, B, b0, nb, l);
-    conv_pad(Pdout, plane, dout, l->cout, B, b0, nb, l);
+    float *Pin = kept ? conv_padded_chunk(kept, l, B, b0) : col, *Pdout = col + conv_in_planes(l) * plane;
+    if (!kept) conv_pad(Pin, plane, in, l->cin, l->hin, l->win, l->stride, B, b0, nb, l);
+    conv_pad(Pdout, plane, dout, l->cout, l->hout, l->wout, 1, B, b0, nb, l);
     if (conv_weight_grad_plain(l)) conv_taps_weight_grad_plain(dw_lane, Pdout, Pin, plane, l, nb, N);
     else conv_taps_weight_grad(dw_lane, Pdout, Pin, plane, l, nb, N);
     if (!din) return;
