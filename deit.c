@@ -1208,8 +1208,9 @@ static int teacher_preset(TeacherConfig *c, const char *name) {
    memcpy calls of 32 floats per image and row of col; ResNet-20 trains about 1.2x as fast this
    way (dev/SPEED.md).
    This is the convolution to read. With the fast matmul, the "same" convolutions on all but
-   the smallest images skip im2col altogether: Part II, trick 6, computes the same sums from a
-   padded copy of the input (ResNet-20 trains 1.1x, infers 1.2x as fast).                     */
+   the smallest images, and ResNet's stride-2 3x3 ones, skip im2col altogether: Part II, trick 6,
+   computes the same sums from a padded copy of the input (ResNet-20 trains 1.1x, infers 1.2x as
+   fast).                                                                                     */
 
 /* Zero the columns ox < lo and ox >= hi of an image's h x w block of col: their pixels lie in
    the padding. Column by column on purpose: row by row, the compiler turns each run of 0 or 1
@@ -1373,9 +1374,10 @@ static void conv_forward(float *out, float *cols, float *keep, const float *in, 
 
 /* out = W col  =>  dW = dout col^T,  dcol = W^T dout,  din = col2im(dcol), chunk by chunk.
    The fast matmul copies an operand read transposed into panels: col^T (K columns) in dout col^T.
-   Where K > cout (ResNet's stride-2 3x3 convolutions: K = 144 or 288 against 32 or 64), each
-   lane computes dW^T = col dout^T instead, whose transposed operand is dout (cout columns), and
-   the lanes are added up transposed back (ResNet-20's 16 -> 32 stride-2 backward 1.3x faster).
+   Where K > cout (ResNet's stride-2 3x3 convolutions when they take this path: K = 144 or 288
+   against 32 or 64), each lane computes dW^T = col dout^T instead, whose transposed operand is
+   dout (cout columns), and the lanes are added up transposed back (ResNet-20's 16 -> 32 stride-2
+   backward 1.3x faster).
    A stride-1 convolution that keeps the shape (ResNet's 3x3 pad 1 convs inside a stage) takes
    a shortcut for din: the gradient of a convolution is the convolution of dout with the same
    kernel flipped in space and with in/out channels swapped (the "transposed convolution"):
@@ -1386,7 +1388,8 @@ static void conv_forward(float *out, float *cols, float *keep, const float *in, 
    trains about 5% faster. The tests check both paths against finite differences.
    dw += the sum of the lanes' partial gradients (dw_lanes: CONV_LANES x cout*K scratch; the
    direct path of Part II stores each lane's partial transposed, (tap, ci) x co, its taps in
-   groups: conv_weight_grad_at);
+   groups: conv_weight_grad_at; with fewer input channels than the tile has rows, in dW's own
+   layout: conv_weight_grad_plain);
    din += each chunk's share (a chunk's images are its own, so lanes never write the same din),
    or, with din_add 0, din = it: the first gradient to reach a tensor is then written over
    whatever it held, and the tensor needs no zeroing before the backward pass.
@@ -3747,9 +3750,13 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
  *    Stride 2 (ResNet's two downsampling 3x3 convolutions) fits the same scheme once the input
  *    is split into its four phases: plane (c, py, px) holds the pixels (2y + py, 2x + px), so
  *    input row 2y + ky - pad of output row y is row y + dy of phase py, with ky - pad = 2 dy + py.
- *    Each tap is then a fixed shift in one of the 4 cin planes, on a grid of the output's size
- *    (conv_tap_shift; `lead` = pad / 2 rounded up zeros suffice). The forward and the weight
- *    gradient take the taps as above; din goes through dcol and col2im as on the im2col path.
+ *    Each tap is then a fixed shift in one of channel c's four phase planes (4 cin planes in
+ *    all), on a grid of the output's size (conv_tap_shift). dy and dx run from -(pad / 2 rounded
+ *    up) to pad / 2 rounded down, so `lead` = pad / 2 rounded up zeros (conv_lead) take the
+ *    place of `pad` in the layout above. The forward and the weight gradient take the taps as
+ *    above. din does not: the transposed convolution of a stride-2 one is no stride-1 convolution
+ *    of dout (it needs zeros between dout's pixels), so din goes through dcol and col2im as on
+ *    the im2col path.
  *    ResNet-20's 16 -> 32 and 32 -> 64 convolutions: 1.25x and 1.2x faster forward, 1.1x
  *    backward (dev/SPEED.md, "Stride 2 in phases").
  *    One chunk of images at a time, on the calling thread (the lanes of Part I run them). */
@@ -3761,7 +3768,8 @@ static int conv_direct_shape(const ConvBN *l) { /* (not 1 x 1: there im2col is a
     if (l->stride == 1) return l->hout == l->hin && l->wout == l->win;
     return l->stride == 2 && l->hin == 2 * l->hout && l->win == 2 * l->wout; /* see conv_tap_shift */
 }
-/* Taken where the grid's padding columns add at most conv_direct_pct % to the work, pad / w.
+/* Taken where the grid's padding columns add at most conv_direct_pct % to the work, lead / w
+   (pad / w at stride 1; w: the output's width).
    With the AVX-512 tile that is 15%: images of 7 x 7 and more (pad 1). On an Intel Xeon at 2
    threads (dev/bench_conv.c), forward and backward: 1.04x and 1.11x faster than im2col at 8 x 8,
    1.16x and 1.08x at 7 x 7 with 256 channels, 1.4-1.7x at 15 x 15 to 32 x 32; on 3 x 3 (33%)
@@ -3770,7 +3778,7 @@ static int conv_direct_shape(const ConvBN *l) { /* (not 1 x 1: there im2col is a
    at 3 x 3 with the AVX2 kernel on the Xeon; on an AMD EPYC, with the images one below the
    other, 1.35x forward at 7 x 7).
    conv_direct_enabled: 1 where the padding costs at most conv_direct_pct, 0 never, 2 on every
-   "same" convolution (the tests, which use small images). */
+   convolution of the shapes above (the tests, which use small images). */
 static int conv_direct_enabled = 1;
 static int conv_direct(const ConvBN *l) {
     long grid = l->wout + conv_lead(l), pixels = l->wout; /* per image row */
@@ -3778,7 +3786,7 @@ static int conv_direct(const ConvBN *l) {
            (conv_direct_enabled == 2 || 100 * grid <= (100 + matmul_path()->conv_direct_pct) * pixels);
 }
 
-/* Floats of one channel of nb padded images: the rows, one more (the last row's right padding),
+/* Floats of one plane of nb padded images (a channel, or one of its four phases): the rows, one more (the last row's right padding),
    and slack: a last partial panel reads up to NR - 1 floats past the written rows (columns that
    are computed and never stored). Offsets into it are ints: a chunk's planes are a few MB. */
 static size_t conv_padded_plane(const ConvBN *l, int nb) {
@@ -3885,7 +3893,7 @@ static void conv_taps_product(float *G, int ldg, const float *A, int lda, const 
    in[c][q + shift(tap)] * dout[co][q], tap = (ky, kx). In this orientation the operand that has
    to be copied, dout read transposed, is one panel per NR output channels, packed once per K
    slice and used by all k*k*cin rows; and for one tap, MR consecutive input channels are MR
-   rows plane floats apart, which the kernel reads in place. (The other way round, each panel of
+   rows a fixed distance apart (a plane; four at stride 2), which the kernel reads in place. (The other way round, each panel of
    dW's columns had to be gathered from NR shifted starts, for only cout rows: the gather took
    longer than the product.) conv_backward turns dWt back into dW's layout when it adds up the
    lanes.
@@ -3978,8 +3986,10 @@ static void conv_taps_weight_grad_plain(float *dW, const float *Pdout, const flo
             for (int j = 0; j < n; j++) shift[j] = conv_tap_shift(l, plane, nb, j0 + j);
             for (int q = 0; q < kc; q++) { /* row q of the panel: tap j of grid column q */
                 int j = 0;
-                for (; j + 3 <= n; j += 3) /* three taps side by side (kx = 0, 1, 2) are 3 floats in a row */
-                    if (shift[j + 2] == shift[j] + 2) memcpy(bp + q * NR + j, in + shift[j] + q, sizeof(float) * 3);
+                /* three taps side by side (kx = 0, 1, 2 at stride 1, where a group starts at j)
+                   are 3 floats in a row, shifts s, s + 1, s + 2; others one at a time */
+                for (; j + 3 <= n; j += 3)
+                    if (shift[j + 1] == shift[j] + 1 && shift[j + 2] == shift[j] + 2) memcpy(bp + q * NR + j, in + shift[j] + q, sizeof(float) * 3);
                     else for (int d = 0; d < 3; d++) bp[q * NR + j + d] = in[shift[j + d] + q];
                 for (; j < n; j++) bp[q * NR + j] = in[shift[j] + q];
                 for (j = n; j < NR; j++) bp[q * NR + j] = 0.0f;
@@ -3992,7 +4002,7 @@ static void conv_taps_weight_grad_plain(float *dW, const float *Pdout, const flo
 }
 
 /* The padded copy of a whole batch that a training forward keeps for the backward: chunk c of
-   conv_chunk() images at c * cin * plane (the same layout as in col, chunk after chunk). The
+   conv_chunk() images at c * conv_in_planes() * plane (the same layout as in col, chunk after chunk). The
    backward would otherwise make it again from the input: ResNet-20 trains 2-3% faster. */
 static size_t conv_padded_size(const ConvBN *l, int B) {
     int chunk = conv_chunk(l, B);
@@ -4016,8 +4026,9 @@ static void conv_forward_direct(float *out, float *col, float *keep, const float
     conv_unpad(out, G, ldg, l->cout, B, b0, nb, l, 0);
 }
 
-/* The chunk b0 .. b0+nb of conv_backward: dw_lane += dout x taps(in)^T and, if din, din (+)=
-   w_flip x taps(dout). col holds the padded input and the padded dout; dcol the grid of din. */
+/* The chunk b0 .. b0+nb of conv_backward: dw_lane += dout x taps(in)^T and, if din (stride 1
+   only: conv_backward passes NULL at stride 2), din (+)= w_flip x taps(dout). col holds the
+   padded input and the padded dout; dcol the grid of din. */
 static void conv_backward_direct(float *din, int din_add, float *dw_lane, float *col, float *dcol,
                                  const float *kept, const float *w_flip, const float *dout, const float *in,
                                  const ConvBN *l, int B, int b0, int nb) {

@@ -65,8 +65,8 @@ static double max_or_nan(double a, double b) { return a != a || b != b ? NAN : a
    and (f(x) - f(x-h))/h, differ by more than a quarter of their size (plus 1% of floor, the
    rounding): a pool switching its choice, which no wrong gradient causes. A switch between h/2
    and h from x can pass that test and still bend the central difference by 10-20% (seen on
-   airbench, an entry whose difference was right to 0.5% at h/3): there each entry's error is the
-   smaller of those at h and at h/2. A wrong gradient is off at both. */
+   airbench, an entry whose difference was right to 0.5% at h/3): so with kinks_skipped, every
+   entry's error is the smaller of those at h and at h/2. A wrong gradient is off at both. */
 static int *kinks_skipped;
 static double grad_error(float *x, const float *analytic, size_t n, ProbeFn f, void *ctx, float h,
                          double floor, int max_checks) {
