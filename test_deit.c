@@ -58,15 +58,37 @@ typedef double (*ProbeFn)(void *ctx); /* runs a forward pass, returns the scalar
    check "error < tol" would then pass on a NaN gradient) */
 static double max_or_nan(double a, double b) { return a != a || b != b ? NAN : a > b ? a : b; }
 
-/* Compares analytic[i] with the central difference of f in x[i] on up to max_checks entries.
+/* (f(x + h e_i) - f(x - h e_i)) / (the two steps float could make: x[i] + h is rounded) */
+static double central_difference(float *x, size_t i, ProbeFn f, void *ctx, float h) {
+    float saved = x[i], up = saved + h, down = saved - h;
+    x[i] = up;
+    double fp = f(ctx);
+    x[i] = down;
+    double fm = f(ctx);
+    x[i] = saved;
+    return (fp - fm) / ((double)up - down);
+}
+static double entry_error(double analytic, double num, double floor) { /* |a - n| / max(|a| + |n|, floor) */
+    double denom = fabs(analytic) + fabs(num);
+    return fabs(analytic - num) / (denom < floor ? floor : denom);
+}
+
+/* Compares analytic[i] with central differences of f in x[i] on up to max_checks entries.
    Error per entry: |a - n| / max(|a| + |n|, floor). Returns the largest error.
+   A smooth f: the error is the smaller of two estimates, the central difference at h and its
+   Richardson extrapolation (4 D(h/2) - D(h)) / 3, whose h^2 term cancels. (The model checks
+   perturb the weights by 0.3, where the h^2 term at h = 1e-2 alone reached 18% on some random
+   draws; 0.3% at h = 1e-3.)
    With kinks_skipped pointing to a counter (nets with max-pools), an entry where f has a kink
    within +-h is left out and counted: there the slopes of f on the two sides, (f(x+h) - f(x))/h
-   and (f(x) - f(x-h))/h, differ by more than a quarter of their size (plus 1% of floor, the
-   rounding): a pool switching its choice, which no wrong gradient causes. A switch between h/2
-   and h from x can pass that test and still bend the central difference by 10-20% (seen on
-   airbench, an entry whose difference was right to 0.5% at h/3): so with kinks_skipped, every
-   entry's error is the smaller of those at h and at h/2. A wrong gradient is off at both. */
+   and (f(x) - f(x-h))/h, differ by more than a tenth of their size (plus 1% of floor, the
+   rounding): a pool switching its choice, which no wrong gradient causes. (A quarter let an
+   exact tie through on one random draw: slopes of -0.00057 and about -0.00081 on the two
+   sides, the analytic gradient one of them and every central difference their mean.) Moving a convolution's
+   weight moves a whole channel, and many pools can switch by small amounts each, too small to
+   flag but together bending the difference at h by 10-20% (airbench, on about one random draw
+   in five); so there the error is the smallest of those at h, h/3 and h/10. A wrong gradient is
+   off at every h. */
 static int *kinks_skipped;
 static double grad_error(float *x, const float *analytic, size_t n, ProbeFn f, void *ctx, float h,
                          double floor, int max_checks) {
@@ -74,32 +96,26 @@ static double grad_error(float *x, const float *analytic, size_t n, ProbeFn f, v
     int checks = (size_t)max_checks < n ? max_checks : (int)n;
     for (int c = 0; c < checks; c++) {
         size_t i = (size_t)checks == n ? (size_t)c : (size_t)rng_int(&test_rng, (int)n);
-        float saved = x[i];
-        x[i] = saved + h;
-        double fp = f(ctx);
-        x[i] = saved - h;
-        double fm = f(ctx);
-        x[i] = saved;
+        double num = central_difference(x, i, f, ctx, h), err = entry_error(analytic[i], num, floor), e;
         if (kinks_skipped) {
+            float saved = x[i];
+            x[i] = saved + h;
+            double fp = f(ctx);
+            x[i] = saved - h;
+            double fm = f(ctx);
+            x[i] = saved;
             double f0 = f(ctx), sp = (fp - f0) / h, sm = (f0 - fm) / h;
-            if (fabs(sp - sm) > 0.25 * (fabs(sp) + fabs(sm)) + 0.01 * floor) {
+            if (fabs(sp - sm) > 0.1 * (fabs(sp) + fabs(sm)) + 0.01 * floor) {
                 (*kinks_skipped)++;
                 continue;
             }
-        }
-        double num = (fp - fm) / (2.0 * h);
-        double denom = fabs(analytic[i]) + fabs(num);
-        if (denom < floor) denom = floor;
-        double err = fabs(analytic[i] - num) / denom;
-        if (kinks_skipped) {
-            x[i] = saved + 0.5f * h;
-            double fp2 = f(ctx);
-            x[i] = saved - 0.5f * h;
-            double fm2 = f(ctx);
-            x[i] = saved;
-            double num2 = (fp2 - fm2) / h, denom2 = fabs(analytic[i]) + fabs(num2);
-            double err2 = fabs(analytic[i] - num2) / (denom2 < floor ? floor : denom2);
-            if (err2 < err) err = err2; /* (a NaN in err stays) */
+            e = entry_error(analytic[i], central_difference(x, i, f, ctx, h / 3), floor);
+            if (e < err) err = e; /* (a NaN in err stays) */
+            e = entry_error(analytic[i], central_difference(x, i, f, ctx, h / 10), floor);
+            if (e < err) err = e;
+        } else {
+            e = entry_error(analytic[i], (4.0 * central_difference(x, i, f, ctx, h / 2) - num) / 3.0, floor);
+            if (e < err) err = e;
         }
         worst = max_or_nan(worst, err);
     }
@@ -235,8 +251,10 @@ static void test_patch_embed(void) {
     probe_patch(&c);
     float *dw = zeros((size_t)5 * K), *db = zeros(5);
     patch_embed_backward(dw, db, c.R, c.aux1, 2, 3, 8, 4, 5);
-    check_grad("patch_embed", "dW", c.w, dw, (size_t)5 * K, probe_patch, &c, 1e-2f, 1e-2);
-    check_grad("patch_embed", "db", c.b, db, 5, probe_patch, &c, 1e-2f, 1e-2);
+    /* linear in w and b: any h is exact but for rounding, about an ulp of the probe over 2h; at
+       h = 1e-2 that was 1.2% of a small entry on one random draw in 80 */
+    check_grad("patch_embed", "dW", c.w, dw, (size_t)5 * K, probe_patch, &c, 1e-1f, 1e-2);
+    check_grad("patch_embed", "db", c.b, db, 5, probe_patch, &c, 1e-1f, 1e-2);
     /* the patch of (row 1, col 0), channel 2, pixel (dy 3, dx 1) sits at image (2, 4+3, 0+1) */
     check(c.aux1[((size_t)0 * 4 + 2) * K + 2 * 16 + 3 * 4 + 1] == c.x[(2 * 8 + 7) * 8 + 1],
           "patch_embed flattens patches row-major in (channel, row, col) order");
@@ -1273,7 +1291,9 @@ static void test_airbench_layers(void) {
     for (int k = 2; k <= 3; k++) { /* 7x5 planes: floor, the last row/column is left out */
         MaxPoolCtx c = {.planes = 3, .h = 7, .w = 5, .k = k};
         size_t n_in = 3 * 7 * 5, n_out = 3 * (7 / k) * (5 / k);
-        c.x = rand_tensor(n_in, 1), c.out = zeros(n_out), c.R = rand_tensor(n_out, 1);
+        c.x = zeros(n_in), c.out = zeros(n_out), c.R = rand_tensor(n_out, 1);
+        for (size_t i = 0; i < n_in; i++) /* distinct values 0.05 apart in a scrambled order: no window has a */
+            c.x[i] = 0.05f * (float)((i * 37) % n_in) - 2.5f; /* near-tie that a step of h could flip */
         c.from = remember(xcalloc(n_out, sizeof(int32_t)));
         float *dx = zeros(n_in);
         probe_maxpool(&c);
@@ -1374,9 +1394,14 @@ static void test_airbench_model(void) {
     TeacherCtx c = {.net = &net, .B = B};
     c.images = rand_tensor((size_t)B * 3 * 1024, 1), c.targets = zeros(B * 5);
     smooth_targets(c.targets, labels, 0.2f, B, 5);
-    for (int i = 0; i < t->num_tensors; i++) /* random biases, so that every path carries a gradient */
+    /* random biases, so that every path carries a gradient, and the convolutions' weights moved
+       off airbench's Dirac start (each block's first channels exact copies of its input's):
+       without that, max-pools sat at exact ties on about one random draw in five */
+    for (int i = 0; i < t->num_tensors; i++)
         if (!strcmp(t->tensors[i].name, "bn_beta") || !strcmp(t->tensors[i].name, "whiten_b"))
             for (size_t j = 0; j < t->tensors[i].size; j++) t->params_memory[t->tensors[i].offset + j] = 0.5f * rng_normal(&test_rng);
+        else if (!strcmp(t->tensors[i].name, "conv_w"))
+            for (size_t j = 0; j < t->tensors[i].size; j++) t->params_memory[t->tensors[i].offset + j] += 0.1f * rng_normal(&test_rng);
     net_forward(&net, c.images, B, 1);
     net_loss_backward(&net, c.targets, NULL, &(Distillation){DISTILL_NONE, 0.5f, 1.0f}, B);
     /* Element by element (as for the student), not along a direction of a whole tensor: moving
@@ -2837,7 +2862,10 @@ static void test_cli(void) {
 int main(void) {
     (void)deit_main; /* the command line is tested by running ./deit itself (test_cli) */
     printf("(lines \"deit: error: ...\" and \"deit: warning: ...\" below are messages the tests expect: rejected inputs, tiny data files)\n");
-    rng_seed(&test_rng, 1234);
+    /* TEST_SEED=N ./test_deit draws other random inputs (the default 1234 is what CI runs): every
+       check should pass on any seed (80 were tried) */
+    const char *seed = getenv("TEST_SEED");
+    rng_seed(&test_rng, seed ? (uint64_t)strtoull(seed, NULL, 10) : 1234);
     printf("== matmul ==\n");
     test_matmul();
     printf("== layers of the transformer ==\n");
