@@ -3859,9 +3859,9 @@ static void conv_unpad(float *y, const float *G, int ldg, int C, int B, int b0, 
 static int conv_tap_shift(const ConvBN *l, size_t plane, int nb, int j) {
     int k = l->ksize, c = j / (k * k), ky = j / k % k, kx = j % k, s = l->stride;
     if (s == 1) return (int)(c * plane) + (ky - l->pad) * conv_row_step(l, nb) + (kx - l->pad);
-    /* stride 2: input row 2y + ky - pad = 2 (y + dy) + py, py = 0 or 1, lies in phase py, dy rows down */
-    int ry = ky - l->pad + 2 * l->pad, rx = kx - l->pad + 2 * l->pad; /* (made >= 0 before / and %) */
-    int py = ry % 2, dy = ry / 2 - l->pad, px = rx % 2, dx = rx / 2 - l->pad;
+    /* stride 2: input row 2y + ky - pad = 2 (y + dy) + py, py = 0 or 1, lies in phase py, dy rows
+       down; with ky + pad >= 0 (= 2 (dy + pad) + py), / and % give dy and py */
+    int py = (ky + l->pad) % 2, dy = (ky + l->pad) / 2 - l->pad, px = (kx + l->pad) % 2, dx = (kx + l->pad) / 2 - l->pad;
     return (int)(((c * 2 + py) * 2 + px) * plane) + dy * conv_row_step(l, nb) + dx;
 }
 
