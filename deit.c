@@ -250,22 +250,33 @@ static void matmul_naive(float *C, int ldc, const float *A, int a_rs, int a_cs,
 #endif
 static int matmul_use_fast = DEIT_MATMUL_FAST;
 static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs, /* hook: Part II */
-                        const float *B, int b_rs, int b_cs, int M, int N, int K);
+                        const float *B, int b_rs, int b_cs, int M, int N, int K, int store, const float *bias);
 
+/* C += A B */
 static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
                    const float *B, int b_rs, int b_cs, int M, int N, int K) {
-    if (matmul_use_fast) matmul_fast(C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+    if (matmul_use_fast) matmul_fast(C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K, 0, NULL);
     else matmul_naive(C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+}
+
+/* C = A B, plus bias[j] in every row when bias is given; C's old values are not read. Here:
+   fill C with the bias (or zeros), then add the product. The fast version fills each tile of
+   C in the registers that add up its products, so C is written once and never read.      */
+static void matmul_store(float *C, int ldc, const float *bias, const float *A, int a_rs, int a_cs,
+                         const float *B, int b_rs, int b_cs, int M, int N, int K) {
+    if (matmul_use_fast) {
+        matmul_fast(C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K, 1, bias);
+        return;
+    }
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = bias ? bias[j] : 0.0f;
+    matmul_naive(C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
 }
 
 /* Linear layer, y = x W^T + b, with W stored (out, in) as in PyTorch.
      inp (M, K), w (N, K), b (N) -> out (M, N)                                             */
-VECTOR_CLONES
 static void linear_forward(float *out, const float *inp, const float *w, const float *b, int M, int K, int N) {
-    OMP(omp parallel for schedule(static))
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) out[(size_t)i * N + j] = b ? b[j] : 0.0f;
-    matmul(out, N, inp, K, 1, w, 1, K, M, N, K); /* B(k,j) = w[j*K + k]: W read transposed */
+    matmul_store(out, N, b, inp, K, 1, w, 1, K, M, N, K); /* B(k,j) = w[j*K + k]: W read transposed */
 }
 
 /* Backward of y = x W^T + b:
@@ -514,17 +525,14 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
         for (int h = 0; h < NH; h++) {
             const float *q = qkv + (size_t)b * T * 3 * D + h * hd, *k = q + D, *v = q + 2 * D;
             float *a = att + ((size_t)b * NH + h) * T * T, *o = out + (size_t)b * Tq * D + h * hd;
-            for (int i = 0; i < Tq * T; i++) a[i] = 0.0f;
-            matmul(a, T, q, 3 * D, 1, k, 1, 3 * D, Tq, T, hd); /* a = Q K^T */
+            matmul_store(a, T, NULL, q, 3 * D, 1, k, 1, 3 * D, Tq, T, hd); /* a = Q K^T */
             for (int t = 0; t < Tq; t++) {                      /* each row: softmax(scale * a[t]) */
                 float *row = a + (size_t)t * T, maxv = scale_max(row, scale, T);
                 for (int t2 = 0; t2 < T; t2++) row[t2] = exp_approx(row[t2] - maxv);
                 float inv = 1.0f / sum_pow(row, 0.0f, T, 1);
                 for (int t2 = 0; t2 < T; t2++) row[t2] *= inv;
             }
-            for (int t = 0; t < Tq; t++)
-                for (int i = 0; i < hd; i++) o[(size_t)t * D + i] = 0.0f;
-            matmul(o, D, a, T, 1, v, 3 * D, 1, Tq, hd, T); /* out = att V */
+            matmul_store(o, D, NULL, a, T, 1, v, 3 * D, 1, Tq, hd, T); /* out = att V */
         }
 }
 
@@ -549,8 +557,7 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
                 const float *q = qkv + (size_t)b * T * 3 * D + h * hd, *k = q + D, *v = q + 2 * D;
                 float *dq = dqkv + (size_t)b * T * 3 * D + h * hd, *dk = dq + D, *dv = dq + 2 * D;
                 const float *a = att + ((size_t)b * NH + h) * T * T, *dy = dout + (size_t)b * Tq * D + h * hd;
-                for (int i = 0; i < Tq * T; i++) dscore[i] = 0.0f;
-                matmul(dscore, T, dy, D, 1, v, 1, 3 * D, Tq, T, hd); /* datt = dOut V^T */
+                matmul_store(dscore, T, NULL, dy, D, 1, v, 1, 3 * D, Tq, T, hd); /* datt = dOut V^T */
                 for (int t = 0; t < Tq; t++) {                        /* softmax backward, row by row */
                     const float *a_row = a + (size_t)t * T;
                     float *ds = dscore + (size_t)t * T, dot = 0.0f;
@@ -3289,6 +3296,8 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  *    in a local array `acc`. For each k it loads MR numbers of A and NR numbers of B and does
  *    MR*NR multiply-adds: every number loaded is used MR or NR times. With constant MR and NR
  *    the compiler keeps `acc` in vector registers and vectorizes the j loop (NR wide).
+ *    The tile is then added to C, or, in matmul_store's first slice of K, stored with the
+ *    bias: a linear layer's output is written once and never read back before it is used.
  * 2. Packing. Before the kernel runs, the part of A it needs is copied into "panels" of MR
  *    rows laid out k by k (MR consecutive floats per k), and B into panels of NR columns (NR
  *    consecutive floats per k). The kernel then reads both with unit stride, whatever the
@@ -3352,7 +3361,9 @@ static int k_slice(int K) { /* the length of K's slices: as few as KC allows, al
    own strides, a_k = a_cs and a_i = a_rs. B(k,j) = b[k*ldb + j], or b[b_off[k] + j] when b_off
    is given (trick 6; ldb unused). MR and NR are constants
    where it is inlined, so the compiler keeps the tile `acc` in registers and unrolls the i
-   and j loops.                                                                              */
+   and j loops. With c_init given (matmul_store, first slice of K), the tile is stored
+   instead: C(i,j) = c_init[j] + the sum, and C is not read. Linear layers used to fill their
+   output with the bias in a pass of its own, then read it back here: 3% of a DeiT-Ti step. */
 #if defined(__GNUC__)
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #else
@@ -3360,7 +3371,7 @@ static int k_slice(int K) { /* the length of K's slices: as few as KC allows, al
 #endif
 static ALWAYS_INLINE void kernel_tile(const int MR, const int NR, int kc, const float *restrict a, int a_k, int a_i,
                                       const float *restrict b, int ldb, const int *restrict b_off,
-                                      float *restrict c, int ldc, int m, int n) {
+                                      float *restrict c, int ldc, const float *restrict c_init, int m, int n) {
     float acc[MR_MAX][NR_MAX];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) acc[i][j] = 0.0f;
@@ -3371,7 +3382,14 @@ static ALWAYS_INLINE void kernel_tile(const int MR, const int NR, int kc, const 
             for (int j = 0; j < NR; j++) acc[i][j] += aik * b_k[j];
         }
     }
-    if (m == MR && n == NR) {
+    int full = m == MR && n == NR;
+    if (c_init && full) {
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) c[(size_t)i * ldc + j] = c_init[j] + acc[i][j];
+    } else if (c_init) {
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) c[(size_t)i * ldc + j] = c_init[j] + acc[i][j];
+    } else if (full) {
         for (int i = 0; i < MR; i++)
             for (int j = 0; j < NR; j++) c[(size_t)i * ldc + j] += acc[i][j];
     } else {
@@ -3383,17 +3401,17 @@ static ALWAYS_INLINE void kernel_tile(const int MR, const int NR, int kc, const 
 /* Each tile is compiled twice: B(k,j) = b[k*ldb + j] (every product), and B(k,j) = b[b_off[k] + j]
    with the start of each row given (name_taps: the convolutions of trick 6). */
 typedef void (*MicroKernel)(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb,
-                            float *restrict c, int ldc, int m, int n);
+                            float *restrict c, int ldc, const float *restrict c_init, int m, int n);
 typedef void (*MicroKernelTaps)(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b,
                                 const int *restrict b_off, float *restrict c, int ldc, int m, int n);
 #define MICRO_KERNEL(name, mr, nr, attributes)                                                                        \
     attributes static void name(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb, \
-                                float *restrict c, int ldc, int m, int n) {                                         \
-        kernel_tile(mr, nr, kc, a, a_k, a_i, b, ldb, NULL, c, ldc, m, n);                                            \
+                                float *restrict c, int ldc, const float *restrict c_init, int m, int n) {           \
+        kernel_tile(mr, nr, kc, a, a_k, a_i, b, ldb, NULL, c, ldc, c_init, m, n);                                    \
     }                                                                                                                \
     attributes static void name##_taps(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b,  \
                                        const int *restrict b_off, float *restrict c, int ldc, int m, int n) {       \
-        kernel_tile(mr, nr, kc, a, a_k, a_i, b, 0, b_off, c, ldc, m, n);                                             \
+        kernel_tile(mr, nr, kc, a, a_k, a_i, b, 0, b_off, c, ldc, NULL, m, n);                                       \
     }
 MICRO_KERNEL(micro_kernel_portable, 4, 24, )
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -3486,10 +3504,15 @@ static ALWAYS_INLINE void pack_b_transposed(float *restrict dst, const float *sr
 
 /* A full panel of a B whose rows are contiguous (b_cs == 1): kc runs of NR numbers, b_rs
    apart. Inlined with a constant NR, so that the compiler copies whole vectors; with NR a
-   variable, GCC moved two floats at a time, and this copy took 4.6% of a DeiT-Ti step. */
+   variable, GCC moved two floats at a time, and this copy took 4.6% of a DeiT-Ti step.
+   The + 0.0f: GCC sees a loop that only copies and calls memmove for each run of NR floats
+   (128 bytes), which took 2-3% of the step in calls. Adding zero is exact (only a -0 becomes
+   +0, and the kernel's sums start at +0 anyway), so the numbers stay the same, but the loop
+   is no longer a plain copy, and it stays a few vector loads and stores. The weight
+   gradients, which pack this way, ran 5-10% faster (dev/SPEED.md). */
 static ALWAYS_INLINE void pack_b_rows(float *restrict dst, const float *src, int b_rs, int kc, const int NR) {
     for (int k = 0; k < kc; k++)
-        for (int j = 0; j < NR; j++) dst[k * NR + j] = src[(size_t)k * b_rs + j];
+        for (int j = 0; j < NR; j++) dst[k * NR + j] = src[(size_t)k * b_rs + j] + 0.0f;
 }
 
 /* One panel: B[k0 .. k0+kc) x [j0 .. j0+n) as kc rows of NR numbers, zero padded. */
@@ -3515,12 +3538,22 @@ static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs
         for (int j = 0; j < n; j++) dst[k * NR + j] = src[(size_t)k * b_rs + (size_t)j * b_cs];
 }
 
+/* matmul_store (store = 1) stores each tile in the first slice of K (k0 = 0) and adds the
+   later slices to it, as matmul does. What the kernel stores a tile whose first column is j
+   from: the bias from column j on, or zeros; NULL (add to C) when it should add.           */
+static const float matmul_zero_row[NR_MAX];
+static const float *tile_init(int store, const float *bias, int k0, int j) {
+    if (!store || k0 > 0) return NULL;
+    return bias ? bias + j : matmul_zero_row;
+}
+
 /* A product asked for from inside a parallel loop (attention: one image and head per thread)
    runs on the calling thread alone, with its packing buffers on that thread's stack. These
    products are small (T x T x hd), so only K is cut (k_slice); each B panel is packed
    once and used by every group of MR rows, as in the loops below. */
 static void matmul_fast_one_thread(const MatmulPath *path, float *C, int ldc, const float *A, int a_rs, int a_cs,
-                                   const float *B, int b_rs, int b_cs, int M, int N, int K) {
+                                   const float *B, int b_rs, int b_cs, int M, int N, int K, int store,
+                                   const float *bias) {
     const int MR = path->mr, NR = path->nr, a_direct = a_cs == 1 || a_rs == 1;
     _Alignas(64) float bp[KC * NR_MAX];
     _Alignas(64) float ap[KC * MR_MAX];
@@ -3539,7 +3572,7 @@ static void matmul_fast_one_thread(const MatmulPath *path, float *C, int ldc, co
                 if (!a_direct) pack_a(ap, A, a_rs, a_cs, i0, m, k0, kc, MR);
                 const float *a = in_place ? A + (size_t)i0 * a_rs + (size_t)k0 * a_cs : ap;
                 path->kernel(kc, a, in_place ? a_cs : MR, in_place ? a_rs : 1, b, direct ? b_rs : NR,
-                             C + (size_t)i0 * ldc + j0, ldc, m, n);
+                             C + (size_t)i0 * ldc + j0, ldc, tile_init(store, bias, k0, j0), m, n);
             }
         }
     }
@@ -3550,15 +3583,17 @@ static float *matmul_packed_b; /* KC x NC: the blocked loops' packed B panels, a
 /* Rows i0 .. i0+m of C (a block, m <= MC; C already points at the panel's first column) +=
    those rows of A x one B panel (kc x NR, rows ldb apart; n valid columns), MR rows at a time:
    a full group of MR rows is read in place when a_direct (trick 4), the others from ap, where
-   the caller has packed the block. Both loops below run every block through here. */
+   the caller has packed the block. Both loops below run every block through here. c_init:
+   as the kernel's (NULL: add to C). */
 static void block_times_panel(const MatmulPath *path, float *C, int ldc, const float *A, int a_rs, int a_cs,
                               int a_direct, const float *ap, int i0, int m, int k0, int kc, const float *b, int ldb,
-                              int n) {
+                              int n, const float *c_init) {
     const int MR = path->mr;
     for (int p = 0; p < m; p += MR) {
         int im = m - p < MR ? m - p : MR, in_place = a_direct && im == MR;
         const float *a = in_place ? A + (size_t)(i0 + p) * a_rs + (size_t)k0 * a_cs : ap + (size_t)p * kc;
-        path->kernel(kc, a, in_place ? a_cs : MR, in_place ? a_rs : 1, b, ldb, C + (size_t)(i0 + p) * ldc, ldc, im, n);
+        path->kernel(kc, a, in_place ? a_cs : MR, in_place ? a_rs : 1, b, ldb, C + (size_t)(i0 + p) * ldc, ldc, c_init,
+                     im, n);
     }
 }
 
@@ -3586,14 +3621,14 @@ static size_t matmul_deep_packed_size;
 
 /* Rows i0 .. i0+m of a transposed A (A(i,k) = a[k*a_cs + i]) into panels of MR rows, k outer:
    for each k the m numbers are read in one run. Inlined with a constant MR (below), so that the
-   compiler copies whole vectors. */
+   compiler copies whole vectors (the + 0.0f: see pack_b_rows). */
 static ALWAYS_INLINE void pack_a_transposed(float *restrict dst, const float *A, int a_cs, int i0, int m, int k0,
                                             int kc, const int MR) {
     int full = m / MR * MR;
     for (int k = 0; k < kc; k++) {
         const float *src = A + (size_t)(k0 + k) * a_cs + i0;
         for (int p = 0; p < full; p += MR)
-            for (int i = 0; i < MR; i++) dst[(size_t)p * kc + k * MR + i] = src[p + i];
+            for (int i = 0; i < MR; i++) dst[(size_t)p * kc + k * MR + i] = src[p + i] + 0.0f;
     }
     if (full < m) pack_a(dst + (size_t)full * kc, A, 1, a_cs, i0 + full, m - full, k0, kc, MR);
 }
@@ -3608,7 +3643,7 @@ static void pack_a_block(float *restrict dst, const float *A, int a_rs, int a_cs
 }
 
 static void matmul_fast_deep(const MatmulPath *path, float *C, int ldc, const float *A, int a_rs, int a_cs,
-                             const float *B, int b_rs, int b_cs, int M, int N, int K) {
+                             const float *B, int b_rs, int b_cs, int M, int N, int K, int store, const float *bias) {
     const int MR = path->mr, NR = path->nr;
     const int n_panels = (N + NR - 1) / NR, n_blocks = (M + MC - 1) / MC, n_items = n_panels * n_blocks;
     /* item w = (outer index) * inner + (inner index): blocks outer when M > N, else panels */
@@ -3645,25 +3680,31 @@ static void matmul_fast_deep(const MatmulPath *path, float *C, int ldc, const fl
                 int blk = by_block ? w / inner : w % inner, q = by_block ? w % inner : w / inner;
                 int i0 = blk * MC, m = M - i0 < MC ? M - i0 : MC, n = N - q * NR < NR ? N - q * NR : NR;
                 block_times_panel(path, C + q * NR, ldc, A, a_rs, a_cs, 0, ap + (size_t)i0 * kc, i0, m, k0, kc,
-                                  bp + (size_t)q * NR * kc, NR, n);
+                                  bp + (size_t)q * NR * kc, NR, n, tile_init(store, bias, k0, q * NR));
             }
         }
     }
 }
 
+/* C += A B (store = 0), or C = A B + bias (store = 1: matmul_store) */
 static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
-                   const float *B, int b_rs, int b_cs, int M, int N, int K) {
-    if (M <= 0 || N <= 0 || K <= 0) return;
+                   const float *B, int b_rs, int b_cs, int M, int N, int K, int store, const float *bias) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* no product: C = bias (or 0) when storing, unchanged when adding */
+        for (int i = 0; i < M && store; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = bias ? bias[j] : 0.0f;
+        return;
+    }
     const MatmulPath *path = matmul_path();
     if (inside_parallel_region()) {
-        matmul_fast_one_thread(path, C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+        matmul_fast_one_thread(path, C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K, store, bias);
         return;
     }
     const int MR = path->mr, NR = path->nr;
     if (K > KC && M <= 1024 && matmul_deep_enabled) { /* trick 7, a slice of N at a time */
         for (int j0 = 0; j0 < N; j0 += NC)
             matmul_fast_deep(path, C + j0, ldc, A, a_rs, a_cs, B + (size_t)j0 * b_cs, b_rs, b_cs, M,
-                             N - j0 < NC ? N - j0 : NC, K);
+                             N - j0 < NC ? N - j0 : NC, K, store, bias ? bias + j0 : NULL);
         return;
     }
     if (!matmul_packed_b) matmul_packed_b = xmalloc(sizeof(float) * KC * NC);
@@ -3709,7 +3750,7 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
                         int direct = b_direct && jn == NR;
                         const float *b = direct ? B + (size_t)k0 * b_rs + j0 + q * NR : bp + (size_t)q * NR * kc;
                         block_times_panel(path, C + j0 + q * NR, ldc, A, a_rs, a_cs, a_direct, ap, i0, m, k0, kc, b,
-                                          direct ? b_rs : NR, jn);
+                                          direct ? b_rs : NR, jn, tile_init(store, bias, k0, j0 + q * NR));
                     }
                 }
             }
@@ -3950,10 +3991,10 @@ static void conv_taps_weight_grad(float *dWt, const float *Pdout, const float *P
                     const float *a = Pin + first + conv_tap_shift(l, plane, nb, ky0 * k + kx) + k0; /* channel 0 */
                     float *c = dWt + conv_weight_grad_at(l, g, j0, 0, ky0, kx);
                     for (int i0 = 0; i0 < tail; i0 += MR)
-                        path->kernel(kc_rows, a + i0 * cstride, 1, (int)cstride, bp, NR, c + (size_t)i0 * ldc, ldc, MR, cols);
+                        path->kernel(kc_rows, a + i0 * cstride, 1, (int)cstride, bp, NR, c + (size_t)i0 * ldc, ldc, NULL, MR, cols);
                     if (tail < C) {
                         pack_a(ap, a, (int)cstride, 1, tail, C - tail, 0, kc_rows, MR);
-                        path->kernel(kc_rows, ap, MR, 1, bp, NR, c + (size_t)tail * ldc, ldc, C - tail, cols);
+                        path->kernel(kc_rows, ap, MR, 1, bp, NR, c + (size_t)tail * ldc, ldc, NULL, C - tail, cols);
                     }
                 }
             }
@@ -3995,8 +4036,8 @@ static void conv_taps_weight_grad_plain(float *dW, const float *Pdout, const flo
                 for (j = n; j < NR; j++) bp[q * NR + j] = 0.0f;
             }
             for (int i0 = 0; i0 < tail; i0 += MR)
-                path->kernel(kc, a + i0 * plane, 1, (int)plane, bp, NR, dW + (size_t)i0 * K + j0, K, MR, n);
-            if (tail < cout) path->kernel(kc, ap, MR, 1, bp, NR, dW + (size_t)tail * K + j0, K, cout - tail, n);
+                path->kernel(kc, a + i0 * plane, 1, (int)plane, bp, NR, dW + (size_t)i0 * K + j0, K, NULL, MR, n);
+            if (tail < cout) path->kernel(kc, ap, MR, 1, bp, NR, dW + (size_t)tail * K + j0, K, NULL, cout - tail, n);
         }
     }
 }

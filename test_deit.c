@@ -150,12 +150,22 @@ static void test_matmul(void) {
             for (int alone = 0; alone <= (fast ? 1 : 0); alone++)
             for (int ta = 0; ta < 2; ta++)
                 for (int tb = 0; tb < 2; tb++) {
+                    /* mode 0: C += A B; 1: C = A B and 2: C = A B + bias (matmul_store), over a C
+                       of NaNs, which must not be read. Each shape and version gets all three. */
+                    int mode = (int)(2 * ta + tb + s) % 3;
                     float *A = rand_tensor((size_t)M * K, 1.0f), *B = rand_tensor((size_t)K * N, 1.0f);
                     float *C1 = rand_tensor((size_t)M * N, 1.0f), *C2 = xmalloc(sizeof(float) * M * N);
+                    float *bias = mode == 2 ? rand_tensor((size_t)N, 1.0f) : NULL;
                     memcpy(C2, C1, sizeof(float) * M * N);
+                    for (size_t i = 0; i < (size_t)M * N && mode > 0; i++) {
+                        C1[i] = NAN;
+                        C2[i] = bias ? bias[i % N] : 0.0f;
+                    }
                     int a_rs = ta ? 1 : K, a_cs = ta ? M : 1, b_rs = tb ? 1 : N, b_cs = tb ? K : 1;
-                    if (alone) matmul_fast_one_thread(matmul_chosen_path, C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
-                    else if (fast) matmul_fast(C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
+                    if (alone) matmul_fast_one_thread(matmul_chosen_path, C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K,
+                                                      mode > 0, bias);
+                    else if (fast) matmul_fast(C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K, mode > 0, bias);
+                    else if (mode > 0) matmul_store(C1, N, bias, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
                     else matmul_naive(C1, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
                     matmul_reference(C2, N, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
                     double worst = 0.0;
@@ -163,8 +173,9 @@ static void test_matmul(void) {
                         double e = fabs(C1[i] - C2[i]) / (1.0 + fabs(C2[i]));
                         if (e > worst || e != e) worst = e;
                     }
-                    check(worst < 1e-4 * sqrt((double)K), "matmul %-8s%s %4dx%4dx%4d transA=%d transB=%d vs reference: max err %.1e",
-                          fast ? matmul_path_names[fast - 1] : "naive", alone ? " (one thread)" : "", M, N, K, ta, tb, worst);
+                    check(worst < 1e-4 * sqrt((double)K), "matmul %-8s%s %4dx%4dx%4d transA=%d transB=%d %s vs reference: max err %.1e",
+                          fast ? matmul_path_names[fast - 1] : "naive", alone ? " (one thread)" : "", M, N, K, ta, tb,
+                          mode == 0 ? "C+=AB" : mode == 1 ? "C=AB" : "C=AB+bias", worst);
                     free(C2); /* A, B, C1 are test tensors, freed at the end */
                 }
         }
@@ -173,23 +184,32 @@ static void test_matmul(void) {
        order as the blocked loops, at any thread count: bit for bit the same result */
     int deep_shapes[][3] = {{192, 768, 4224}, {77, 131, 600}, {1000, 33, 700}, {9, 4100, 300}};
     for (size_t s = 0; s < sizeof(deep_shapes) / sizeof(deep_shapes[0]); s++) {
-        int M = deep_shapes[s][0], N = deep_shapes[s][1], K = deep_shapes[s][2], same = 1;
+        int M = deep_shapes[s][0], N = deep_shapes[s][1], K = deep_shapes[s][2], same = 1, same_store = 1;
         float *A = rand_tensor((size_t)M * K, 1.0f), *B = rand_tensor((size_t)K * N, 1.0f), *C[4];
+        /* and C = A B + bias (matmul_store, over NaNs), against the bias then C += A B */
+        float *bias = rand_tensor((size_t)N, 1.0f), *S[4];
         for (int run = 0; run < 4; run++) { /* 0: blocked loops; 1-3: trick 7 at 1, 2, 3 threads */
             C[run] = zeros((size_t)M * N);
+            S[run] = xmalloc(sizeof(float) * M * N);
+            for (size_t i = 0; i < (size_t)M * N; i++) S[run][i] = run ? NAN : bias[i % N];
             matmul_deep_enabled = run > 0;
 #ifdef _OPENMP
             int threads = omp_get_max_threads();
             if (run > 0) omp_set_num_threads(run);
 #endif
-            matmul_fast(C[run], N, A, 1, M, B, N, 1, M, N, K); /* A transposed, as in a weight gradient */
+            matmul_fast(C[run], N, A, 1, M, B, N, 1, M, N, K, 0, NULL); /* A transposed, as in a weight gradient */
+            matmul_fast(S[run], N, A, 1, M, B, N, 1, M, N, K, run > 0, run ? bias : NULL);
 #ifdef _OPENMP
             omp_set_num_threads(threads);
 #endif
             if (run > 0) same = same && !memcmp(C[run], C[0], sizeof(float) * M * N);
+            if (run > 0) same_store = same_store && !memcmp(S[run], S[0], sizeof(float) * M * N);
         }
+        for (int run = 0; run < 4; run++) free(S[run]);
         matmul_deep_enabled = 1;
         check(same, "matmul %dx%dx%d, trick 7 (deep products) at 1, 2 and 3 threads = the blocked loops, bit for bit",
+              M, N, K);
+        check(same_store, "matmul_store %dx%dx%d, trick 7 at 1, 2 and 3 threads = bias, then the blocked loops' C += A B, bit for bit",
               M, N, K);
     }
     /* the switch: matmul() runs exactly the naive loops when matmul_use_fast is 0, the fast one when 1 */
@@ -204,7 +224,7 @@ static void test_matmul(void) {
     matmul(C[1], N, A, 1, M, B, N, 1, M, N, K);
     matmul_use_fast = saved;
     matmul_naive(C[2], N, A, 1, M, B, N, 1, M, N, K);
-    matmul_fast(C[3], N, A, 1, M, B, N, 1, M, N, K);
+    matmul_fast(C[3], N, A, 1, M, B, N, 1, M, N, K, 0, NULL);
     check(!memcmp(C[0], C[2], sizeof(float) * M * N) && !memcmp(C[1], C[3], sizeof(float) * M * N),
           "matmul() runs matmul_naive when the switch says naive, matmul_fast when it says fast");
 }
