@@ -3403,15 +3403,17 @@ static ALWAYS_INLINE void kernel_tile(const int MR, const int NR, int kc, const 
 typedef void (*MicroKernel)(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb,
                             float *restrict c, int ldc, const float *restrict c_init, int m, int n);
 typedef void (*MicroKernelTaps)(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b,
-                                const int *restrict b_off, float *restrict c, int ldc, int m, int n);
+                                const int *restrict b_off, float *restrict c, int ldc, const float *restrict c_init,
+                                int m, int n);
 #define MICRO_KERNEL(name, mr, nr, attributes)                                                                        \
     attributes static void name(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b, int ldb, \
                                 float *restrict c, int ldc, const float *restrict c_init, int m, int n) {           \
         kernel_tile(mr, nr, kc, a, a_k, a_i, b, ldb, NULL, c, ldc, c_init, m, n);                                    \
     }                                                                                                                \
     attributes static void name##_taps(int kc, const float *restrict a, int a_k, int a_i, const float *restrict b,  \
-                                       const int *restrict b_off, float *restrict c, int ldc, int m, int n) {       \
-        kernel_tile(mr, nr, kc, a, a_k, a_i, b, 0, b_off, c, ldc, NULL, m, n);                                       \
+                                       const int *restrict b_off, float *restrict c, int ldc,                       \
+                                       const float *restrict c_init, int m, int n) {                                \
+        kernel_tile(mr, nr, kc, a, a_k, a_i, b, 0, b_off, c, ldc, c_init, m, n);                                     \
     }
 MICRO_KERNEL(micro_kernel_portable, 4, 24, )
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -3906,8 +3908,9 @@ static int conv_tap_shift(const ConvBN *l, size_t plane, int nb, int j) {
     return (int)(((c * 2 + py) * 2 + px) * plane) + dy * conv_row_step(l, nb) + dx;
 }
 
-/* G (M x N grid columns, row stride ldg) += A (M x C*k*k, row stride lda) x the taps of the padded
-   P: the loops of matmul_fast_one_thread, with B read in place through the shifts of its rows. */
+/* G (M x N grid columns, row stride ldg) = A (M x C*k*k, row stride lda) x the taps of the padded
+   P: the loops of matmul_fast_one_thread, with B read in place through the shifts of its rows.
+   The first slice of K stores its tiles (as matmul_store): G's old values are not read. */
 static void conv_taps_product(float *G, int ldg, const float *A, int lda, const float *P, size_t plane, int C,
                               const ConvBN *l, int nb, int M, int N) {
     const MatmulPath *path = matmul_path();
@@ -3923,8 +3926,9 @@ static void conv_taps_product(float *G, int ldg, const float *A, int lda, const 
             int n = N - j0 < NR ? N - j0 : NR;
             for (int i0 = 0; i0 < M; i0 += MR) {
                 int m = M - i0 < MR ? M - i0 : MR;
-                if (m == MR) path->kernel_taps(kc, A + (size_t)i0 * lda + k0, 1, lda, first + j0, b_off, G + (size_t)i0 * ldg + j0, ldg, m, n);
-                else path->kernel_taps(kc, ap, MR, 1, first + j0, b_off, G + (size_t)i0 * ldg + j0, ldg, m, n);
+                const float *a = m == MR ? A + (size_t)i0 * lda + k0 : ap;
+                path->kernel_taps(kc, a, m == MR ? 1 : MR, m == MR ? lda : 1, first + j0, b_off,
+                                  G + (size_t)i0 * ldg + j0, ldg, tile_init(1, NULL, k0, j0), m, n);
             }
         }
     }
@@ -4062,7 +4066,6 @@ static void conv_forward_direct(float *out, float *col, float *keep, const float
     int N = conv_grid_columns(l, nb), ldg = N + 16, K = l->cin * l->ksize * l->ksize;
     float *P = keep ? conv_padded_chunk(keep, l, B, b0) : col, *G = col + conv_in_planes(l) * plane;
     conv_pad(P, plane, in, l->cin, l->hin, l->win, l->stride, B, b0, nb, l);
-    memset(G, 0, sizeof(float) * l->cout * ldg);
     conv_taps_product(G, ldg, w, K, P, plane, l->cin, l, nb, l->cout, N);
     conv_unpad(out, G, ldg, l->cout, B, b0, nb, l, 0);
 }
@@ -4081,7 +4084,6 @@ static void conv_backward_direct(float *din, int din_add, float *dw_lane, float 
     if (conv_weight_grad_plain(l)) conv_taps_weight_grad_plain(dw_lane, Pdout, Pin, plane, l, nb, N);
     else conv_taps_weight_grad(dw_lane, Pdout, Pin, plane, l, nb, N);
     if (!din) return;
-    memset(dcol, 0, sizeof(float) * l->cin * ldg);
     conv_taps_product(dcol, ldg, w_flip, K, Pdout, plane, l->cout, l, nb, l->cin, N);
     conv_unpad(din, dcol, ldg, l->cin, B, b0, nb, l, din_add);
 }
