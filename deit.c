@@ -260,8 +260,9 @@ static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
 }
 
 /* C = A B, plus bias[j] in every row when bias is given; C's old values are not read. Here:
-   fill C with the bias (or zeros), then add the product. The fast version fills each tile of
-   C in the registers that add up its products, so C is written once and never read.      */
+   fill C with the bias (or zeros), then add the product. The fast version starts each tile of
+   C from the bias in the registers that add up its products: the first slice of K stores C
+   without reading it (later slices, where K > 256, add to it).                              */
 static void matmul_store(float *C, int ldc, const float *bias, const float *A, int a_rs, int a_cs,
                          const float *B, int b_rs, int b_cs, int M, int N, int K) {
     if (matmul_use_fast) {
@@ -3283,7 +3284,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  *
  *  The naive matmul of Part I (I.2) is right but slow: it reaches a few GFLOP/s, where the
  *  processor can do a hundred or more. matmul_fast below computes the same product, with the
- *  same arguments, about 50x faster, in plain C loops that the compiler turns into vector
+ *  same operands, about 50x faster, in plain C loops that the compiler turns into vector
  *  instructions. matmul() in Part I calls it unless --matmul naive is given.
  *
  * ########################################################################################## */
@@ -3297,13 +3298,14 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  *    MR*NR multiply-adds: every number loaded is used MR or NR times. With constant MR and NR
  *    the compiler keeps `acc` in vector registers and vectorizes the j loop (NR wide).
  *    The tile is then added to C, or, in matmul_store's first slice of K, stored with the
- *    bias: a linear layer's output is written once and never read back before it is used.
+ *    bias: a linear layer's output is not filled first and then read back (later slices of K,
+ *    where K > 256, add to it as before).
  * 2. Packing. Before the kernel runs, the part of A it needs is copied into "panels" of MR
  *    rows laid out k by k (MR consecutive floats per k), and B into panels of NR columns (NR
  *    consecutive floats per k). The kernel then reads both with unit stride, whatever the
  *    strides (transposes) of the original operands: this is what lets one routine serve the
  *    forward pass and both backward products. Edges are padded with zeros, so the kernel
- *    always computes a full tile and only the valid part is added to C.
+ *    always computes a full tile and only the valid part is added to (or stored in) C.
  * 3. Cache blocking. K is cut in slices of at most KC so a packed A block (MC x KC) stays in L2
  *    and a B panel (KC x NR) in L1 while they are reused; N is cut in slices of NC so packed B
  *    fits in L3. The slices are of equal length (k_slice): K = 288 is 144 + 144, not 256 + 32,
