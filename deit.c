@@ -265,11 +265,11 @@ static void matmul(float *C, int ldc, const float *A, int a_rs, int a_cs,
    without reading it (later slices, where K > 256, add to it).                              */
 static void matmul_store(float *C, int ldc, const float *bias, const float *A, int a_rs, int a_cs,
                          const float *B, int b_rs, int b_cs, int M, int N, int K) {
-    if (matmul_use_fast) {
+    if (matmul_use_fast && K > 0) {
         matmul_fast(C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K, 1, bias);
         return;
     }
-    for (int i = 0; i < M; i++)
+    for (int i = 0; i < M; i++) /* (also with K = 0: no product, C = bias) */
         for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = bias ? bias[j] : 0.0f;
     matmul_naive(C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K);
 }
@@ -3694,12 +3694,7 @@ static void matmul_fast_deep(const MatmulPath *path, float *C, int ldc, const fl
 /* C += A B (store = 0), or C = A B + bias (store = 1: matmul_store) */
 static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
                    const float *B, int b_rs, int b_cs, int M, int N, int K, int store, const float *bias) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) { /* no product: C = bias (or 0) when storing, unchanged when adding */
-        for (int i = 0; i < M && store; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = bias ? bias[j] : 0.0f;
-        return;
-    }
+    if (M <= 0 || N <= 0 || K <= 0) return; /* (matmul_store fills C itself when K = 0) */
     const MatmulPath *path = matmul_path();
     if (inside_parallel_region()) {
         matmul_fast_one_thread(path, C, ldc, A, a_rs, a_cs, B, b_rs, b_cs, M, N, K, store, bias);

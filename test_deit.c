@@ -142,6 +142,15 @@ static void test_matmul(void) {
     int shapes[][3] = {{1, 1, 1}, {7, 5, 3}, {13, 37, 29}, {6, 32, 256}, {67, 131, 257}, {100, 300, 513}, {5, 4100, 9},
                        {73, 4033, 17}, {9, 4100, 300}, {1100, 50, 600}};
     const MatmulPath *in_use = matmul_path();
+    for (int fast = 0; fast < 2; fast++) { /* K = 0: no product, C = A B + bias is the bias in every row */
+        float C0[6] = {NAN, NAN, NAN, NAN, NAN, NAN}, bias0[3] = {1.0f, -2.0f, 3.0f}, none = 0.0f;
+        int saved_fast = matmul_use_fast;
+        matmul_use_fast = fast;
+        matmul_store(C0, 3, bias0, &none, 0, 1, &none, 3, 1, 2, 3, 0);
+        matmul_use_fast = saved_fast;
+        check(C0[0] == 1.0f && C0[1] == -2.0f && C0[2] == 3.0f && C0[3] == 1.0f && C0[5] == 3.0f,
+              "matmul_store with K = 0 (%s): C = the bias", fast ? "fast" : "naive");
+    }
     /* every kernel version this processor runs (fast = 1 + its index), then the naive loops (fast = 0) */
     for (int fast = 1 + matmul_best_path(); fast >= 0; fast--)
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
