@@ -283,11 +283,13 @@ static void linear_forward(float *out, const float *inp, const float *w, const f
 /* Backward of y = x W^T + b:
      dx = dy W          (M,N)(N,K)  -> (M,K)
      dW = dy^T x        (N,M)(M,K)  -> (N,K)
-     db = sum over rows of dy                                                              */
+     db = sum over rows of dy
+   dx is written (x gets no other gradient before this one: see deit_zero_grad); dW and db
+   are added to, as every parameter's gradient is.                                         */
 VECTOR_CLONES
 static void linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                             const float *w, int M, int K, int N) {
-    if (dinp) matmul(dinp, K, dout, N, 1, w, K, 1, M, K, N);
+    if (dinp) matmul_store(dinp, K, NULL, dout, N, 1, w, K, 1, M, K, N);
     matmul(dw, K, dout, 1, N, inp, K, 1, N, K, M); /* A(i,k) = dout[k*N + i]: dy read transposed */
     if (db) {
         OMP(omp parallel for schedule(static))
@@ -541,9 +543,10 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
      datt   = dOut V^T                                  (Tq, T)
      dscore = scale * att * (datt - rowsum(att * datt))   row by row: the softmax backward, times
               the 1/sqrt(hd) of the scores; dscore is the gradient of the raw product Q K^T
-     dQ    += dscore K,   dK += dscore^T Q,   dV += att^T dOut
-   (dQ for the Tq query rows only.) dscore (Tq, T) is the thread's own scratch. Each (b, h)
-   writes only its own slice of dqkv, so the parallel loop is race-free. */
+     dQ     = dscore K,    dK  = dscore^T Q,    dV  = att^T dOut
+   (dQ for the Tq query rows; the other rows' queries reached no output: their dQ is 0.)
+   dscore (Tq, T) is the thread's own scratch. Each (b, h) writes its own slice of dqkv, all
+   of it and nothing else, so the parallel loop is race-free and dqkv needs no zeroing first. */
 VECTOR_CLONES
 static void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
                                int B, int T, int Tq, int D, int NH) {
@@ -565,9 +568,10 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
                     for (int t2 = 0; t2 < T; t2++) dot += a_row[t2] * ds[t2];
                     for (int t2 = 0; t2 < T; t2++) ds[t2] = a_row[t2] * (ds[t2] - dot) * scale;
                 }
-                matmul(dq, 3 * D, dscore, T, 1, k, 3 * D, 1, Tq, hd, T); /* dQ += dscore K */
-                matmul(dk, 3 * D, dscore, 1, T, q, 3 * D, 1, T, hd, Tq); /* dK += dscore^T Q */
-                matmul(dv, 3 * D, a, 1, T, dy, D, 1, T, hd, Tq);         /* dV += att^T dOut */
+                matmul_store(dq, 3 * D, NULL, dscore, T, 1, k, 3 * D, 1, Tq, hd, T); /* dQ = dscore K */
+                for (int t = Tq; t < T; t++) memset(dq + (size_t)t * 3 * D, 0, sizeof(float) * hd);
+                matmul_store(dk, 3 * D, NULL, dscore, 1, T, q, 3 * D, 1, T, hd, Tq); /* dK = dscore^T Q */
+                matmul_store(dv, 3 * D, NULL, a, 1, T, dy, D, 1, T, hd, Tq);         /* dV = att^T dOut */
             }
         free(dscore);
     }
@@ -600,7 +604,8 @@ static void gelu_forward(float *out, const float *inp, size_t n) {
     for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erf_approx(inp[i] * 0.70710678118654752f));
 }
 
-/* Both Phi and phi are plain arithmetic here (erf_approx, exp_approx): the loop vectorizes. */
+/* dinp = dout * gelu'(inp), written. Both Phi and phi are plain arithmetic here (erf_approx,
+   exp_approx): the loop vectorizes. */
 VECTOR_CLONES
 static void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
     OMP(omp parallel for schedule(static))
@@ -608,16 +613,18 @@ static void gelu_backward(float *dinp, const float *dout, const float *inp, size
         float x = inp[i];
         float cdf = 0.5f * (1.0f + erf_approx(x * 0.70710678118654752f)); /* Phi(x) */
         float pdf = 0.39894228040143268f * exp_approx(-0.5f * x * x);      /* phi(x) */
-        dinp[i] += dout[i] * (cdf + x * pdf);
+        dinp[i] = dout[i] * (cdf + x * pdf);
     }
 }
 
 /* ---- I.3.6 Residual connection with stochastic depth (drop path) ---------------------------
    out = x + scale[b] * branch, where scale[b] is 1 at inference and, in training, 0 with
    probability rate or 1/(1 - rate) otherwise, drawn per sample (Huang et al. 2016).
-   Backward: dx += dout,  dbranch += scale[b] * dout.
+   Backward: dx = dout,  dbranch = scale[b] * dout (both written: the first gradients to reach
+   them; LayerNorm's backward adds its part to dx after).
    Per image: n numbers of out and branch; x (and dx) may hold more, x_n per image, of which the
-   first n are used (the last block, which keeps only the heads' tokens: see deit_forward).   */
+   first n are used (the last block, which keeps only the heads' tokens: see deit_forward); the
+   rest of dx is 0 from here.                                                                */
 static void drop_path_sample(float *scale, float rate, int B, Rng *rng) {
     float keep = 1.0f - rate;
     for (int b = 0; b < B; b++) scale[b] = (rate > 0.0f) ? (rng_uniform(rng) < keep ? 1.0f / keep : 0.0f) : 1.0f;
@@ -642,9 +649,10 @@ static void residual_backward(float *dx, size_t x_n, float *dbranch, const float
         float s = scale[b], *dxb = dx + (size_t)b * x_n, *df = dbranch + (size_t)b * n;
         const float *dy = dout + (size_t)b * n;
         for (size_t i = 0; i < n; i++) {
-            dxb[i] += dy[i];
-            df[i] += s * dy[i];
+            dxb[i] = dy[i];
+            df[i] = s * dy[i];
         }
+        for (size_t i = n; i < x_n; i++) dxb[i] = 0.0f;
     }
 }
 
@@ -940,9 +948,13 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
     }
 }
 
-/* Zero all gradients (the backward functions accumulate). The one block's activation
-   gradients (ln1 .. fc2) are left to deit_backward, which zeroes them as it enters each block.
-   The threads share the work (fill_zero). */
+/* Zero the gradients that are added to: every parameter's, and those of the activations
+   outside the blocks (the heads' tokens, the final norm's input, the patch embeddings).
+   Inside a block the first gradient to reach each activation writes it (linear_backward's
+   dx, attention_backward, gelu_backward, residual_backward), and LayerNorm's backward adds its
+   part after: the block's tensors (ln1 .. fc2) and the gradient passed to the block below
+   need no zeroing, which was 700 MB of stores a step at batch 64 (dev/SPEED.md). The threads
+   share the work (fill_zero). */
 static void deit_zero_grad(DeiT *m) {
     memset(m->grads_memory, 0, sizeof(float) * m->num_params);
     if (!m->grads_acts_memory) return;
@@ -985,13 +997,11 @@ static void deit_backward(DeiT *m, int B) {
         float *ln2 = a->ln2 + l * BTD, *ln2_mean = a->ln2_mean + l * BT, *ln2_rstd = a->ln2_rstd + l * BT;
         float *fc1 = a->fc1 + l * BTH, *gelu = a->gelu + l * BTH;
         /* Gradients: dresid2 arrives from above (the block l + 1, or the final norm), dx goes to
-           the block below. The others are this block's, in grads_acts' one-block tensors, which
-           lie one after the other from ln1 to fc2 and start at zero in every block. */
+           the block below. The others are this block's, in grads_acts' one-block tensors, reused
+           by every block: each is written by the first step below that reaches it. */
         float *dresid2 = da->resid2 + (size_t)(l % 2) * BTD;
         float *dln1 = da->ln1, *dqkv = da->qkv, *datty = da->atty, *dattproj = da->attproj;
         float *dresid1 = da->resid1, *dln2 = da->ln2, *dfc1 = da->fc1, *dgelu = da->gelu, *dfc2 = da->fc2;
-        fill_zero(da->ln1, (size_t)(da->resid2 - da->ln1));
-        if (l > 0) fill_zero(dx, BTD); /* it held the gradient that came into block l + 1 */
 
         /* MLP branch */
         residual_backward(dresid1, (size_t)Tq * D, dfc2, dresid2, scale2, B, (size_t)Tq * D);
@@ -1887,8 +1897,7 @@ static void teacher_zero_grad(Teacher *t) {
     }
     memset(t->grads_memory, 0, sizeof(float) * t->num_params);
     /* The activations' gradients need no zeroing: the first to reach each one writes it
-       (avgpool_backward, copy_into or din_add = 0 in basic_block_backward). */
-    memset(t->dpooled, 0, sizeof(float) * t->batch_size * teacher_last_width(t));
+       (linear_backward, avgpool_backward, copy_into or din_add = 0 in basic_block_backward). */
     memset(t->dlogits, 0, sizeof(float) * t->batch_size * t->config.num_classes);
 }
 
@@ -2220,9 +2229,8 @@ static void airbench_zero_grad(Teacher *t) {
     for (int s = 0; s < 3; s++) {
         AirStage *st = &t->air[s];
         size_t np = (size_t)st->conv1.cout * B * st->hp * st->wp;
-        fill_zero(st->dact1, np), fill_zero(st->dact2, np), fill_zero(st->conv1.dout, np), fill_zero(st->conv2.dout, np);
+        fill_zero(st->dact1, np), fill_zero(st->dact2, np); /* (conv1.dout, conv2.dout: gelu_backward writes them) */
     }
-    memset(t->dhead_pooled, 0, sizeof(float) * B * teacher_last_width(t));
     memset(t->dlogits, 0, sizeof(float) * B * t->config.num_classes);
 }
 
@@ -2256,7 +2264,6 @@ static void airbench_backward(Teacher *t, int B) {
     if (!whiten_trains) return;
     ConvBN *wh = &t->whiten;
     size_t hw = (size_t)B * wh->hout * wh->wout;
-    fill_zero(t->dconv, wh->cout * hw);
     gelu_backward(t->dconv, wh->dout, wh->conv, wh->cout * hw);
     OMP(omp parallel for schedule(static))
     for (int c = 0; c < wh->cout; c++) {

@@ -45,6 +45,14 @@ static float *rand_tensor(size_t n, float scale) {
 
 static float *zeros(size_t n) { return remember(xcalloc(n, sizeof(float))); }
 
+/* For a gradient the function writes rather than adds to: one it adds to, or leaves partly
+   unwritten, stays NaN there, and the gradient check fails. */
+static float *nans(size_t n) {
+    float *x = remember(xmalloc(sizeof(float) * n));
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    return x;
+}
+
 static double dot(const float *a, const float *b, size_t n) {
     double s = 0.0;
     for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
@@ -261,7 +269,7 @@ static void test_linear(void) {
     LayerCtx c = {.B = 5, .K = 7, .N = 9};
     c.x = rand_tensor(5 * 7, 1), c.w = rand_tensor(9 * 7, 1), c.b = rand_tensor(9, 1);
     c.out = zeros(5 * 9), c.R = rand_tensor(5 * 9, 1);
-    float *dx = zeros(5 * 7), *dw = zeros(9 * 7), *db = zeros(9);
+    float *dx = nans(5 * 7), *dw = zeros(9 * 7), *db = zeros(9); /* dx is written, dW and db added to */
     linear_backward(dx, dw, db, c.R, c.x, c.w, 5, 7, 9);
     check_grad("linear", "dx", c.x, dx, 35, probe_linear, &c, 1e-2f, 1e-2);
     check_grad("linear", "dW", c.w, dw, 63, probe_linear, &c, 1e-2f, 1e-2);
@@ -348,7 +356,7 @@ static void test_attention(void) {
     size_t nqkv = 2 * 5 * 18, nout = 2 * 5 * 6;
     c.x = rand_tensor(nqkv, 1), c.out = zeros(nout), c.aux1 = zeros(2 * 2 * 5 * 5), c.R = rand_tensor(nout, 1);
     probe_attention(&c);
-    float *dqkv = zeros(nqkv);
+    float *dqkv = nans(nqkv); /* written, every number of it */
     attention_backward(dqkv, c.R, c.x, c.aux1, 2, 5, 5, 6, 2);
     check_grad("attention", "dqkv", c.x, dqkv, nqkv, probe_attention, &c, 1e-2f, 1e-2);
     double worst = 0;
@@ -381,7 +389,7 @@ static void test_attention(void) {
     size_t nqkv2 = 2 * 7 * 36, nout2 = 2 * 7 * 12;
     c2.x = rand_tensor(nqkv2, 1), c2.out = zeros(nout2), c2.aux1 = zeros(2 * 2 * 7 * 7), c2.R = rand_tensor(nout2, 1);
     probe_attention(&c2);
-    float *dqkv2 = zeros(nqkv2);
+    float *dqkv2 = nans(nqkv2);
     attention_backward(dqkv2, c2.R, c2.x, c2.aux1, 2, T2, T2, D2, 2);
     check_grad("attention (head size 6, 7 tokens)", "dqkv", c2.x, dqkv2, nqkv2, probe_attention, &c2, 1e-2f, 1e-2);
     probe_attention(&c2);
@@ -417,7 +425,7 @@ static void test_attention(void) {
     for (b = 0; b < 2; b++)
         for (i = 0; i < 2 * D2; i++) worst = max_or_nan(worst, fabs(c3.out[b * 2 * D2 + i] - c2.out[b * T2 * D2 + i]));
     check(worst == 0, "attention with queries from the first 2 of 7 tokens: their rows of the full output (max diff %.1e)", worst);
-    float *dqkv3 = zeros(nqkv2);
+    float *dqkv3 = nans(nqkv2); /* also the dQ rows of the 5 tokens that ask no query: 0 */
     attention_backward(dqkv3, c3.R, c3.x, c3.aux1, 2, T2, 2, D2, 2);
     check_grad("attention (2 query tokens of 7)", "dqkv", c3.x, dqkv3, nqkv2, probe_attention, &c3, 1e-2f, 1e-2);
 
@@ -432,7 +440,7 @@ static void test_attention(void) {
         int saved = matmul_use_fast;
         for (int fast = 0; fast < 2; fast++) {
             matmul_use_fast = fast;
-            out[fast] = zeros(no), att[fast] = zeros(na), dq[fast] = zeros(nq);
+            out[fast] = nans(no), att[fast] = nans(na), dq[fast] = nans(nq);
             attention_forward(out[fast], att[fast], qkv, 2, T, T, D, NH);
             attention_backward(dq[fast], dout, qkv, att[fast], 2, T, T, D, NH);
         }
@@ -454,7 +462,7 @@ static double probe_gelu(void *p) {
 static void test_gelu(void) {
     LayerCtx c = {.N = 50};
     c.x = rand_tensor(50, 2), c.out = zeros(50), c.R = rand_tensor(50, 1);
-    float *dx = zeros(50);
+    float *dx = nans(50); /* written */
     probe_gelu(&c);
     c.x[7] = 0.0f, probe_gelu(&c); /* x = 0 exactly: Phi(0) = 1/2 */
     gelu_backward(dx, c.R, c.x, 50);
@@ -507,14 +515,14 @@ static void test_residual_drop_path(void) {
     LayerCtx c = {.B = 4, .N = 6};
     float mask[4] = {0.0f, 1.25f, 1.25f, 0.0f}; /* a fixed drop-path mask with keep prob 0.8 */
     c.x = rand_tensor(24, 1), c.aux1 = rand_tensor(24, 1), c.aux2 = mask, c.out = zeros(24), c.R = rand_tensor(24, 1);
-    float *dx = zeros(24), *dbr = zeros(24);
+    float *dx = nans(24), *dbr = nans(24); /* both written */
     residual_backward(dx, 6, dbr, c.R, mask, 4, 6);
     check_grad("residual+drop_path", "dx", c.x, dx, 24, probe_residual, &c, 1e-2f, 1e-2);
     check_grad("residual+drop_path", "dbranch", c.aux1, dbr, 24, probe_residual, &c, 1e-2f, 1e-2);
     /* x with 10 numbers per image, of which the first 6 are used (the last block) */
     LayerCtx c10 = c;
     c10.Tq = 10, c10.x = rand_tensor(40, 1);
-    float *dx10 = zeros(40), *dbr10 = zeros(24);
+    float *dx10 = nans(40), *dbr10 = nans(24);
     residual_backward(dx10, 10, dbr10, c.R, mask, 4, 6);
     check_grad("residual+drop_path, x of 10 per image", "dx", c10.x, dx10, 40, probe_residual, &c10, 1e-2f, 1e-2);
     double unused = 0;
