@@ -826,7 +826,7 @@ static void deit_alloc_activations(DeiT *m, int B) {
        probabilities, the drop-path scales and the inference output: NULL in grads_acts, no memory
        allocated or zeroed). A: all of it. 1: one block's slice (ln1 .. fc2): a block's activation
        gradients are used only while the backward pass is in that block, so every block reuses
-       the same one, zeroed as the block starts. 2: two slices (resid2): the gradient arriving at
+       the same one, each tensor written anew by its first backward step. 2: two slices (resid2): the gradient arriving at
        a block and the one it passes to the block below. */
     enum { A = -1 };
     static const int grad_slices[NUM_ACTIVATION_TENSORS] = {
