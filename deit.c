@@ -23,8 +23,11 @@
  * below, each named for what it does (matmul_fast, run_begin, run_step_done, ...).
  *
  * Conventions (as in llm.c): a layer is a pair  name_forward(out, ..., inp, ..., sizes)  and
- * name_backward(dinp, ..., dout, ..., sizes); backward functions ACCUMULATE (+=) into their
- * gradient buffers, so the model zeroes all gradients once before each backward pass.
+ * name_backward(dinp, ..., dout, ..., sizes). Backward functions ADD (+=) to the parameters'
+ * gradients, which the model zeroes once before each backward pass. Inside a block, an
+ * activation's gradient is written (=) by the backward function that reaches it first (a linear
+ * layer's dx, attention, GELU, the residual connection) and added to by any after it (LayerNorm's
+ * dx); the gradients added to from the start (the token selections', for one) are zeroed.
  */
 #include "deit.h"
 
@@ -209,7 +212,8 @@ static float rng_beta(Rng *r, float a) {
  * I.2 The matmul
  *
  * Every linear layer, every convolution (via im2col) and all their backward passes are one
- * product  C += A * B  with A (M x K), B (K x N), C (M x N). The three products of a linear
+ * product  C += A * B  (matmul), or  C = A * B + bias  (matmul_store), with A (M x K),
+ * B (K x N), C (M x N). The three products of a linear
  * layer only differ in which operand is read transposed, so matmul() takes each operand with
  * a row stride and a column stride:  A(i,k) = A[i*a_rs + k*a_cs],  B(k,j) = B[k*b_rs + j*b_cs].
  * ========================================================================================== */
@@ -948,8 +952,9 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
     }
 }
 
-/* Zero the gradients that are added to: every parameter's, and those of the activations
-   outside the blocks (the heads' tokens, the final norm's input, the patch embeddings).
+/* Zero the gradients that are added to: every parameter's, and, outside the blocks, the final
+   norm's output and input (lnf; resid2's slot for block L - 1) and the patch embeddings. The
+   region zeroed also holds the heads' inputs, x0 and resid2's other slot, which are written.
    Inside a block the first gradient to reach each activation writes it (linear_backward's
    dx, attention_backward, gelu_backward, residual_backward), and LayerNorm's backward adds its
    part after: the block's tensors (ln1 .. fc2) and the gradient passed to the block below

@@ -428,6 +428,15 @@ static void test_attention(void) {
     float *dqkv3 = nans(nqkv2); /* also the dQ rows of the 5 tokens that ask no query: 0 */
     attention_backward(dqkv3, c3.R, c3.x, c3.aux1, 2, T2, 2, D2, 2);
     check_grad("attention (2 query tokens of 7)", "dqkv", c3.x, dqkv3, nqkv2, probe_attention, &c3, 1e-2f, 1e-2);
+    int written = 1, dq_zero = 1; /* (the check above samples 64 of the 504 numbers) */
+    for (b = 0; b < 2; b++)
+        for (t = 0; t < T2; t++)
+            for (i = 0; i < 3 * D2; i++) {
+                float g = dqkv3[(b * T2 + t) * 3 * D2 + i];
+                written &= !isnan(g);
+                if (t >= 2 && i < D2) dq_zero &= g == 0.0f;
+            }
+    check(written && dq_zero, "attention, 2 query tokens of 7: every number of dqkv written, dQ 0 for the 5 that ask none");
 
     /* DeiT-Ti's heads (66 tokens, head size 64) and odd ones (37 tokens, head size 33): with
        the fast matmul (whole register tiles read in place, edges packed) against the naive
@@ -725,6 +734,41 @@ static void test_model_gradients_drop_path(void) {
 /* The last block computed for the heads' tokens only (deit_tokens_out) against the same block
    computed for all T tokens: the same logits, and the same gradient of every parameter, with
    drop path on (training mode) and the hard distillation loss. */
+/* The backward pass writes most activation gradients rather than adding to them, so only some
+   are zeroed first (deit_zero_grad, teacher_zero_grad). Here the buffers it writes hold NaN from
+   "an earlier step" when it starts: the parameters' gradients must come out the same, bit for
+   bit, as with clean buffers. (DeiT: every activation gradient, before net_zero_grad; a
+   teacher: the ones it writes and no longer zeroes, after it.) */
+static void check_written_grads(Net *net, const float *images, const float *targets, int B, const char *what) {
+    Distillation none = {DISTILL_NONE, 0.5f, 1.0f};
+    size_t n = net_num_params(net);
+    float *clean = remember(xmalloc(sizeof(float) * n));
+    for (int stale = 0; stale < 2; stale++) {
+        if (net->kind == NET_DEIT) rng_seed(&net->deit.rng, 9); /* the same drop-path masks */
+        net_forward(net, images, B, 1);
+        if (stale && net->kind == NET_DEIT)
+            for (size_t i = 0; i < net->deit.num_grads_acts; i++) net->deit.grads_acts_memory[i] = NAN;
+        net_zero_grad(net);
+        Teacher *t = &net->cnn;
+        if (stale && net->kind == NET_CNN && t->config.arch == ARCH_AIRBENCH) {
+            for (int a = 0; a < 3; a++) {
+                AirStage *st = &t->air[a];
+                size_t np = (size_t)st->conv1.cout * B * st->hp * st->wp;
+                for (size_t i = 0; i < np; i++) st->conv1.dout[i] = st->conv2.dout[i] = NAN;
+            }
+            for (size_t i = 0; i < (size_t)B * teacher_last_width(t); i++) t->dhead_pooled[i] = NAN;
+            for (size_t i = 0; i < (size_t)t->whiten.cout * B * t->whiten.hout * t->whiten.wout; i++) t->dconv[i] = NAN;
+        } else if (stale && net->kind == NET_CNN) {
+            for (size_t i = 0; i < (size_t)B * teacher_last_width(t); i++) t->dpooled[i] = NAN;
+        }
+        deit_loss(net_heads(net), targets, NULL, &none, B, net_num_classes(net));
+        net_backward(net, B);
+        if (!stale) memcpy(clean, net_grads(net), sizeof(float) * n);
+    }
+    check(!memcmp(clean, net_grads(net), sizeof(float) * n),
+          "%s: with NaN left in the activation gradients the backward pass writes, the same gradients", what);
+}
+
 static void test_last_block_heads_only(int dist) {
     DeiTConfig cfg = tiny_config(dist);
     DeiT m;
@@ -755,6 +799,12 @@ static void test_last_block_heads_only(int dist) {
     check(e_logits < 1e-6 && e_grads < 1e-6 * g_max && g_max > 0,
           "dist=%d: last block for the heads' %d tokens of %d = all tokens: logits (max diff %.1e), gradients "
           "(max diff %.1e of %.1e)", dist, 1 + dist, m.num_tokens, e_logits, e_grads, g_max);
+    Net net = {.kind = NET_DEIT, .deit = m}; /* (the same tensors: freed once, below) */
+    for (int all = 0; all < 2; all++) {
+        deit_last_block_all_tokens = all;
+        check_written_grads(&net, images, targets, B, all ? "DeiT, every block on all tokens" : "DeiT, the last block on the heads' tokens");
+    }
+    deit_last_block_all_tokens = 0;
     deit_free(&m); /* (the tensors from zeros and rand_tensor are freed at exit) */
 }
 
@@ -1276,6 +1326,7 @@ static void test_teacher_model(void) {
     check(worst < 1.0, "gradcheck teacher ResNet (train-mode BN), directional, all %d tensors: |err| / (1e-3 + 1%% |g.v|) worst %s %.2f",
           t->num_tensors, worst_name, worst);
     free(p0);
+    check_written_grads(&net, c.images, c.targets, B, "ResNet teacher");
     /* checkpoint round trip and header */
     const char *path = "test_teacher.bin";
     check(teacher_save(t, path) == 0, "teacher checkpoint written");
@@ -1464,6 +1515,7 @@ static void test_airbench_model(void) {
     check(worst < 5e-2 && kinks <= checked, /* 6 entries a tensor: at most 1 in 6 at a kink */
           "gradcheck airbench (train-mode BN, max-pools, 1/9 logit scale), %d trainable tensors: worst %s rel err %.2e"
           " (%d of %d entries at a max-pool kink, left out)", checked, worst_name, worst, kinks, 6 * checked);
+    check_written_grads(&net, c.images, c.targets, B, "airbench, whitening bias training");
     /* from epoch 3 the whitening bias is frozen and the backward stops at the first block: every
        other gradient is the same as with the bias training, the bias gets none */
     net_forward(&net, c.images, B, 1);
