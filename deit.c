@@ -830,8 +830,8 @@ static void deit_alloc_activations(DeiT *m, int B) {
        probabilities, the drop-path scales and the inference output: NULL in grads_acts, no memory
        allocated or zeroed). A: all of it. 1: one block's slice (ln1 .. fc2): a block's activation
        gradients are used only while the backward pass is in that block, so every block reuses
-       the same one, each tensor written anew by its first backward step. 2: two slices (resid2): the gradient arriving at
-       a block and the one it passes to the block below. */
+       the same one, each tensor written anew by its first backward step. 2: two slices (resid2):
+       the gradient arriving at a block and the one it passes to the block below. */
     enum { A = -1 };
     static const int grad_slices[NUM_ACTIVATION_TENSORS] = {
         0, A, A,       1, 0, 0,       1, 0, 1,    1, 1,    1, 0, 0,
@@ -952,14 +952,12 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
     }
 }
 
-/* Zero the gradients that are added to: every parameter's, and, outside the blocks, the final
-   norm's output and input (lnf; resid2's slot for block L - 1) and the patch embeddings. The
-   region zeroed also holds the heads' inputs, x0 and resid2's other slot, which are written.
-   Inside a block the first gradient to reach each activation writes it (linear_backward's
-   dx, attention_backward, gelu_backward, residual_backward), and LayerNorm's backward adds its
-   part after: the block's tensors (ln1 .. fc2) and the gradient passed to the block below
-   need no zeroing, which was 700 MB of stores a step at batch 64 (dev/SPEED.md). The threads
-   share the work (fill_zero). */
+/* Zero the gradients that are added to from the start: every parameter's, and, outside the
+   blocks, lnf, the final norm's input (resid2's slot for block L - 1) and the patch embeddings
+   (the region zeroed also holds x0, resid2's other slot and the heads' inputs, which are
+   written). A block's own gradients (ln1 .. fc2) and the one it passes down are written by
+   their first backward step (see the conventions at the top): not zeroing them saves 700 MB of
+   stores a step at batch 64 (dev/SPEED.md). The threads share the work (fill_zero). */
 static void deit_zero_grad(DeiT *m) {
     memset(m->grads_memory, 0, sizeof(float) * m->num_params);
     if (!m->grads_acts_memory) return;
