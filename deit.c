@@ -3341,7 +3341,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  */
 #define KC 256
 #define MC 72   /* a multiple of every MR below */
-#define NC 4032 /* a multiple of every NR below (24, 32, 48) */
+#define NC 4032 /* a multiple of every NR below (24, 32) */
 static int k_slice(int K) { /* the length of K's slices: as few as KC allows, all equal (the last may be shorter) */
     int slices = (K + KC - 1) / KC;
     return (K + slices - 1) / slices;
@@ -3353,13 +3353,19 @@ static int k_slice(int K) { /* the length of K's slices: as few as KC allows, al
  *    whole tiles with 16, 32 or 64 rows, the channel counts of the ResNet's convolutions, where
  *    6 rows left one tile in three partly empty: ResNet-20 trained 10% faster, DeiT-Ti the same
  *    (dev/SPEED.md, "8 x 32 on AVX-512"). A 6 x 32 tile with AVX2's 16 registers of 8 floats
- *    spills to memory (77 against 107 GFLOP/s on one core, measured). AVX2 takes 2 x 48: also 12 accumulators (2 rows of 6
- *    vectors), with 2 broadcasts of A and 6 vector loads of B per k. On a Zen 3 EPYC with AVX2
- *    and no AVX-512 the fc1 product ran at 48 GFLOP/s on one core with 2 x 48, against 39
- *    with 4 x 24, 41 with 3 x 32, 44 with 2 x 40, 32 with 1 x 64 and 8 x 8, 27 with 6 x 16
- *    and 23 with 4 x 16 (dev/SPEED.md, "The AVX2 tile"). So the kernel is written once, for
- *    any tile (kernel_tile), and compiled three times: for AVX-512 with 8 x 32, for AVX2 + FMA
- *    with 2 x 48, and for any x86-64 or other processor (SSE2 and such) with 4 x 24. GCC and
+ *    spills to memory (77 against 107 GFLOP/s on one core, measured). AVX2 takes 4 x 24: 12
+ *    accumulators (4 rows of 3 vectors), 3 vectors of B and the broadcast of A make 16, all of
+ *    AVX2's registers, and per k there are 3 loads of B and 4 broadcasts for 12 FMAs. That holds
+ *    only if the compiler keeps B's 3 vectors in registers. GCC 12's tuning for AMD's Zen
+ *    (znver2, znver3: what -march=native picks there) reloads B inside each FMA instead, 12
+ *    loads of B per k, not 3 (seen in its assembly); likely why 2 x 48 (14 loads per k in any
+ *    tuning) came out ahead in the `make` build on a Zen 3 EPYC, fc1 at 48 against 39 GFLOP/s
+ *    on one core. "tune=haswell" in the attribute below fixes the code whatever -march says. On an Intel Xeon with deit.c held to this kernel
+ *    (DEIT_KERNEL=avx2, built without -march), 4 x 24 ran fc1 at 78-86 GFLOP/s on one core
+ *    against 63 with 2 x 48, and 90-103 against 70-94 from L1 (dev/SPEED.md, "The AVX2 tile,
+ *    again"). So the kernel is written once, for any tile (kernel_tile), and compiled three
+ *    times: for AVX-512 with 8 x 32, for AVX2 + FMA with 4 x 24, and for any x86-64 or other
+ *    processor (SSE2 and such) with 4 x 24 as well. GCC and
  *    Clang compile a function for another instruction set than the rest of
  *    the program when it carries __attribute__((target(...))); the first matmul asks the
  *    processor what it has (__builtin_cpu_supports) and takes the best version. So the plain
@@ -3367,7 +3373,7 @@ static int k_slice(int K) { /* the length of K's slices: as few as KC allows, al
  *    vector width. Every version adds the products over k in the same order: they differ
  *    only in rounding (FMA or not), and the tests run each against the reference.          */
 #define MR_MAX 8
-#define NR_MAX 48
+#define NR_MAX 32
 
 /* C tile (m <= MR rows, n <= NR columns) += A panel (MR x kc) * B panel (kc x NR).
    A(i,k) = a[k*a_k + i*a_i]: a packed panel has a_k = MR, a_i = 1; A read in place has its
@@ -3443,7 +3449,7 @@ MICRO_KERNEL(micro_kernel_portable, 4, 24, )
 #define AVX512_TARGET "avx512f,avx512vl,avx2,fma,prefer-vector-width=512"
 #endif
 MICRO_KERNEL(micro_kernel_avx512, 8, 32, __attribute__((target(AVX512_TARGET))))
-MICRO_KERNEL(micro_kernel_avx2, 2, 48, __attribute__((target("avx2,fma"))))
+MICRO_KERNEL(micro_kernel_avx2, 4, 24, __attribute__((target("avx2,fma,tune=haswell"))))
 #endif
 
 typedef struct {
@@ -3458,7 +3464,7 @@ typedef struct {
 static const MatmulPath matmul_paths[] = {
     {"portable C, 4x24 tile", 4, 24, micro_kernel_portable, micro_kernel_portable_taps, 10},
 #ifdef DEIT_X86_DISPATCH
-    {"AVX2+FMA, 2x48 tile", 2, 48, micro_kernel_avx2, micro_kernel_avx2_taps, 50},
+    {"AVX2+FMA, 4x24 tile", 4, 24, micro_kernel_avx2, micro_kernel_avx2_taps, 50},
     {"AVX-512, 8x32 tile", 8, 32, micro_kernel_avx512, micro_kernel_avx512_taps, 15},
 #endif
 };

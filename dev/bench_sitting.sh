@@ -11,13 +11,25 @@
 # On a shared virtual machine the same command moves by up to 20% from one minute to the next,
 # so each round runs every row once, deit.c and PyTorch side by side (one right after the
 # other), and the table at the end gives each row's best round and its worst.
+# ISA=avx2 on an AVX-512 machine holds both programs to AVX2, as on a machine without AVX-512:
+# deit.c built without -march (so that nothing but its AVX2 kernels can use AVX) and run with
+# DEIT_KERNEL=avx2; PyTorch with OpenBLAS's Haswell kernels, ATEN_CPU_CAPABILITY=avx2 and
+# ONEDNN_MAX_CPU_ISA=AVX2 (oneDNN's convolutions).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 if grep -q avx512f /proc/cpuinfo 2>/dev/null; then core=SkylakeX; isa="AVX-512"
 elif grep -q avx2 /proc/cpuinfo 2>/dev/null; then core=Haswell; isa="AVX2"
 else core=""; isa="neither AVX2 nor AVX-512"; fi
+deit=./deit ptenv=""
 make -s deit >/dev/null || exit 1
 cc -O3 deit.c -lm -o /tmp/deit_plain || exit 1
+if [ "${ISA:-}" = avx2 ]; then
+    grep -q avx2 /proc/cpuinfo 2>/dev/null || { echo "ISA=avx2: this processor has no AVX2" >&2; exit 1; }
+    core=Haswell isa="held to AVX2 (ISA=avx2)" deit=/tmp/deit_avx2
+    ptenv="ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
+    cc -O3 -fopenmp -fno-math-errno deit.c -lm -o /tmp/deit_avx2 || exit 1
+    export DEIT_KERNEL=avx2
+fi
 dirty=$(git status --porcelain -- deit.c deit.h 2>/dev/null | wc -l)
 echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC'); $(lscpu 2>/dev/null | grep -m1 'Model name' | tr -s ' '); $(nproc) CPUs;" \
      "$isa; deit.c at $(git rev-parse --short HEAD 2>/dev/null) (+ uncommitted: $dirty)"
@@ -36,21 +48,21 @@ run() {
     "$@" 2>&1
 }
 torch_run() { [ $torch = 1 ] && run "$@"; }
-pt="env OPENBLAS_CORETYPE=$core /usr/bin/python3 dev/bench_torch.py"
+pt="env OPENBLAS_CORETYPE=$core $ptenv /usr/bin/python3 dev/bench_torch.py"
 small="--dim 16 --depth 1 --heads 2" # the teacher rows: a token student, so that the teacher's time is what is shown
 log=$(mktemp)
 r=1
 while [ $r -le "${ROUNDS:-2}" ]; do
     echo "# round $r, $(date -u '+%H:%M:%S UTC')"
     for t in 2 1; do
-        run "deit.c|DeiT-Ti/4|$t" student ./deit bench --threads $t --repeats 5
+        run "deit.c|DeiT-Ti/4|$t" student $deit bench --threads $t --repeats 5
         torch_run "PyTorch|DeiT-Ti/4|$t" torch $pt --threads $t --skip gemm
     done
     run "plain|DeiT-Ti/4|1" student /tmp/deit_plain bench --threads 1 --repeats 5
     for t in 2 1; do
-        run "deit.c|ResNet-20|$t" resnet20 ./deit bench --threads $t --repeats 3 --batch 128 --teacher resnet20 $small
+        run "deit.c|ResNet-20|$t" resnet20 $deit bench --threads $t --repeats 3 --batch 128 --teacher resnet20 $small
         torch_run "PyTorch|ResNet-20|$t" torch $pt --net resnet20 --batch 128 --threads $t --skip infer
-        run "deit.c|airbench|$t" airbench ./deit bench --threads $t --repeats 3 --batch 512 --teacher airbench $small
+        run "deit.c|airbench|$t" airbench $deit bench --threads $t --repeats 3 --batch 512 --teacher airbench $small
         torch_run "PyTorch|airbench|$t" torch $pt --net airbench --batch 512 --threads $t
     done
     r=$((r + 1))
