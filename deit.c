@@ -488,18 +488,26 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
    exp(r) is its Taylor series to r^6 (the next term is below 1.3e-7 of it), and 2^n is a float
    whose exponent bits are n + 127. Adding then subtracting 1.5 * 2^23 rounds to an integer (the
    sum has no bits left for a fraction); ln 2 is split in two so that n ln 2 is exact enough.
-   x is raised to -87 where it is below, so that 2^n stays a normal float (a NaN stays NaN). Both
-   callers pass x <= 0 (a score minus its row's max; -x^2/2 in gelu_backward), so there is no
-   upper clamp, and x must be at most 88. (With both clamps GCC 13 vectorized gelu_backward into
-   code that ran 10x slower on an Intel Xeon: 15 against 1.5 ns a number; dev/SPEED.md.)
-   test_deit.c measures the error against exp.                                                  */
+   x is raised to -87 where it is below, so that 2^n stays a normal float. Both callers pass
+   x <= 0 (a score minus its row's max; -x^2/2 in gelu_backward), so there is no upper clamp,
+   and x must be at most 88. The clamp is taken on the float's bits, read as an unsigned integer:
+   for x < 0 they grow with |x|, and an integer minimum is what GCC vectorizes for AVX2 (with a
+   float comparison there it split the loop into two paths and left it scalar, as it did with
+   the float clamp in erf_approx: GELU and the softmax 3x slower on AVX2; with both clamps GCC 13
+   made gelu_backward 10x slower on an Intel Xeon; dev/SPEED.md). For the same reason 2^n comes
+   from the bits of n + 1.5 * 2^23 (0x4b400000 + n) rather than from a conversion to int, and
+   a NaN (which the clamp turns into -87) or an infinite x comes back out through x - x, which is
+   0 for every finite x. test_deit.c measures the error against exp.                            */
 static inline float exp_approx(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
-    float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+    union { float f; uint32_t bits; } y = {.f = x}, lowest = {.f = -87.0f};
+    y.bits = y.bits < lowest.bits ? y.bits : lowest.bits; /* y = max(x, -87) for x <= 0 */
+    float shifted = y.f * 1.44269504f + 12582912.0f;      /* 1.5 * 2^23 + n */
+    float n = shifted - 12582912.0f;
+    float r = (y.f - n * 0.693145752f) - n * 1.42860677e-6f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-    union { uint32_t bits; float f; } two_n = {.bits = (uint32_t)((int32_t)(n == n ? n : 0.0f) + 127) << 23};
-    return p * two_n.f;
+    union { float f; uint32_t bits; } two_n = {.f = shifted};
+    two_n.bits = (two_n.bits - 0x4b400000u + 127u) << 23; /* exponent bits n + 127 */
+    return p * two_n.f + (x - x);
 }
 
 /* x *= s, and the largest x: the maximum kept in SUM_LANES running maxima side by side (as
@@ -591,15 +599,20 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
    and divides, so the loops below run 8 or 16 elements at a time:
      erf(t) = 1 - 1 / p^16,  p = 1 + a1 t + a2 t^2 + ... + a6 t^6,  for t >= 0;  erf(-t) = -erf(t) */
 static inline float erf_approx(float x) {
-    float t = fabsf(x);
-    t = t > 9.0f ? 9.0f : t; /* erf(9) is 1 in float; keeps p^16 finite (a NaN stays NaN) */
+    /* t = min(|x|, 9): erf(9) is 1 in float, and p^16 stays finite. Taken on the bits, as in
+       exp_approx (for t >= 0 they grow with t; a NaN's are above infinity's, so it becomes 9 here
+       and comes back out at the end): a float comparison left the loop scalar with AVX2. */
+    union { float f; uint32_t bits; } abs_x = {.f = fabsf(x)}, nine = {.f = 9.0f};
+    abs_x.bits = abs_x.bits < nine.bits ? abs_x.bits : nine.bits;
+    float t = abs_x.f;
     float u = t * (0.0705230784f + t * (0.0422820123f + t * (0.0092705272f +
                    t * (0.0001520143f + t * (0.0002765672f + t * 0.0000430638f))))); /* p - 1 */
     float p = 1.0f + u, p2 = p * p, p4 = p2 * p2, p8 = p4 * p4;
     /* 1 - 1/p^16 = (p^16 - 1) / p^16, with p^16 - 1 = (p - 1)(p + 1)(p^2 + 1)(p^4 + 1)(p^8 + 1):
        no cancellation near t = 0, where p is close to 1 */
     float e = u * (p + 1.0f) * (p2 + 1.0f) * (p4 + 1.0f) * (p8 + 1.0f) / (p8 * p8);
-    return x < 0.0f ? -e : e;
+    e = x < 0.0f ? -e : e;
+    return x == x ? e : x; /* a NaN stays NaN */
 }
 
 VECTOR_CLONES

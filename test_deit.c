@@ -488,7 +488,7 @@ static void test_gelu(void) {
     }
     float far[4] = {-1e30f, -50.0f, 50.0f, 1e30f};
     for (int i = 0; i < 4; i++) worst = max_or_nan(worst, fabs((double)erf_approx(far[i]) - erf((double)far[i])));
-    check(worst <= 1e-6 && isnan(erf_approx(NAN)), "erf_approx within 1e-6 of erf on [-8, 8] and far out: max error %.2e (at %.5f)", worst, at);
+    check(worst <= 1e-6 && isnan(erf_approx(NAN)) && isnan(erf_approx(-NAN)), "erf_approx within 1e-6 of erf on [-8, 8] and far out: max error %.2e (at %.5f)", worst, at);
     /* exp_approx (the softmax's and gelu_backward's exp) against exp in double, relative error,
        on a fine grid over [-87, 88]; below it, the clamp (callers pass x <= 0) */
     worst = 0.0, at = 0.0;
@@ -498,7 +498,7 @@ static void test_gelu(void) {
         if (e > worst || e != e) worst = e, at = v;
     }
     check(worst <= 5e-7 && exp_approx(0.0f) == 1.0f && exp_approx(-1e30f) < 1e-37f && exp_approx(-1e30f) >= 0.0f &&
-              isnan(exp_approx(NAN)), "exp_approx within 5e-7 of exp (relative) on [-87, 88], exp(0) = 1, far out 0: max error %.2e (at %.4f)",
+              isnan(exp_approx(NAN)) && isnan(exp_approx(-NAN)), "exp_approx within 5e-7 of exp (relative) on [-87, 88], exp(0) = 1, far out 0: max error %.2e (at %.4f)",
           worst, at);
     /* scale_max (the softmax's row maximum, 16 running maxima): every length around the lanes,
        the maximum at every position (also in the tail after the last full 16), every x scaled */
