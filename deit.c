@@ -3373,18 +3373,18 @@ static int k_slice(int K) { /* the length of K's slices: as few as KC allows, al
  *    (znver2, znver3: what -march=native picks there) reloads B inside each FMA instead, 12
  *    loads of B per k, not 3 (seen in its assembly); likely why 2 x 48 (14 loads per k in any
  *    tuning) came out ahead in the `make` build on a Zen 3 EPYC, fc1 at 48 against 39 GFLOP/s on
- *    one core. "tune=haswell" in the attribute below fixes the code whatever -march says. On an
- *    Intel Xeon with deit.c held to this kernel (DEIT_KERNEL=avx2, built without -march), 4 x 24
- *    ran fc1 at 76-86 GFLOP/s on one core against 61-69 with 2 x 48, and from L1 at 90-91
- *    against 70-73 (dev/SPEED.md, "The AVX2 tile, again"). So the kernel is written once, for
- *    any tile (kernel_tile), and compiled three times: for AVX-512 with 8 x 32, for AVX2 + FMA
- *    with 4 x 24, and for any x86-64 or other processor (SSE2 and such) with 4 x 24 as well. GCC
- *    and Clang compile a function for another instruction set than the rest of the program when
- *    it carries __attribute__((target(...))); the first matmul asks the processor what it has
- *    (__builtin_cpu_supports) and takes the best version. So the plain `cc -O3 deit.c -lm`,
- *    which targets the oldest x86-64, still runs the kernel at full vector width. Every version
- *    adds the products over k in the same order: they differ only in rounding (FMA or not), and
- *    the tests run each against the reference.                                               */
+ *    one core. "tune=haswell" in the attribute (AVX2_TARGET) fixes the code whatever -march
+ *    says. On an Intel Xeon with deit.c held to this kernel (DEIT_KERNEL=avx2, built without
+ *    -march), 4 x 24 ran fc1 at 76-86 GFLOP/s on one core against 61-69 with 2 x 48, and from L1
+ *    at 90-91 against 70-73 (dev/SPEED.md, "The AVX2 tile, again"). So the kernel is written
+ *    once, for any tile (kernel_tile), and compiled three times: for AVX-512 with 8 x 32, for
+ *    AVX2 + FMA with 4 x 24, and for any x86-64 or other processor (SSE2 and such) with 4 x 24
+ *    as well. GCC and Clang compile a function for another instruction set than the rest of the
+ *    program when it carries __attribute__((target(...))); the first matmul asks the processor
+ *    what it has (__builtin_cpu_supports) and takes the best version. So the plain
+ *    `cc -O3 deit.c -lm`, which targets the oldest x86-64, still runs the kernel at full vector width.
+ *    Every version adds the products over k in the same order: they differ only in rounding (FMA
+ *    or not), and the tests run each against the reference.                                  */
 #define MR_MAX 8
 #define NR_MAX 32
 
@@ -3461,8 +3461,15 @@ MICRO_KERNEL(micro_kernel_portable, 4, 24, )
 #else
 #define AVX512_TARGET "avx512f,avx512vl,avx2,fma,prefer-vector-width=512"
 #endif
+/* tune=haswell: see 5. above. (Clang before 12 does not know tune= in an attribute: it warns
+   and drops the whole attribute.) */
+#if defined(__clang__) && __clang_major__ < 12
+#define AVX2_TARGET "avx2,fma"
+#else
+#define AVX2_TARGET "avx2,fma,tune=haswell"
+#endif
 MICRO_KERNEL(micro_kernel_avx512, 8, 32, __attribute__((target(AVX512_TARGET))))
-MICRO_KERNEL(micro_kernel_avx2, 4, 24, __attribute__((target("avx2,fma,tune=haswell"))))
+MICRO_KERNEL(micro_kernel_avx2, 4, 24, __attribute__((target(AVX2_TARGET))))
 #endif
 
 typedef struct {
