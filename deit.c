@@ -3354,7 +3354,7 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  */
 #define KC 256
 #define MC 72   /* a multiple of every MR below */
-#define NC 4032 /* a multiple of every NR below (24, 32) */
+#define NC 4032 /* a multiple of every NR below (24, 32, 48) */
 static int k_slice(int K) { /* the length of K's slices: as few as KC allows, all equal (the last may be shorter) */
     int slices = (K + KC - 1) / KC;
     return (K + slices - 1) / slices;
@@ -3366,27 +3366,30 @@ static int k_slice(int K) { /* the length of K's slices: as few as KC allows, al
  *    whole tiles with 16, 32 or 64 rows, the channel counts of the ResNet's convolutions, where
  *    6 rows left one tile in three partly empty: ResNet-20 trained 10% faster, DeiT-Ti the same
  *    (dev/SPEED.md, "8 x 32 on AVX-512"). A 6 x 32 tile with AVX2's 16 registers of 8 floats
- *    spills to memory (77 against 107 GFLOP/s on one core, measured). AVX2 takes 4 x 24: 12
- *    accumulators (4 rows of 3 vectors), 3 vectors of B and the broadcast of A make 16, all of
- *    AVX2's registers, and per k there are 3 loads of B and 4 broadcasts for 12 FMAs. That holds
- *    only if the compiler keeps B's 3 vectors in registers. GCC 12's tuning for AMD's Zen
- *    (znver2, znver3: what -march=native picks there) reloads B inside each FMA instead, 12
- *    loads of B per k, not 3 (seen in its assembly); likely why 2 x 48 (14 loads per k in any
- *    tuning) came out ahead in the `make` build on a Zen 3 EPYC, fc1 at 48 against 39 GFLOP/s on
- *    one core. "tune=haswell" in the attribute (AVX2_TARGET) fixes the code whatever -march
- *    says. On an Intel Xeon with deit.c held to this kernel (DEIT_KERNEL=avx2, built without
- *    -march), 4 x 24 ran fc1 at 76-86 GFLOP/s on one core against 61-69 with 2 x 48, and from L1
- *    at 90-91 against 70-73 (dev/SPEED.md, "The AVX2 tile, again"). So the kernel is written
- *    once, for any tile (kernel_tile), and compiled three times: for AVX-512 with 8 x 32, for
- *    AVX2 + FMA with 4 x 24, and for any x86-64 or other processor (SSE2 and such) with 4 x 24
- *    as well. GCC and Clang compile a function for another instruction set than the rest of the
- *    program when it carries __attribute__((target(...))); the first matmul asks the processor
- *    what it has (__builtin_cpu_supports) and takes the best version. So the plain
- *    `cc -O3 deit.c -lm`, which targets the oldest x86-64, still runs the kernel at full vector width.
- *    Every version adds the products over k in the same order: they differ only in rounding (FMA
- *    or not), and the tests run each against the reference.                                  */
+ *    spills to memory (77 against 107 GFLOP/s on one core, measured). AVX2 takes 4 x 24 on
+ *    Intel's processors: 12 accumulators (4 rows of 3 vectors), 3 vectors of B and the broadcast
+ *    of A make 16, all of AVX2's registers, and per k there are 3 loads of B and 4 broadcasts
+ *    for 12 FMAs. That holds only if the compiler keeps B's 3 vectors in registers: GCC 12's
+ *    tuning for AMD's Zen (znver2, znver3: what -march=native picks there) reloads B inside each
+ *    FMA instead (seen in its assembly), hence "tune=haswell" in the attribute (AVX2_TARGET). On
+ *    an Intel Xeon held to this kernel (DEIT_KERNEL=avx2, built without -march), 4 x 24 ran fc1
+ *    at 76-86 GFLOP/s on one core against 61-69 with 2 x 48, and from L1 at 90-91 against 70-73
+ *    (dev/SPEED.md, "The AVX2 tile, again"). On AMD's processors AVX2 takes 2 x 48 (2 rows of 6
+ *    vectors, B read from memory by each FMA): on a Zen 3 EPYC the fc1 product ran at 48 GFLOP/s
+ *    on one core with it, against 39 with 4 x 24, 41 with 3 x 32, 44 with 2 x 40, 32 with 1 x 64
+ *    and 8 x 8 (dev/SPEED.md, "The AVX2 tile"). Why is not known (llvm-mca's model of Zen 3
+ *    times both loops alike), and no AMD processor without AVX-512 was at hand to time 4 x 24
+ *    with B kept in registers, so AMD keeps what was measured there. So the kernel is written
+ *    once, for any tile (kernel_tile), and compiled four times: for AVX-512 with 8 x 32, for
+ *    AVX2 + FMA with 4 x 24 and with 2 x 48, and for any x86-64 or other processor (SSE2 and
+ *    such) with 4 x 24. GCC and Clang compile a function for another instruction set than the
+ *    rest of the program when it carries __attribute__((target(...))); the first matmul asks the
+ *    processor what it has (__builtin_cpu_supports, __builtin_cpu_is) and takes the best
+ *    version. So the plain `cc -O3 deit.c -lm`, which targets the oldest x86-64, still runs the
+ *    kernel at full vector width. Every version adds the products over k in the same order: they
+ *    differ only in rounding (FMA or not), and the tests run each against the reference.        */
 #define MR_MAX 8
-#define NR_MAX 32
+#define NR_MAX 48
 
 /* C tile (m <= MR rows, n <= NR columns) += A panel (MR x kc) * B panel (kc x NR).
    A(i,k) = a[k*a_k + i*a_i]: a packed panel has a_k = MR, a_i = 1; A read in place has its
@@ -3470,6 +3473,7 @@ MICRO_KERNEL(micro_kernel_portable, 4, 24, )
 #endif
 MICRO_KERNEL(micro_kernel_avx512, 8, 32, __attribute__((target(AVX512_TARGET))))
 MICRO_KERNEL(micro_kernel_avx2, 4, 24, __attribute__((target(AVX2_TARGET))))
+MICRO_KERNEL(micro_kernel_avx2_amd, 2, 48, __attribute__((target("avx2,fma"))))
 #endif
 
 typedef struct {
@@ -3481,39 +3485,51 @@ typedef struct {
 } MatmulPath;
 
 
+/* In the order of what they need, so that a processor runs the first matmul_runnable_paths(). */
 static const MatmulPath matmul_paths[] = {
     {"portable C, 4x24 tile", 4, 24, micro_kernel_portable, micro_kernel_portable_taps, 10},
 #ifdef DEIT_X86_DISPATCH
     {"AVX2+FMA, 4x24 tile", 4, 24, micro_kernel_avx2, micro_kernel_avx2_taps, 50},
+    {"AVX2+FMA, 2x48 tile", 2, 48, micro_kernel_avx2_amd, micro_kernel_avx2_amd_taps, 50},
     {"AVX-512, 8x32 tile", 8, 32, micro_kernel_avx512, micro_kernel_avx512_taps, 15},
 #endif
 };
-static const char *matmul_path_names[] = {"portable", "avx2", "avx512"};
+static const char *matmul_path_names[] = {"portable", "avx2", "avx2_2x48", "avx512"};
 
-/* The best version this processor runs: an index into matmul_paths. */
-static int matmul_best_path(void) {
-    int best = 0;
+/* How many of matmul_paths this processor (and this build) runs. */
+static int matmul_runnable_paths(void) {
+    int n = 1;
 #ifdef DEIT_X86_DISPATCH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
-    if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) best = 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) n = 3;
+    if (n == 3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) n = 4;
 #endif
-    return best;
+    return n;
+}
+
+/* The best version for this processor: an index into matmul_paths. With AVX2 and no AVX-512,
+   4 x 24 on Intel's processors and 2 x 48 on AMD's (5. above). */
+static int matmul_best_path(void) {
+    int n = matmul_runnable_paths();
+#ifdef DEIT_X86_DISPATCH
+    if (n == 3 && !__builtin_cpu_is("amd")) return 1;
+#endif
+    return n - 1;
 }
 
 /* The version in use, chosen at the first call (deit_main makes it before any thread starts):
-   the best one, or the one DEIT_KERNEL names (portable, avx2 or avx512: for tests and
-   benchmarks; one the processor lacks is refused). */
+   the best one, or the one DEIT_KERNEL names (portable, avx2, avx2_2x48 or avx512: for tests
+   and benchmarks; one the processor lacks is refused). */
 static const MatmulPath *matmul_chosen_path;
 static const MatmulPath *matmul_path(void) {
     if (matmul_chosen_path) return matmul_chosen_path;
-    int best = matmul_best_path(), use = best;
+    int use = matmul_best_path();
     const char *force = getenv("DEIT_KERNEL");
     if (force && *force) {
         use = -1;
-        for (int i = 0; i < 3; i++) if (!strcmp(force, matmul_path_names[i])) use = i;
-        if (use < 0) die("DEIT_KERNEL=%s: must be portable, avx2 or avx512", force);
-        if (use > best) die("DEIT_KERNEL=%s: this processor (or this build) cannot run it", force);
+        for (int i = 0; i < 4; i++) if (!strcmp(force, matmul_path_names[i])) use = i;
+        if (use < 0) die("DEIT_KERNEL=%s: must be portable, avx2, avx2_2x48 or avx512", force);
+        if (use >= matmul_runnable_paths()) die("DEIT_KERNEL=%s: this processor (or this build) cannot run it", force);
     }
     matmul_chosen_path = &matmul_paths[use];
     return matmul_chosen_path;

@@ -30,10 +30,12 @@ static Rng test_rng;
 
 /* Test tensors are remembered and freed together at the end, so that LeakSanitizer (make test
    runs the suite under it) reports only leaks of deit.c itself. */
-static void *test_allocs[4096];
+#define MAX_TEST_ALLOCS 16384
+static void *test_allocs[MAX_TEST_ALLOCS];
 static int num_test_allocs = 0;
 static void *remember(void *p) {
-    if (num_test_allocs < 4096) test_allocs[num_test_allocs++] = p;
+    if (num_test_allocs == MAX_TEST_ALLOCS) die("test_deit: more than %d test tensors: raise MAX_TEST_ALLOCS", MAX_TEST_ALLOCS);
+    test_allocs[num_test_allocs++] = p;
     return p;
 }
 
@@ -160,7 +162,7 @@ static void test_matmul(void) {
               "matmul_store with K = 0 (%s): C = the bias", fast ? "fast" : "naive");
     }
     /* every kernel version this processor runs (fast = 1 + its index), then the naive loops (fast = 0) */
-    for (int fast = 1 + matmul_best_path(); fast >= 0; fast--)
+    for (int fast = matmul_runnable_paths(); fast >= 0; fast--)
         for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
             if (fast) matmul_chosen_path = &matmul_paths[fast - 1];
             int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -1076,7 +1078,7 @@ static void test_conv_direct_strided(int cin, int cout, int k, int stride, int h
     int saved_direct = conv_direct_enabled, saved_even = conv_chunk_even;
     const MatmulPath *in_use = matmul_path();
     conv_chunk_floats = chunk_floats, conv_chunk_even = 0; /* chunks of exactly chunk_floats */
-    for (int path = matmul_best_path(); path >= 0; path--) { /* every kernel version this processor runs */
+    for (int path = matmul_runnable_paths() - 1; path >= 0; path--) { /* every kernel version this processor runs */
         matmul_chosen_path = &matmul_paths[path];
         int used = 0;
         for (int direct = 0; direct < 2; direct++) {
