@@ -496,8 +496,10 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
    the float clamp in erf_approx: GELU took 14% of an AVX2 build's bench, 3% after; with both
    clamps GCC 13 made gelu_backward 10x slower on an Intel Xeon; dev/SPEED.md). 2^n comes from
    the bits of n + 1.5 * 2^23 (0x4b400000 + n), not from a conversion to int, which needed one
-   more comparison to keep a NaN out of it. A NaN (which the clamp turns into -87) or an infinite
-   x comes back out through x - x, 0 for every finite x. test_deit.c measures the error against exp. */
+   more comparison to keep a NaN out of it. A NaN (the clamp turns one with its sign bit set into
+   -87) comes back out through x - x, 0 for every finite x; so does an infinite x: exp(-inf) is
+   NaN here, not 0 (a score or an activation that overflowed shows). test_deit.c measures the
+   error against exp. */
 static inline float exp_approx(float x) {
     union { float f; uint32_t bits; } y = {.f = x}, lowest = {.f = -87.0f};
     y.bits = y.bits < lowest.bits ? y.bits : lowest.bits; /* y = max(x, -87) for x <= 0 */
@@ -3464,9 +3466,9 @@ MICRO_KERNEL(micro_kernel_portable, 4, 24, )
 #else
 #define AVX512_TARGET "avx512f,avx512vl,avx2,fma,prefer-vector-width=512"
 #endif
-/* tune=haswell: see 5. above. (Clang before 12 does not know tune= in an attribute: it warns
-   and drops the whole attribute.) */
-#if defined(__clang__) && __clang_major__ < 12
+/* tune=haswell: see 5. above. (Clang before 12, and Apple's before 13, do not know tune= in an
+   attribute: they warn and drop the whole attribute.) */
+#if defined(__clang__) && (__clang_major__ < 12 || (defined(__apple_build_version__) && __clang_major__ < 13))
 #define AVX2_TARGET "avx2,fma"
 #else
 #define AVX2_TARGET "avx2,fma,tune=haswell"
@@ -3866,10 +3868,11 @@ static int conv_direct_shape(const ConvBN *l) { /* (not 1 x 1: there im2col is a
    With the AVX-512 tile that is 15%: images of 7 x 7 and more (pad 1). On an Intel Xeon at 2
    threads (dev/bench_conv.c), forward and backward: 1.04x and 1.11x faster than im2col at 8 x 8,
    1.16x and 1.08x at 7 x 7 with 256 channels, 1.4-1.7x at 15 x 15 to 32 x 32; on 3 x 3 (33%)
-   1.00x and 0.88x. The portable tile, 10%: 8 x 8 is even there, 7 x 7 0.90x and 0.96x. The AVX2
-   tile reads each B vector twice and gains more from a compact B: up to 50% (1.68x and 1.23x
-   at 3 x 3 with the AVX2 kernel on the Xeon; on an AMD EPYC, with the images one below the
-   other, 1.35x forward at 7 x 7).
+   1.00x and 0.88x. The portable tile, 10%: 8 x 8 is even there, 7 x 7 0.90x and 0.96x. AVX2's
+   2 x 48 tile reads each B vector twice and gains more from a compact B: up to 50% (1.68x and
+   1.23x at 3 x 3 on the Xeon; on an AMD EPYC, with the images one below the other, 1.35x
+   forward at 7 x 7). Its 4 x 24 tile keeps 50%: ResNet-20 and airbench trained as fast with
+   15% (dev/SPEED.md, "The AVX2 tile, again").
    conv_direct_enabled: 1 where the padding costs at most conv_direct_pct, 0 never, 2 on every
    convolution of the shapes above (the tests, which use small images). */
 static int conv_direct_enabled = 1;
@@ -3999,8 +4002,8 @@ static void conv_taps_product(float *G, int ldg, const float *A, int lda, const 
    [dout(q), dout(q - step), ..., dout(q - (g-1) step)] gives g taps at once, g * cout columns.
    The sum runs over (g-1) steps more of grid columns; the extra terms read the zero rows
    above and below the images (g - 1 <= pad, see conv_weight_grad_stack). dWt is then laid out per group of stacked taps:
-   conv_weight_grad_at(). ResNet-20's first stage: its weight gradient 1.3x faster (AVX2 1.35x),
-   the whole training step 4-5%.                                                              */
+   conv_weight_grad_at(). ResNet-20's first stage: its weight gradient 1.3x faster (AVX2's 2 x 48
+   tile 1.35x; its 4 x 24 tile holds no second group of 16), the whole training step 4-5%.                                                              */
 static int conv_weight_grad_stack(const ConvBN *l) { /* g: taps stacked in one column panel */
     int g = matmul_path()->nr / l->cout;
     if (g > l->pad + 1) g = l->pad + 1;

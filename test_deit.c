@@ -198,7 +198,7 @@ static void test_matmul(void) {
                         double e = fabs(C1[i] - C2[i]) / (1.0 + fabs(C2[i]));
                         if (e > worst || e != e) worst = e;
                     }
-                    check(worst < 1e-4 * sqrt((double)K), "matmul %-8s%s %4dx%4dx%4d transA=%d transB=%d %s vs reference: max err %.1e",
+                    check(worst < 1e-4 * sqrt((double)K), "matmul %-9s%s %4dx%4dx%4d transA=%d transB=%d %s vs reference: max err %.1e",
                           fast ? matmul_path_names[fast - 1] : "naive", alone ? " (one thread)" : "", M, N, K, ta, tb,
                           mode == 0 ? "C+=AB" : mode == 1 ? "C=AB" : "C=AB+bias", worst);
                     free(C2); /* A, B, C1 are test tensors, freed at the end */
