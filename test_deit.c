@@ -3028,7 +3028,7 @@ int main(void) {
     test_conv_direct(4, 4, 5, 7, 6, 2, (size_t)1 << 24); /* pad 2 */
     test_conv_direct(3, 2, 3, 1, 1, 3, (size_t)1 << 24); /* smaller than the kernel */
     test_conv_direct(3, 2, 5, 2, 9, 3, 1);
-    test_conv_direct(2, 50, 3, 4, 5, 2, (size_t)1 << 24); /* two column panels of the AVX2 tile too */
+    test_conv_direct(2, 50, 3, 4, 5, 2, (size_t)1 << 24); /* two column panels of AVX2's 2 x 48 tile too (three of 4 x 24) */
     test_conv_direct(3, 4, 3, 5, 6, 7, 3 * 3 * 9 * 30); /* chunks of 3 images, the last of 1 */
     test_conv_direct(3, 16, 3, 32, 32, 3, (size_t)1 << 19);  /* ResNet-20's stem, as it runs (dW in its own layout) */
     test_conv_direct(16, 16, 3, 32, 32, 3, (size_t)1 << 19); /* ResNet-20's first stage, as it runs */
