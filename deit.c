@@ -3529,7 +3529,8 @@ static const MatmulPath *matmul_path(void) {
     const char *force = getenv("DEIT_KERNEL");
     if (force && *force) {
         use = -1;
-        for (int i = 0; i < 4; i++) if (!strcmp(force, matmul_path_names[i])) use = i;
+        for (int i = 0; i < (int)(sizeof(matmul_path_names) / sizeof(matmul_path_names[0])); i++)
+            if (!strcmp(force, matmul_path_names[i])) use = i;
         if (use < 0) die("DEIT_KERNEL=%s: must be portable, avx2, avx2_2x48 or avx512", force);
         if (use >= matmul_runnable_paths()) die("DEIT_KERNEL=%s: this processor (or this build) cannot run it", force);
     }
@@ -4003,7 +4004,7 @@ static void conv_taps_product(float *G, int ldg, const float *A, int lda, const 
    The sum runs over (g-1) steps more of grid columns; the extra terms read the zero rows
    above and below the images (g - 1 <= pad, see conv_weight_grad_stack). dWt is then laid out per group of stacked taps:
    conv_weight_grad_at(). ResNet-20's first stage: its weight gradient 1.3x faster (AVX2's 2 x 48
-   tile 1.35x; its 4 x 24 tile holds no second group of 16), the whole training step 4-5%.                                                              */
+   tile 1.35x; its 4 x 24 tile holds no second group of 16), the whole training step 4-5%. */
 static int conv_weight_grad_stack(const ConvBN *l) { /* g: taps stacked in one column panel */
     int g = matmul_path()->nr / l->cout;
     if (g > l->pad + 1) g = l->pad + 1;

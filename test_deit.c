@@ -733,9 +733,6 @@ static void test_model_gradients_drop_path(void) {
     deit_free(&m);
 }
 
-/* The last block computed for the heads' tokens only (deit_tokens_out) against the same block
-   computed for all T tokens: the same logits, and the same gradient of every parameter, with
-   drop path on (training mode) and the hard distillation loss. */
 /* The backward pass writes most activation gradients rather than adding to them, so only some
    are zeroed first (deit_zero_grad, teacher_zero_grad). Here the buffers it writes hold NaN from
    "an earlier step" when it starts: the parameters' gradients must come out the same, bit for
@@ -771,6 +768,9 @@ static void check_written_grads(Net *net, const float *images, const float *targ
           "%s: with NaN left in the activation gradients the backward pass writes, the same gradients", what);
 }
 
+/* The last block computed for the heads' tokens only (deit_tokens_out) against the same block
+   computed for all T tokens: the same logits, and the same gradient of every parameter, with
+   drop path on (training mode) and the hard distillation loss. */
 static void test_last_block_heads_only(int dist) {
     DeiTConfig cfg = tiny_config(dist);
     DeiT m;
