@@ -13,14 +13,16 @@
  *            its class + distillation tokens; the losses (none / soft / hard distillation);
  *            the teacher CNN; AdamW/SGD with warmup + cosine; the CIFAR loader and DeiT's
  *            augmentations; checkpoints; the training loop and evaluation.
- *   Part II  Making it fast. The packed, cache-blocked matmul that replaces the naive one
- *            (./deit --matmul naive|fast picks; fast is the default).
+ *   Part II  Making it fast. The packed, cache-blocked matmul that replaces the naive one,
+ *            and the convolutions without im2col built on its kernels (./deit --matmul
+ *            naive|fast picks; fast is the default).
  *   Part III The workshop. Validation of untrusted files, the resume state, progress lines,
  *            the paper's analyses (token similarity, disagreement, attention maps as PNG),
  *            the command line and the benchmark.
  *
- * Part I reaches into Parts II and III only through a few functions declared under "Hooks"
- * below, each named for what it does (matmul_fast, run_begin, run_step_done, ...).
+ * Part I reaches into Parts II and III only through functions declared ahead of their use
+ * and marked "hook" (matmul_fast, Part II's convolution without im2col, run_begin,
+ * run_step_done, ...), each named for what it does.
  *
  * Conventions (as in llm.c): a layer is a pair  name_forward(out, ..., inp, ..., sizes)  and
  * name_backward(dinp, ..., dout, ..., sizes). Backward functions ADD (+=) to the parameters'
@@ -55,6 +57,7 @@
  *  two heads (I.4); the losses of Sec. 4 of the paper (I.5); the convnet teacher (I.6); the
  *  optimizers and schedule (I.7); CIFAR and DeiT's augmentations (I.8); checkpoints (I.9);
  *  training and evaluation (I.10). Every backward has its derivation in a comment above it.
+ *  A "----" banner without a number is a part of the numbered section above it.
  *
  * ########################################################################################## */
 
@@ -245,7 +248,9 @@ static void matmul_naive(float *C, int ldc, const float *A, int a_rs, int a_cs,
     }
 }
 
-/* Every product of the program goes through here. One switch picks the implementation:
+/* Every product of Part I goes through here, except the convolutions that Part II computes
+   without im2col (trick 6, with the fast matmul only), which call its kernels directly. One
+   switch picks the implementation:
    the naive loops above, or matmul_fast (Part II), which gives the same numbers up to float
    rounding, 50x sooner. --matmul naive|fast sets it; make debug builds with naive as default,
    so that stepping into linear_backward in gdb lands in the three loops above.             */
@@ -298,14 +303,14 @@ static void linear_backward(float *dinp, float *dw, float *db, const float *dout
     if (db) {
         OMP(omp parallel for schedule(static))
         for (int j0 = 0; j0 < N; j0 += 64) { /* each thread owns a range of columns */
-            int w = N - j0 < 64 ? N - j0 : 64;
+            int width = N - j0 < 64 ? N - j0 : 64;
             float sum[64] = {0}; /* in registers: db[j] += ... row after row waited on memory */
             for (int i = 0; i < M; i++) {
                 const float *dy = dout + (size_t)i * N + j0;
-                if (w == 64) for (int j = 0; j < 64; j++) sum[j] += dy[j]; /* constant count: vectorized */
-                else for (int j = 0; j < w; j++) sum[j] += dy[j];
+                if (width == 64) for (int j = 0; j < 64; j++) sum[j] += dy[j]; /* constant count: vectorized */
+                else for (int j = 0; j < width; j++) sum[j] += dy[j];
             }
-            for (int j = 0; j < w; j++) db[j0 + j] += sum[j];
+            for (int j = 0; j < width; j++) db[j0 + j] += sum[j];
         }
     }
 }
@@ -349,7 +354,9 @@ static void patch_embed_backward(float *dw, float *db, const float *dout, const 
 
 /* ---- I.3.2 Class token, distillation token, position embedding ---------------------------
    x[b] = [cls + pos_0, dist + pos_1, patch_1 + pos_2, ..., patch_N + pos_{T-1}]
-   Without a distillation token: [cls + pos_0, patch_1 + pos_1, ...].                       */
+   Without a distillation token: [cls + pos_0, patch_1 + pos_1, ...].
+   At another image size, the patch part of pos is resized as a grid (paper Sec. 3, "Fixing the
+   positional encoding across resolutions"): deit_resize, I.8.6.                             */
 VECTOR_CLONES
 static void tokens_forward(float *x, const float *patch_emb, const float *cls, const float *dist,
                            const float *pos, int B, int N, int D, int has_dist) {
@@ -435,7 +442,9 @@ static void layernorm_forward(float *out, float *mean, float *rstd, const float 
 
 /* With xhat = (x - mean) * rstd and g = dy * w:
      dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-     dw = sum over rows of dy * xhat,   db = sum over rows of dy                             */
+     dw = sum over rows of dy * xhat,   db = sum over rows of dy
+   dx is added to (+=): LayerNorm's input is the residual stream, whose gradient the residual
+   connection's backward has already written (see the conventions at the top).              */
 VECTOR_CLONES
 static void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                const float *w, const float *mean, const float *rstd, int R, int D) {
@@ -456,16 +465,16 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
     }
     OMP(omp parallel for schedule(static))
     for (int i0 = 0; i0 < D; i0 += 16) { /* each thread owns a range of columns of dw, db */
-        int w = D - i0 < 16 ? D - i0 : 16;
+        int width = D - i0 < 16 ? D - i0 : 16;
         float sum_w[16] = {0}, sum_b[16] = {0}; /* in registers, as in linear_backward */
         for (int r = 0; r < R; r++) {
             const float *x = inp + (size_t)r * D + i0, *dy = dout + (size_t)r * D + i0;
-            for (int i = 0; i < w; i++) {
+            for (int i = 0; i < width; i++) {
                 sum_w[i] += dy[i] * (x[i] - mean[r]) * rstd[r];
                 sum_b[i] += dy[i];
             }
         }
-        for (int i = 0; i < w; i++) dw[i0 + i] += sum_w[i], db[i0 + i] += sum_b[i];
+        for (int i = 0; i < width; i++) dw[i0 + i] += sum_w[i], db[i0 + i] += sum_b[i];
     }
 }
 
@@ -479,27 +488,22 @@ static void layernorm_backward(float *dinp, float *dw, float *db, const float *d
    Both products are matmul() calls that read Q, K and V where they lie in qkv, through strides:
    Q has rows 3D apart (a_rs = 3D, a_cs = 1), K^T is K read by columns (b_rs = 1, b_cs = 3D).
    One thread takes one (image, head) at a time; the matmuls inside run on that thread alone.
-   Queries: only the first Tq tokens ask (Tq = T, except in the last block: see deit_forward).
+   Queries: only the first Tq tokens ask (Tq = T, except in the last block: see deit_tokens_out).
    Then score, att and out have Tq rows: out is (B, Tq, D), and att keeps its (T, T) place per
    image and head, of which the first Tq rows are written. */
-/* exp for the softmax. expf from libm is a function call per number, which keeps the compiler
-   from vectorizing the loop; this is plain arithmetic that it runs 8 or 16 numbers at a time:
+/* exp for the softmax (and phi in gelu_backward). expf from libm is a function call per number,
+   which keeps the compiler from vectorizing the loop; this is plain arithmetic that it runs 8
+   or 16 numbers at a time:
      exp(x) = 2^n exp(r),  n = x / ln 2 rounded,  r = x - n ln 2 in [-ln2/2, ln2/2]
-   exp(r) is its Taylor series to r^6 (the next term is below 1.3e-7 of it), and 2^n is a float
-   whose exponent bits are n + 127. Adding then subtracting 1.5 * 2^23 rounds to an integer (the
-   sum has no bits left for a fraction); ln 2 is split in two so that n ln 2 is exact enough.
-   x is raised to -87 where it is below, so that 2^n stays a normal float. Both callers pass
-   x <= 0 (a score minus its row's max; -x^2/2 in gelu_backward), so there is no upper clamp,
-   and x must be at most 88. The clamp is taken on the float's bits, read as an unsigned integer:
-   for x < 0 they grow with |x|, and an integer minimum is what GCC vectorizes for AVX2 (with a
-   float comparison there it split the loop into two paths and left it scalar, as it did with
-   the float clamp in erf_approx: GELU took 14% of an AVX2 build's bench, 3% after; with both
-   clamps GCC 13 made gelu_backward 10x slower on an Intel Xeon; dev/SPEED.md). 2^n comes from
-   the bits of n + 1.5 * 2^23 (0x4b400000 + n), not from a conversion to int, which needed one
-   more comparison to keep a NaN out of it. A NaN (the clamp turns one with its sign bit set into
-   -87) comes back out through x - x, 0 for every finite x; so does an infinite x: exp(-inf) is
-   NaN here, not 0 (a score or an activation that overflowed shows). test_deit.c measures the
-   error against exp. */
+   exp(r) is its Taylor series to r^6 (the next term, r^7/7!, is at most 1.2e-7), and 2^n is
+   the float whose exponent bits are n + 127: they come from the bits of n + 1.5 * 2^23, since
+   adding then subtracting 1.5 * 2^23 rounds to an integer (the sum has no bits left for a
+   fraction). ln 2 is split in two so that n ln 2 is exact enough. Both callers pass x <= 0 (a
+   score minus its row's max; -x^2/2), so x is only raised to -87, where it is below, for 2^n to
+   stay a normal float. That clamp is an unsigned minimum of the float's bits (for x < 0 they
+   grow with |x|): a float comparison made GCC leave the loop scalar without AVX-512 (dev/SPEED.md,
+   "The AVX2 tile, again"). A NaN comes back out through x - x (0 for every finite x); so does
+   exp(-inf), NaN here, not 0. test_deit.c measures the error against exp. */
 static inline float exp_approx(float x) {
     union { float f; uint32_t bits; } y = {.f = x}, lowest = {.f = -87.0f};
     y.bits = y.bits < lowest.bits ? y.bits : lowest.bits; /* y = max(x, -87) for x <= 0 */
@@ -642,7 +646,7 @@ static void gelu_backward(float *dinp, const float *dout, const float *inp, size
    Backward: dx = dout,  dbranch = scale[b] * dout (both written: the first gradients to reach
    them; LayerNorm's backward adds its part to dx after).
    Per image: n numbers of out and branch; x (and dx) may hold more, x_n per image, of which the
-   first n are used (the last block, which keeps only the heads' tokens: see deit_forward); the
+   first n are used (the last block, which keeps only the heads' tokens: see deit_tokens_out); the
    rest of dx is 0 from here.                                                                */
 static void drop_path_sample(float *scale, float rate, int B, Rng *rng) {
     float keep = 1.0f - rate;
@@ -680,6 +684,8 @@ static void select_token_forward(float *out, const float *x, int t, int B, int T
     for (int b = 0; b < B; b++) memcpy(out + (size_t)b * D, x + ((size_t)b * T + t) * D, sizeof(float) * D);
 }
 
+/* out[b] = x[b, t]  =>  dx[b, t] += dout[b], the other tokens' dx untouched (added to: both
+   heads' selections reach the same dx, which deit_zero_grad zeroes) */
 static void select_token_backward(float *dx, const float *dout, int t, int B, int T, int D) {
     for (int b = 0; b < B; b++)
         for (int i = 0; i < D; i++) dx[((size_t)b * T + t) * D + i] += dout[(size_t)b * D + i];
@@ -717,7 +723,7 @@ static int deit_preset(DeiTConfig *cfg, const char *name) {
 
 
 /* The table of parameter tensors, in checkpoint order: name, offset (filled below), size,
-   decay, trainable. decay = 1 marks the tensors AdamW's weight decay applies to: the weight
+   decay, trainable, lr_mult. decay = 1 marks the tensors AdamW's weight decay applies to: the weight
    matrices. Biases, LayerNorm, the class/distillation tokens and the position embedding get
    none (the reference's no-weight-decay list; Table 9's 0.05 is for the rest). */
 static void deit_tensor_table(TensorInfo *t, const DeiTConfig *c) {
@@ -788,14 +794,14 @@ static void trunc_normal(float *x, size_t n, float std, Rng *rng) {
     }
 }
 
-/* Init as the reference: linear weights, class/distillation tokens and position embedding ~
-   trunc normal(0.02); biases 0; LayerNorm weight 1, bias 0. One difference: the patch embedding
-   is a linear map here and is initialised like the others; the reference's is a Conv2d that
-   keeps PyTorch's default, uniform(+-1/sqrt(fan_in)) (+-0.14 for 4x4x3 patches). */
 static void fill_value(float *x, size_t n, float v) {
     for (size_t i = 0; i < n; i++) x[i] = v;
 }
 
+/* Init as the reference: linear weights, class/distillation tokens and position embedding ~
+   trunc normal(0.02); biases 0; LayerNorm weight 1, bias 0. One difference: the patch embedding
+   is a linear map here and is initialised like the others; the reference's is a Conv2d that
+   keeps PyTorch's default, uniform(+-1/sqrt(fan_in)) (+-0.14 for 4x4x3 patches). */
 static void deit_init(DeiT *m, uint64_t seed) {
     Rng rng;
     rng_seed(&rng, seed);
@@ -820,7 +826,8 @@ static void deit_init(DeiT *m, uint64_t seed) {
     rng_seed(&m->rng, seed ^ 0xD15C0ull);
 }
 
-/* Activations are laid out like the parameters: a table of sizes, one allocation. */
+/* Activations are laid out like the parameters: a table of sizes, one allocation. The order
+   of the table is the order in memory, on which deit_zero_grad's two ranges rely. */
 static void deit_alloc_activations(DeiT *m, int B) {
     if (m->acts_memory && B <= m->batch_size) return;
     free(m->acts_memory);
@@ -968,11 +975,15 @@ static void deit_forward(DeiT *m, const float *images, int B, int train) {
 }
 
 /* Zero the gradients that are added to from the start: every parameter's, and, outside the
-   blocks, lnf, the final norm's input (resid2's slot for block L - 1) and the patch embeddings
-   (the region zeroed also holds x0, resid2's other slot and the heads' inputs, which are
-   written). A block's own gradients (ln1 .. fc2) and the one it passes down are written by
-   their first backward step (see the conventions at the top): not zeroing them saves 700 MB of
-   stores a step at batch 64 (dev/SPEED.md). The threads share the work (fill_zero). */
+   blocks, the logits' (deit_loss adds to logits and logits_dist), lnf's (both token selections
+   add), the final norm's input (resid2's slot for block L - 1) and the patch embeddings'. They
+   are zeroed as two ranges of grads_acts: everything before ln1 (patch_emb, x0) and everything
+   from resid2 on (resid2's two slots, lnf, cls_out, dist_out, logits, logits_dist), which holds
+   all of these because of the order of the tensors in deit_alloc_activations (x0, resid2's
+   other slot and the heads' inputs are zeroed too, and then written). A block's own gradients
+   (ln1 .. fc2) and the one it passes down are written by their first backward step (see the
+   conventions at the top): not zeroing them saves 700 MB of stores a step at batch 64
+   (dev/SPEED.md). The threads share the work (fill_zero). */
 static void deit_zero_grad(DeiT *m) {
     memset(m->grads_memory, 0, sizeof(float) * m->num_params);
     if (!m->grads_acts_memory) return;
@@ -1138,7 +1149,9 @@ static void distill_soft_backward(float *dstudent, const float *student, const f
      none: loss = CE(head, targets)
      soft: loss = (1 - alpha) CE(head, targets) + alpha * soft(head_dist, teacher)      (Eq. 2)
      hard: loss = (1 - alpha) CE(head, targets) + alpha * CE(head_dist, argmax teacher) (Eq. 3)
-   Eq. 3 fixes the weights at 1/2 and 1/2: the default alpha = 0.5. Label smoothing applies to
+   Eq. 3 fixes the weights at 1/2 and 1/2: the default alpha = 0.5 (and tau = 1), the official
+   code's defaults; the paper's "usual distillation" row of Table 3 is --distill soft --tau 3
+   --alpha 0.1. Label smoothing applies to
    the true labels only; the teacher's y_t stays one-hot, as in the reference code.
    Without a distillation token the distillation term uses the class head as well.          */
 typedef enum { DISTILL_NONE = 0, DISTILL_SOFT = 1, DISTILL_HARD = 2 } DistillType;
@@ -1354,7 +1367,7 @@ static int conv_chunk(const ConvBN *l, int B) {
     chunks = (chunks + CONV_LANES - 1) / CONV_LANES * CONV_LANES;
     return (int)((B + chunks - 1) / chunks);
 }
-/* Part II's convolution without im2col (trick 6), which the fast matmul uses where it can */
+/* hooks: Part II's convolution without im2col (trick 6), which the fast matmul uses where it can */
 static int conv_direct_shape(const ConvBN *l);
 static int conv_direct(const ConvBN *l);
 static size_t conv_direct_scratch(const ConvBN *l, int nb);
@@ -1408,6 +1421,8 @@ static void conv_forward(float *out, float *cols, float *keep, const float *in, 
 }
 
 /* out = W col  =>  dW = dout col^T,  dcol = W^T dout,  din = col2im(dcol), chunk by chunk.
+   Every path below computes exactly these; the flags (flip, direct, plain, dw_transposed) only
+   choose how, and the tests check each path against finite differences. The how:
    The fast matmul copies an operand read transposed into panels: col^T (K columns) in dout col^T.
    Where K > cout (ResNet's stride-2 3x3 convolutions when they take this path: K = 144 or 288
    against 32 or 64), each lane computes dW^T = col dout^T instead, whose transposed operand is
@@ -1442,7 +1457,7 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
     int k = l->ksize, flip = din && conv_same_shape(l), n_chunks = (B + chunk - 1) / chunk;
     int direct = conv_direct(l); /* direct: the lanes' partials are transposed, (tap, ci) x co, */
     int plain = direct && conv_weight_grad_plain(l); /* except with few input channels */
-    int stack = direct ? conv_weight_grad_stack(l) : 1, dw_transposed = !direct && K > l->cout;
+    int taps_per_group = direct ? conv_weight_grad_stack(l) : 1, dw_transposed = !direct && K > l->cout;
     size_t col_size = conv_col_size(l, B), nw = (size_t)l->cout * K;
     if (flip || (din && direct && l->stride == 1))
         for (int co = 0; co < l->cout; co++)
@@ -1499,13 +1514,14 @@ static void conv_backward(float *din, int din_add, float *dw, float *dw_lanes, f
         }
         for (int ci = 0; ci < l->cin; ci++)
             for (int ky = 0; ky < k; ky++)
-                for (int kx = 0; kx < k; kx++) dw_co[(ci * k + ky) * k + kx] += dw_lanes[conv_weight_grad_at(l, stack, co, ci, ky, kx)];
+                for (int kx = 0; kx < k; kx++) dw_co[(ci * k + ky) * k + kx] += dw_lanes[conv_weight_grad_at(l, taps_per_group, co, ci, ky, kx)];
     }
 }
 
 /* ---- I.6.2 BatchNorm (Ioffe & Szegedy 2015), per channel over its n = B*h*w numbers -----------
    training: y = (x - mean) * rstd * gamma + beta with the batch's mean and biased variance;
-             running = 0.9 running + 0.1 batch (the unbiased variance for running_var)
+             running = (1 - momentum) running + momentum batch (the unbiased variance for
+             running_var; momentum 0.1, airbench's 0.4)
    eval:     the running statistics instead of the batch's
    What follows a BatchNorm in the ResNet, the residual add and the ReLU, is done in the same
    pass over memory: out = max(y + residual, 0) (residual may be NULL, relu 0 or 1). Three
@@ -1611,10 +1627,11 @@ static void batchnorm_backward(float *dinp, float *dgamma, float *dbeta, const f
 /* ---- I.6.3 ReLU and global average pooling ------------------------------------------------
    The ReLU's forward, y = max(x, 0), is done by the BatchNorm before it (batchnorm_forward). */
 
-/* y = max(x, 0) => dx = dy where y > 0 (done in place on dy, given the output y) */
-static void relu_backward(float *dx, const float *y, size_t n) {
+/* y = max(x, 0) => dx = dy where y > 0, else 0. In place: d holds dy on entry and dx on return
+   (an exception to the (dinp, ..., dout) convention: dy is not needed after), given the output y. */
+static void relu_backward(float *d, const float *y, size_t n) {
     OMP(omp parallel for schedule(static))
-    for (size_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dx[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) d[i] = y[i] > 0.0f ? d[i] : 0.0f;
 }
 
 /* pooled[b][c] = mean over the hw pixels of channel c of image b  (input channel-major) */
@@ -1692,7 +1709,7 @@ static void basic_block_backward(Teacher *t, BasicBlock *k, float *din, const fl
     convbn_backward(t, &k->conv1, din, 1, in, B);
 }
 
-/* ---- I.6.5 The teacher model: layout, init, forward, backward, checkpoint ------------------
+/* ---- I.6.5 The teacher model: layout, init, forward, backward (its checkpoint: I.9) --------
    Two architectures share the Teacher struct: the ResNet below and airbench (I.6b), to which
    each of these functions hands over when config.arch says so. */
 static void airbench_build(Teacher *t, const TeacherConfig *cfg);
@@ -1703,8 +1720,10 @@ static void airbench_zero_grad(Teacher *t);
 static void airbench_backward(Teacher *t, int B);
 static void airbench_begin_epoch(Teacher *t, int epoch);
 
-/* Walk the architecture once, in checkpoint order, either counting (t == NULL fields) or
-   pointing: add_convbn() appends w, gamma, beta, running_mean, running_var to the table. */
+/* The teacher's table of tensors is built in two walks over the architecture, in checkpoint
+   order: the first (add_convbn, add_tensor) appends each tensor's name, size and offset and
+   counts the floats; after the one allocation, the second (point_convbn) points each layer's
+   fields (w, gamma, beta, running_mean, running_var and the gradients) into it. */
 static void add_tensor(Teacher *t, const char *name, size_t size, int decay, int trainable) {
     TensorInfo *ti = &t->tensors[t->num_tensors++];
     ti->name = name;
@@ -2004,6 +2023,7 @@ static void global_maxpool_forward(float *out, int32_t *from, const float *in, i
         }
 }
 
+/* out[b][c] = in[c][b][from[b][c]]  =>  din at that pixel += dout[b][c]; the other pixels get nothing */
 static void global_maxpool_backward(float *din, const float *dout, const int32_t *from, int B, int C, int hw) {
     for (int c = 0; c < C; c++)
         for (int b = 0; b < B; b++) din[((size_t)c * B + b) * hw + from[(size_t)b * C + c]] += dout[(size_t)b * C + c];
@@ -2089,6 +2109,7 @@ static void airbench_whiten_init(Teacher *t, const uint8_t *images, int n, const
 }
 
 /* ---- Layout: the tensors in checkpoint order --------------------------------------------- */
+#define AIR_WHITEN_B 1 /* the whitening bias's index in the table of tensors (airbench_build) */
 static void airbench_build(Teacher *t, const TeacherConfig *cfg) {
     int S = cfg->img_size, K = cfg->in_chans * 4, W = 2 * K; /* 24 whitening filters for RGB */
     t->tensors = xcalloc(2 + 3 * 2 * 5 + 1, sizeof(TensorInfo));
@@ -2096,7 +2117,7 @@ static void airbench_build(Teacher *t, const TeacherConfig *cfg) {
     wh->cin = cfg->in_chans, wh->cout = W, wh->ksize = 2, wh->stride = 1, wh->pad = 0;
     wh->hin = wh->win = S, wh->hout = wh->wout = S - 1;
     add_tensor(t, "whiten_w", (size_t)W * K, 0, 0); /* fixed: computed from the data */
-    add_tensor(t, "whiten_b", W, 1, 1);             /* trains for the first 3 epochs (airbench_begin_epoch) */
+    add_tensor(t, "whiten_b", W, 1, 1);             /* AIR_WHITEN_B: trains for the first 3 epochs (airbench_begin_epoch) */
     int h = S - 1, cin = W;
     for (int s = 0; s < 3; s++) {
         AirStage *st = &t->air[s];
@@ -2161,7 +2182,7 @@ static void airbench_init(Teacher *t, uint64_t seed) {
 
 /* The whitening bias trains for the first 3 epochs only (then it is frozen, as in airbench). */
 static void airbench_begin_epoch(Teacher *t, int epoch) {
-    t->tensors[1].trainable = epoch < 3;
+    t->tensors[AIR_WHITEN_B].trainable = epoch < 3;
 }
 
 static void airbench_alloc_activations(Teacher *t, int B) {
@@ -2258,7 +2279,7 @@ static void airbench_zero_grad(Teacher *t) {
    frozen too (after epoch 3, airbench_begin_epoch), nothing below the first block needs a
    gradient, and the first conv's input gradient is not computed. */
 static void airbench_backward(Teacher *t, int B) {
-    int W = teacher_last_width(t), C = t->config.num_classes, whiten_trains = t->tensors[1].trainable;
+    int W = teacher_last_width(t), C = t->config.num_classes, whiten_trains = t->tensors[AIR_WHITEN_B].trainable;
     for (int i = 0; i < B * C; i++) t->dlogits[i] *= AIR_LOGIT_SCALE;
     linear_backward(t->dhead_pooled, t->dfc_w, NULL, t->dlogits, t->head_pooled, t->fc_w, B, W, C);
     AirStage *last = &t->air[2];
@@ -2293,6 +2314,10 @@ static void airbench_backward(Teacher *t, int B) {
 
 /* ============================================================================================
  * I.7 Optimizers and learning-rate schedule
+ *
+ * The paper's recipe (Table 9): AdamW, lr 5e-4 x batch/512, weight decay 0.05, 5 warmup epochs
+ * from 1e-6, then a cosine down to 1e-5, for 300 epochs. The student's defaults here are that
+ * recipe shortened to a night: 40 epochs, 3 warmup epochs, lr 2.5e-4 x batch/128 (train_config).
  * ========================================================================================== */
 
 typedef enum { OPT_ADAMW = 0, OPT_SGD = 1 } OptType;
@@ -2307,7 +2332,7 @@ typedef struct {
     size_t n;
     float *m;                /* AdamW first moment, or SGD momentum buffer */
     float *v;                /* AdamW second moment */
-    float *ema;              /* Lookahead's slow weights (NULL without --lookahead) */
+    float *slow;             /* Lookahead's slow weights (NULL without --lookahead); not the paper's EMA model */
 } Optimizer;
 
 static void optimizer_init(Optimizer *o, OptType type, size_t n, float weight_decay, float momentum, int nesterov,
@@ -2321,29 +2346,29 @@ static void optimizer_init(Optimizer *o, OptType type, size_t n, float weight_de
     o->momentum = momentum;
     o->nesterov = nesterov;
     o->n = n;
-    o->m = xcalloc_touched((lookahead ? 3 : 2) * n); /* m, v (and ema) in one block: the state file writes it whole */
+    o->m = xcalloc_touched((lookahead ? 3 : 2) * n); /* m, v (and slow) in one block: the state file writes it whole */
     o->v = o->m + n;
-    o->ema = lookahead ? o->m + 2 * n : NULL;
+    o->slow = lookahead ? o->m + 2 * n : NULL;
 }
 
 static void optimizer_free(Optimizer *o) {
     free(o->m);
-    o->m = o->v = o->ema = NULL;
+    o->m = o->v = o->slow = NULL;
 }
 
 /* Lookahead (Zhang et al. 2019), as airbench does it: every 5 steps the weights are pulled
-   toward a slow moving average, ema = d ema + (1 - d) w, and continue from it, w = ema. The
-   decay d = 0.95^5 (step / total)^3 grows from 0 (ema follows w) to 0.77 at the end. Every
+   toward a slow moving average, slow = d slow + (1 - d) w, and continue from it, w = slow. The
+   decay d = 0.95^5 (step / total)^3 grows from 0 (slow follows w) to 0.77 at the end. Every
    number of the model takes part, BatchNorm's running statistics too. At the last step the
    weights become the average (d = 1 when that step is not a multiple of 5). */
 static void lookahead_step(Optimizer *o, float *params, long step, long total_steps) {
-    if (!o->ema || (step % 5 != 0 && step != total_steps)) return;
+    if (!o->slow || (step % 5 != 0 && step != total_steps)) return;
     double frac = (double)step / (double)total_steps;
     float d = step % 5 == 0 ? (float)(0.7737809375 * frac * frac * frac) : 1.0f; /* 0.95^5 = 0.7737809375 */
     OMP(omp parallel for schedule(static))
     for (size_t i = 0; i < o->n; i++) {
-        o->ema[i] = d * o->ema[i] + (1.0f - d) * params[i];
-        params[i] = o->ema[i];
+        o->slow[i] = d * o->slow[i] + (1.0f - d) * params[i];
+        params[i] = o->slow[i];
     }
 }
 
@@ -2407,6 +2432,12 @@ static float lr_at(long step, long total_steps, long warmup_steps, float lr, flo
 
 /* ============================================================================================
  * I.8 Data: CIFAR-10 / CIFAR-100 binary files, and DeiT's augmentations (paper Sec. 6, Table 9)
+ *
+ * Table 9's RandAugment, random erasing, Mixup and CutMix are here; two items of the paper's
+ * recipe are not: repeated augmentation (each image three times in an epoch, augmented anew
+ * each time: the official code's sampler for multi-GPU runs, not used there on one machine) and
+ * the EMA of the weights (Sec. 6 found it worth 0.1 point, gone after fine-tuning; Lookahead's
+ * slow weights, I.7, are another thing).
  * ========================================================================================== */
 
 /* The binary version: records of 1 label byte (CIFAR-100: coarse and fine label bytes; we use
@@ -2430,12 +2461,12 @@ static int file_exists(const char *path) {
     return f != NULL;
 }
 
-/* Appends the records of one file; label_bytes is 1 (CIFAR-10) or 2 (CIFAR-100). */
-/* Reads one CIFAR binary file (records of label_bytes labels + 3072 pixels), appending to d.
-   Any whole number of records loads (the tests use tiny files); a count other than the
-   official file's (expected) gets a warning, as a cut download rarely ends on a record. */
 static int file_length(FILE *f, const char *path, long *bytes); /* hook: Part III.1 */
 
+/* Reads one CIFAR binary file (records of label_bytes labels + 3072 pixels; label_bytes is 1
+   for CIFAR-10, 2 for CIFAR-100), appending to d. Any whole number of records loads (the tests
+   use tiny files); a count other than the official file's (expected) gets a warning, as a cut
+   download rarely ends on a record. */
 static int cifar_read_file(Dataset *d, const char *path, int label_bytes, int expected) {
     FILE *f = fopen(path, "rb");
     if (!f) return report("%s: cannot open: %s (get the data with ./cifar_download.sh)", path, strerror(errno));
@@ -2867,8 +2898,8 @@ static void make_batch(float *images, int S_out, float *targets, int *labels, co
     }
 }
 
-/* ---- I.8.6 Fine-tuning at a higher resolution (paper Sec. 6, "Fine-tuning at different
-   resolution"): the same weights at image size S; the patch part of the position embedding is
+/* ---- I.8.6 Fine-tuning at a higher resolution (paper Sec. 3, "Fixing the positional encoding
+   across resolutions", and Sec. 6, "Fine-tuning at different resolution"): the same weights at image size S; the patch part of the position embedding is
    resized as a G x G grid of D-vectors (bicubic, as the paper; bilinear for comparison), the
    class and distillation token positions are kept as they are. */
 static int deit_config_check(const DeiTConfig *c, const char *what); /* hook: Part III.1 */
@@ -2998,8 +3029,9 @@ static int teacher_load(Teacher *t, const char *path) {
  * I.10 Training and evaluation
  * ========================================================================================== */
 
-/* A network is a DeiT student or a ResNet teacher; either can be trained, evaluated or serve
-   as the teacher of a distillation run (the paper also tries a transformer as the teacher). */
+/* A network is a DeiT student or a convnet teacher (ResNet or airbench); either can be
+   trained, evaluated or serve as the teacher of a distillation run (the paper also tries a
+   transformer as the teacher). */
 typedef enum { NET_DEIT = 1, NET_CNN = 2 } NetKind;
 typedef struct {
     NetKind kind;
@@ -3065,7 +3097,7 @@ static void net_forward(Net *n, const float *images, int B, int train) {
 }
 
 /* The inference outputs of a network: for a student the class head, the distillation head or
-   their mean (the model's prediction); a ResNet has one head. */
+   their mean (the model's prediction); a convnet has one head. */
 static const float *net_logits(const Net *n, int head) {
     if (n->kind == NET_CNN) return n->cnn.logits;
     const ActivationTensors *a = &n->deit.acts;
@@ -3146,10 +3178,10 @@ static int argmax(const float *x, int n) {
     return best;
 }
 
-/* logits_out (optional): the inference logits, (n, C) in test-set order. tta: test-time
-   augmentation level (0 none; 1, 2: see tta_forward). */
 static void test_progress(int done, int total); /* hook: Part III.3 prints how far the pass is */
 
+/* logits_out (optional): the inference logits, (n, C) in test-set order. tta: test-time
+   augmentation level (0 none; 1, 2: see tta_forward). */
 static void evaluate(Net *net, const Dataset *d, int batch, int tta, EvalResult *r, float *logits_out) {
     int C = d->num_classes;
     memset(r, 0, sizeof(*r));
@@ -4435,8 +4467,8 @@ static int state_write(const char *path, Net *net, const Optimizer *o, const Run
     h[13] = c->epochs, h[14] = c->batch, h[15] = c->train_limit, h[16] = (int32_t)s->elapsed, h[17] = s->step_in_epoch;
     put_u64(h, 18, params_hash(net)), put_u64(h, 20, run_settings_hash(c, net));
     put_u64(h, 22, s->data_hash), put_u64(h, 24, s->teacher_hash);
-    h[26] = o->ema != NULL;
-    size_t n = (o->ema ? 3 : 2) * o->n; /* m, v (and ema) are one block */
+    h[26] = o->slow != NULL;
+    size_t n = (o->slow ? 3 : 2) * o->n; /* m, v (and slow) are one block */
     return rename_now ? write_file_atomic(path, h, o->m, n) : write_file_temp(path, h, o->m, n);
 }
 
@@ -4507,7 +4539,7 @@ static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, con
     if (h[16] < 0) return report("%s: negative training time %d s: corrupt", path, h[16]);
     if (net->kind == NET_DEIT && u64_from(h, 6) == 0) /* xorshift stays 0 from 0: drop path would stop */
         return report("%s: drop-path random state is 0: corrupt", path);
-    if (h[26] != (o->ema != NULL))
+    if (h[26] != (o->slow != NULL))
         return report("%s: saved by a run %s --lookahead; resume with the same flags", path, h[26] ? "with" : "without");
     for (int i = 27; i < HEADER_INTS; i++)
         if (h[i] != 0) return report("%s: header entry %d is %d, expected 0 (reserved): corrupt or a newer format", path, i, h[i]);
@@ -4516,7 +4548,7 @@ static int state_load(const char *path, Net *net, Optimizer *o, RunState *s, con
     s->step = step;
     s->rng = u64_from(h, 6);
     s->elapsed = h[16];
-    if (read_floats_after_header(path, o->m, (o->ema ? 3 : 2) * o->n, bytes)) return -1;
+    if (read_floats_after_header(path, o->m, (o->slow ? 3 : 2) * o->n, bytes)) return -1;
     if (o->type == OPT_ADAMW) /* v is a running mean of squares */
         for (size_t i = 0; i < o->n; i++)
             if (o->v[i] < 0.0f) return report("%s: AdamW second moment %zu is negative (%g): corrupt", path, i, o->v[i]);
@@ -4613,7 +4645,7 @@ static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
     r->total_steps = (long)cfg->epochs * r->steps_per_epoch;
     r->warmup_steps = (long)(cfg->warmup_epochs * r->steps_per_epoch);
     optimizer_init(&r->opt, cfg->opt, net_num_params(net), cfg->weight_decay, cfg->momentum, cfg->nesterov, cfg->lookahead);
-    if (r->opt.ema) memcpy(r->opt.ema, net_params(net), sizeof(float) * net_num_params(net)); /* (a resumed run loads it) */
+    if (r->opt.slow) memcpy(r->opt.slow, net_params(net), sizeof(float) * net_num_params(net)); /* (a resumed run loads it) */
     r->state = (RunState){0, 0, 0, 0, 0.0, dataset_hash(&r->train_set), teacher ? params_hash(teacher) : 0};
     path_printf(r->state_path, sizeof(r->state_path), "%s.state", cfg->out);
     if (cfg->resume) {
@@ -5037,7 +5069,7 @@ static const Flag flags[] = {
     {"--momentum", F_FLOAT, &opt_values.momentum, ALL_TRAIN, 0, 1, "SGD momentum (0.9)"},
     {"--nesterov", F_INT, &opt_values.nesterov, ALL_TRAIN, 0, 1, "1: Nesterov momentum (teacher default 1)"},
     {"--distill", F_STR, &opt_values.distill, CMD_TRAIN | CMD_DEBUG, 0, 0, "none | soft | hard (default hard with --teacher, else none)"},
-    {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN | CMD_DEBUG | CMD_BENCH | CMD_DEMO, 0, 0, "teacher checkpoint (a ResNet, or a student); bench: teacher architecture"},
+    {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN | CMD_DEBUG | CMD_BENCH | CMD_DEMO, 0, 0, "teacher checkpoint (a convnet: ResNet or airbench; or a student); bench: teacher architecture"},
     {"--alpha", F_FLOAT, &opt_values.kd.alpha, CMD_TRAIN | CMD_DEBUG, 0, 1, "weight of the distillation loss (0.5)"},
     {"--tau", F_FLOAT, &opt_values.kd.tau, CMD_TRAIN | CMD_DEBUG, 1e-3, 1000, "soft distillation temperature (1.0)"},
     {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH | CMD_DEBUG | CMD_DEMO, 0, 9e18, "random seed (1337)"},
@@ -5320,7 +5352,7 @@ static TrainConfig train_config(const Options *o, int is_teacher) {
        of 2 pixels with the alternating flip; Lookahead. */
     /* The student's defaults are the "overnight" recipe (README): DeiT-Ti/4 for 40 epochs of
        batch 128 with DeiT's augmentation (Table 9), AdamW at lr 2.5e-4 x batch/128 (2x the paper's
-       5e-4 x batch/512) after 3 warmup epochs. 2-epoch runs of 2.5e-4, 5e-4, 1e-3 and 2e-3 ranked
+       5e-4 x batch/512) after 3 warmup epochs (the paper: 5 of 300). 2-epoch runs of 2.5e-4, 5e-4, 1e-3 and 2e-3 ranked
        them in that order (experiments/README.md, "The overnight recipe"); 40 epochs fit 10 hours
        of 2 cores with the teacher. */
     int air = is_teacher && teacher_is_airbench(o);

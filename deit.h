@@ -113,7 +113,7 @@ typedef struct {
     const char *name;
     size_t offset;  /* in floats, from the start of the parameter block */
     size_t size;    /* in floats */
-    int decay;      /* weight decay applies (matrices yes; biases, norms, tokens, pos_embed no) */
+    int decay;      /* weight decay applies (DeiT: the matrices only; airbench: see airbench_build) */
     int trainable;  /* 0 for BatchNorm running statistics and frozen tensors */
     float lr_mult;  /* this tensor's learning rate is lr * lr_mult (1, or 64 for airbench's BatchNorm biases) */
 } TensorInfo;
@@ -166,12 +166,15 @@ typedef struct {
     float *dw, *dgamma, *dbeta;         /* their gradients */
     float *conv;                        /* (cout, B, hout, wout) convolution output */
     float *out;                         /* (cout, B, hout, wout) BatchNorm output, with what follows it done
-                                           as it is written: ReLU (stem, conv1), + the shortcut and ReLU
-                                           (conv2: the block's output), nothing (shortcut) */
+                                           as it is written: ResNet: ReLU (stem, conv1), + the shortcut and
+                                           ReLU (conv2: the block's output), nothing (shortcut); airbench:
+                                           nothing (a GELU follows, in its own buffer), but the whitening
+                                           conv, which has no BatchNorm, keeps GELU(conv + bias) here */
     float *bn_mean, *bn_rstd;           /* (cout) batch statistics of the last training forward */
     float bn_eps, bn_momentum;          /* 1e-5 and 0.1 (ResNet), 1e-12 and 0.4 (airbench) */
-    float *dout;                        /* gradient of out; conv2's is taken back through the block's ReLU
-                                           in place before it flows into BatchNorm */
+    float *dout;                        /* gradient of out; where a ReLU was fused into out (ResNet: stem,
+                                           conv1, conv2), taken back through it in place (relu_backward)
+                                           before it flows into BatchNorm */
     float *padded_in;                   /* the convolution's input in the padded layout of Part II's trick
                                            6, chunk after chunk, as the training forward made it, kept for
                                            the backward (allocated for the convs that take trick 6) */
