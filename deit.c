@@ -2945,6 +2945,7 @@ static int read_floats_after_header(const char *path, float *data, size_t n, lon
 static int deit_config_from_header(DeiTConfig *c, const int32_t *h, const char *path);
 static int teacher_config_from_header(TeacherConfig *c, const int32_t *h, const char *path);
 static uint64_t teacher_count_params(const TeacherConfig *c);
+static int teacher_check_loaded(const Teacher *t, const char *path);
 
 static int deit_save(const DeiT *m, const char *path) {
     int32_t header[HEADER_INTS] = {0};
@@ -3007,20 +3008,9 @@ static int teacher_load(Teacher *t, const char *path) {
     if (read_header(path, header, &bytes) || teacher_config_from_header(&cfg, header, path)) return -1;
     if (check_file_length(path, teacher_count_params(&cfg), bytes)) return -1;
     teacher_build(t, &cfg);
-    if (read_floats_after_header(path, t->params_memory, t->num_params, bytes)) {
+    if (read_floats_after_header(path, t->params_memory, t->num_params, bytes) || teacher_check_loaded(t, path)) {
         teacher_free(t);
         return -1;
-    }
-    for (int i = 0; i < t->num_tensors; i++) { /* a negative variance would make every output NaN */
-        const TensorInfo *ti = &t->tensors[i];
-        if (strcmp(ti->name, "bn_running_var") != 0) continue;
-        for (size_t j = 0; j < ti->size; j++)
-            if (t->params_memory[ti->offset + j] < 0.0f) {
-                report("%s: tensor %d (bn_running_var) holds %g: a variance cannot be negative; corrupt file",
-                       path, i, (double)t->params_memory[ti->offset + j]);
-                teacher_free(t);
-                return -1;
-            }
     }
     return 0;
 }
@@ -3211,6 +3201,7 @@ static void evaluate(Net *net, const Dataset *d, int batch, int tta, EvalResult 
     free(images), free(targets), free(labels), free(idx), free(views), free(tta_out);
 }
 
+struct Options; /* Part III's command-line settings (III.5) */
 typedef struct {
     int epochs, batch, train_limit, shuffle, threads;
     long max_steps;           /* stop after this many optimizer steps (0: no limit) */
@@ -3228,6 +3219,8 @@ typedef struct {
     uint64_t seed;
     const char *data_dir, *out, *log, *resume;
     const char *teacher_path; /* for messages only */
+    const struct Options *record_flags; /* a new run's command-line settings, which run_begin (Part III)
+                                           writes to OUT.flags once the run is checked; NULL: none */
 } TrainConfig;
 
 static uint64_t batch_seed(uint64_t seed, int epoch, int step_in_epoch) {
@@ -4405,6 +4398,20 @@ static uint64_t teacher_count_params(const TeacherConfig *c) {
     return n + (uint64_t)c->num_classes * cin + (uint64_t)c->num_classes;
 }
 
+/* The values of a loaded teacher that no header check can see: a negative running variance
+   would make every output NaN. */
+static int teacher_check_loaded(const Teacher *t, const char *path) {
+    for (int i = 0; i < t->num_tensors; i++) {
+        const TensorInfo *ti = &t->tensors[i];
+        if (strcmp(ti->name, "bn_running_var") != 0) continue;
+        for (size_t j = 0; j < ti->size; j++)
+            if (t->params_memory[ti->offset + j] < 0.0f)
+                return report("%s: tensor %d (bn_running_var) holds %g: a variance cannot be negative; corrupt file", path, i,
+                              (double)t->params_memory[ti->offset + j]);
+    }
+    return 0;
+}
+
 /* ============================================================================================
  * III.2 The training state: what --resume needs besides the model file
  * ========================================================================================== */
@@ -4622,6 +4629,8 @@ static void run_free(Run *r) {
 
 /* Everything before the first step: the output is writable, the data loads and fits the
    networks, the optimizer exists, a --resume run has its state back, the log is open. */
+static int record_run_flags(const struct Options *o, const char *out, int is_teacher); /* III.5 */
+
 static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
     memset(r, 0, sizeof(*r));
     r->cfg = cfg, r->net = net, r->teacher = teacher;
@@ -4642,6 +4651,10 @@ static int run_begin(Run *r, Net *net, Net *teacher, const TrainConfig *cfg) {
     }
     r->steps_per_epoch = r->n_train / B;
     if (r->steps_per_epoch < 1) die("batch %d is larger than the %d training images", B, r->n_train);
+    if (cfg->record_flags && record_run_flags(cfg->record_flags, cfg->out, net->kind == NET_CNN)) { /* checked: now recorded */
+        run_free(r);
+        return -1;
+    }
     r->total_steps = (long)cfg->epochs * r->steps_per_epoch;
     r->warmup_steps = (long)(cfg->warmup_epochs * r->steps_per_epoch);
     optimizer_init(&r->opt, cfg->opt, net_num_params(net), cfg->weight_decay, cfg->momentum, cfg->nesterov, cfg->lookahead);
@@ -5015,7 +5028,7 @@ typedef struct {
 } Flag;
 
 #define MAX_FILES 32
-typedef struct {
+typedef struct Options {
     const char *files[MAX_FILES]; /* compare: the checkpoints */
     int num_files, image, limit, img_size, table, zoom;
     const char *pos_interp;
@@ -5044,7 +5057,7 @@ static const Flag flags[] = {
     {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_BENCH | CMD_DEMO, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
     {"--train-limit", F_INT, &opt_values.train_limit, ALL_TRAIN | CMD_DEMO, 0, 1e9, "train on a class-balanced subset of N images"},
     {"--no-shuffle", F_INT, &opt_values.no_shuffle, ALL_TRAIN, 0, 1, "1: keep the file order (no shuffling)"},
-    {"--aug", F_STR, &opt_values.aug, ALL_TRAIN, 0, 0, "deit (student default) | basic (crop+flip, ResNet default) | airbench (2-pixel shifts, alternating flip) | none"},
+    {"--aug", F_STR, &opt_values.aug, ALL_TRAIN, 0, 0, "deit (student default) | basic (crop+flip, ResNet default) | airbench (2-pixel shifts, alternating flip; airbench default) | none"},
     {"--tta", F_INT, &opt_values.tta, CMD_EVAL, 0, 2, "test-time augmentation: 0 none (default), 1 + mirror, 2 + 1-pixel shifts (6 views, airbench's)"},
     {"--teacher-tta", F_INT, &opt_values.teacher_tta, CMD_TRAIN, 0, 2, "the teacher's logits averaged over 0 (default), 1 or 2 levels of views (as --tta)"},
     {"--save-every", F_FLOAT, &opt_values.save_every, ALL_TRAIN, 0, 1e6, "minutes between checkpoints inside an epoch (default 10; 0: at epoch ends only)"},
@@ -5055,18 +5068,18 @@ static const Flag flags[] = {
     {"--erase", F_FLOAT, &opt_values.erase, CMD_TRAIN, 0, 1, "random erasing probability (deit: 0.25)"},
     {"--randaug", F_INT, &opt_values.randaug, CMD_TRAIN, 0, 10, "RandAugment ops per image (deit: 2; 0 off)"},
     {"--randaug-mag", F_FLOAT, &opt_values.randaug_mag, CMD_TRAIN, 0, 10, "RandAugment magnitude (deit: 9)"},
-    {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN | CMD_DEBUG, 0, 1, "label smoothing epsilon (deit: 0.1)"},
+    {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN | CMD_DEBUG, 0, 1, "label smoothing epsilon (--aug deit: 0.1, airbench: 0.2, basic: 0)"},
     {"--drop-path", F_FLOAT, &opt_values.drop_path, CMD_TRAIN, 0, 0.99, "stochastic depth rate (--aug deit: 0.1, else 0)"},
     {"--epochs", F_INT, &opt_values.epochs, ALL_TRAIN | CMD_DEMO, 1, 100000, "epochs (student 40, airbench 10, ResNet 30)"},
     {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_DEMO, 1, 65536, "batch size (student 128, airbench 1024, ResNet 128)"},
-    {"--lr", F_FLOAT, &opt_values.lr, ALL_TRAIN | CMD_DEMO, 0, 100, "learning rate (AdamW: 2.5e-4 * batch / 128; SGD: 0.1 * batch / 128)"},
-    {"--min-lr", F_FLOAT, &opt_values.min_lr, ALL_TRAIN, 0, 100, "final learning rate of the cosine (AdamW 1e-5, SGD 0)"},
-    {"--warmup-lr", F_FLOAT, &opt_values.warmup_lr, ALL_TRAIN, 0, 100, "learning rate at the start of warmup (1e-6)"},
+    {"--lr", F_FLOAT, &opt_values.lr, ALL_TRAIN | CMD_DEMO, 0, 100, "learning rate (AdamW: 2.5e-4 * batch / 128; SGD: 0.1 * batch / 128; airbench: 1.5 * batch / 1024)"},
+    {"--min-lr", F_FLOAT, &opt_values.min_lr, ALL_TRAIN, 0, 100, "final learning rate (AdamW 1e-5, SGD 0, airbench 0.07 x lr)"},
+    {"--warmup-lr", F_FLOAT, &opt_values.warmup_lr, ALL_TRAIN, 0, 100, "learning rate at the start of warmup (1e-6; airbench 0.2 x lr)"},
     {"--warmup", F_FLOAT, &opt_values.warmup, ALL_TRAIN, 0, 100000, "warmup epochs (student 3, ResNet 1, airbench 23%; 0 allowed)"},
     {"--sched", F_STR, &opt_values.sched, ALL_TRAIN, 0, 0, "cosine (default) | linear (airbench default) | constant"},
     {"--opt", F_STR, &opt_values.opt, ALL_TRAIN, 0, 0, "adamw (student default) | sgd (teacher default)"},
-    {"--wd", F_FLOAT, &opt_values.wd, ALL_TRAIN, 0, 100, "weight decay (AdamW 0.05, SGD 5e-4), never on biases/norms/tokens"},
-    {"--momentum", F_FLOAT, &opt_values.momentum, ALL_TRAIN, 0, 1, "SGD momentum (0.9)"},
+    {"--wd", F_FLOAT, &opt_values.wd, ALL_TRAIN, 0, 100, "weight decay (AdamW 0.05, SGD 5e-4, airbench 0.00133), never on DeiT's biases/norms/tokens"},
+    {"--momentum", F_FLOAT, &opt_values.momentum, ALL_TRAIN, 0, 1, "SGD momentum (0.9; airbench 0.85)"},
     {"--nesterov", F_INT, &opt_values.nesterov, ALL_TRAIN, 0, 1, "1: Nesterov momentum (teacher default 1)"},
     {"--distill", F_STR, &opt_values.distill, CMD_TRAIN | CMD_DEBUG, 0, 0, "none | soft | hard (default hard with --teacher, else none)"},
     {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN | CMD_DEBUG | CMD_BENCH | CMD_DEMO, 0, 0, "teacher checkpoint (a convnet: ResNet or airbench; or a student); bench: teacher architecture"},
@@ -5250,6 +5263,15 @@ static void flag_value_text(char *buf, size_t size, const Flag *f, const Options
     else snprintf(buf, size, "%s", *(const char *const *)x ? *(const char *const *)x : "");
 }
 
+/* Does the flag hold a value in o? Not when it is UNSET (a default train_config picks later) or,
+   for a string, NULL. */
+static int flag_has_value(const Flag *f, const Options *o) {
+    const void *v = flag_field(f, o);
+    if (f->type == F_STR) return *(const char *const *)v != NULL;
+    double x = f->type == F_INT ? *(const int *)v : f->type == F_LONG ? (double)*(const long *)v : *(const float *)v;
+    return x >= f->lo && x <= f->hi;
+}
+
 /* Written when a new run starts (path = its --out + ".flags"), atomically: every setting that has a
    value (defaults included, except those chosen later by train_config: they are still unset here). */
 static int write_run_flags(const char *path, const Options *o, unsigned cmd) {
@@ -5259,10 +5281,7 @@ static int write_run_flags(const char *path, const Options *o, unsigned cmd) {
     if (!f) return report("%s: cannot open for writing: %s", tmp, strerror(errno));
     for (int i = 0; i < NUM_FLAGS; i++) {
         const Flag *fl = &flags[i];
-        if (!(fl->commands & cmd) || !flag_is_setting(fl)) continue;
-        const void *v = flag_field(fl, o);
-        double x = fl->type == F_INT ? *(const int *)v : fl->type == F_LONG ? (double)*(const long *)v : fl->type == F_FLOAT ? *(const float *)v : 0;
-        if (fl->type == F_STR ? !*(const char *const *)v : x < fl->lo || x > fl->hi) continue; /* not set (UNSET, or 0 = none) */
+        if (!(fl->commands & cmd) || !flag_is_setting(fl) || !flag_has_value(fl, o)) continue;
         flag_value_text(value, sizeof(value), fl, o);
         fprintf(f, "%s %s\n", fl->name, value);
     }
@@ -5273,6 +5292,13 @@ static int write_run_flags(const char *path, const Options *o, unsigned cmd) {
         return report("%s: cannot write: %s", path, strerror(errno));
     }
     return 0;
+}
+
+/* OUT.flags for a new run, once train's run_begin has checked it: a run refused at its start leaves none */
+static int record_run_flags(const Options *o, const char *out, int is_teacher) {
+    char path[4096];
+    path_printf(path, sizeof(path), "%s.flags", out);
+    return write_run_flags(path, o, is_teacher ? CMD_TEACHER : CMD_TRAIN);
 }
 
 /* --resume FILE: the flags of FILE.flags, then the command line's on top (which must agree). A run
@@ -5310,16 +5336,19 @@ static void resume_flags(int argc, char **argv, unsigned cmd) {
     for (int i = 0; i < NUM_FLAGS; i++) {
         const Flag *fl = &flags[i];
         if (!given[i] || !flag_is_setting(fl) || flag_is_path(fl) || flag_values_equal(fl, &recorded, &opt_values)) continue;
-        char was[4096], now[4096];
+        char was[4096], now[4096], recorded_as[4200];
         flag_value_text(was, sizeof(was), fl, &recorded);
         flag_value_text(now, sizeof(now), fl, &opt_values);
-        if (!strcmp(fl->name, "--epochs"))
-            die("--epochs %s: the run of %s was planned for --epochs %s (%s), and its schedule with it, so --resume continues "
+        int epochs = !strcmp(fl->name, "--epochs"), has = flag_has_value(fl, &recorded);
+        if (has) snprintf(recorded_as, sizeof(recorded_as), "%s %s %s", epochs ? "for" : "with", fl->name, was);
+        else snprintf(recorded_as, sizeof(recorded_as), "without %s (%s its default)", fl->name, epochs ? "for" : "with");
+        if (epochs)
+            die("--epochs %s: the run of %s was planned %s (%s), and its schedule with it, so --resume continues "
                 "only that; to train on from its weights, start a new run with --init %s --out OTHER.bin", now,
-                opt_values.resume, was, path, opt_values.resume);
-        die("%s %s: the run of %s was started with %s %s (%s). --resume continues it with its own flags: leave %s out, or "
-            "start a new run from its weights with --init %s --out OTHER.bin", fl->name, now, opt_values.resume, fl->name,
-            *was ? was : "unset", path, fl->name, opt_values.resume);
+                opt_values.resume, recorded_as, path, opt_values.resume);
+        die("%s %s: the run of %s was started %s (%s). --resume continues it with its own flags: leave %s out, or "
+            "start a new run from its weights with --init %s --out OTHER.bin", fl->name, now, opt_values.resume,
+            recorded_as, path, fl->name, opt_values.resume);
     }
     memcpy(flag_given, given, sizeof(given));
     /* the architecture is the checkpoint's; its flags, recorded or repeated, agree with it */
@@ -5465,11 +5494,7 @@ static int cmd_train(const Options *o, int is_teacher) {
     if (!o->resume && !o->force && file_exists(cfg.out))
         die("%s exists: --resume %s continues its run, --force 1 starts a new one over it (or choose another --out)", cfg.out,
             cfg.out);
-    if (!o->resume) { /* FILE.flags: what a bare --resume FILE continues with */
-        char flags_path[4096];
-        path_printf(flags_path, sizeof(flags_path), "%s.flags", cfg.out);
-        if (write_run_flags(flags_path, o, is_teacher ? CMD_TEACHER : CMD_TRAIN)) return 1;
-    }
+    if (!o->resume) cfg.record_flags = o; /* OUT.flags: what a bare --resume OUT continues with */
     Net net, teacher;
     memset(&teacher, 0, sizeof(teacher));
     int classes = data_num_classes(o->data);
@@ -5638,7 +5663,7 @@ static void usage(void) {
             "  debug-state  dump one batch's inputs, logits, loss and gradients (for dev/reference.py)\n"
             "example:\n"
             "  ./deit teacher --out teacher.bin\n"
-            "  ./deit train --teacher teacher.bin --distill hard --epochs 100 --out student.bin\n"
+            "  ./deit train --teacher teacher.bin --out student.bin      (hard distillation, 40 epochs)\n"
             "  ./deit eval student.bin\n");
 }
 

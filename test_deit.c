@@ -2656,6 +2656,13 @@ static void test_cli(void) {
               file_exists("test_cli_t2.bin"),
           "a bare 0/1 flag (--no-shuffle) followed by another flag means 1");
     remove("test_cli_t2.bin"), remove("test_cli_t2.bin.state"), remove("test_cli_t2.bin.flags");
+    check(file_exists("test_cli_t.bin.flags"), "a run that started wrote OUT.flags");
+    remove("test_cli_no.bin.flags");
+    check(run("./deit teacher --arch resnet99 --data test_data_tmp --out test_cli_no.bin") != 0 && !file_exists("test_cli_no.bin.flags") &&
+              run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --batch 10 --train-limit 5 --data test_data_tmp "
+                  "--out test_cli_no.bin") != 0 && output_has("larger than the 5 training images") &&
+              !file_exists("test_cli_no.bin.flags"),
+          "a run refused at its start (an unknown --arch, a batch larger than --train-limit) leaves no OUT.flags");
     size_t n = 0;
     unsigned char *csv = read_bytes("test_cli_t.csv", &n);
     check(csv && n > 33 && !memcmp(csv, "epoch,step,lr,train_loss,test_acc", 33) && csv_lines(csv, n) == 2 &&
@@ -2676,8 +2683,12 @@ static void test_cli(void) {
               output_has("planned for --epochs 2"),
           "--resume with different flags is refused");
     check(run("./deit train --lr 0.5 --resume test_cli_s.bin") != 0 &&
-              output_has("--lr 0.5: the run of test_cli_s.bin was started with --lr ") && output_has("leave --lr out"),
-          "--resume with another --lr: the flag and the run's own value are named");
+              output_has("--lr 0.5: the run of test_cli_s.bin was started without --lr (with its default)") &&
+              !output_has("--lr -1") && output_has("leave --lr out"),
+          "--resume with an --lr the run left to its default: the flag is named, and no placeholder value");
+    check(run("./deit train --alpha 0.25 --resume test_cli_s.bin") != 0 &&
+              output_has("--alpha 0.25: the run of test_cli_s.bin was started with --alpha 0.5") && output_has("leave --alpha out"),
+          "--resume with another --alpha: the flag and the run's own value are named");
     check(run("./deit train --dim 32 --resume test_cli_s.bin") != 0 && output_has("--dim 32: the run of test_cli_s.bin was started with --dim 16"),
           "--resume with another architecture flag: named");
     {
