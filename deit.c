@@ -2920,15 +2920,6 @@ static void deit_resize(DeiT *dst, const DeiT *src, int img_size, int bicubic) {
     dst->drop_path = src->drop_path;
 }
 
-/* The ResNet is convolutional with global pooling: the same weights work at any image size. */
-static void teacher_resize(Teacher *dst, const Teacher *src, int img_size) {
-    if (src->config.arch == ARCH_AIRBENCH) die("airbench works at 32x32 only; it cannot be fine-tuned at %d", img_size);
-    TeacherConfig c = src->config;
-    c.img_size = img_size;
-    teacher_build(dst, &c);
-    memcpy(dst->params_memory, src->params_memory, sizeof(float) * src->num_params);
-}
-
 /* ============================================================================================
  * I.9 Checkpoints: a 256-int32 header, then every parameter tensor as float32, little-endian
  *
@@ -3203,7 +3194,7 @@ static void evaluate(Net *net, const Dataset *d, int batch, int tta, EvalResult 
 
 struct Options; /* Part III's command-line settings (III.5) */
 typedef struct {
-    int epochs, batch, train_limit, shuffle, threads;
+    int epochs, batch, train_limit, shuffle;
     long max_steps;           /* stop after this many optimizer steps (0: no limit) */
     int skip_nonfinite;       /* 1: skip a step whose loss or gradient is NaN/Inf instead of stopping */
     int eval_every;           /* test every N epochs (and after the last); not part of the run's settings */
@@ -3366,7 +3357,8 @@ static int train(Net *net, Net *teacher, const TrainConfig *cfg) {
  *    contiguous is read in place (a_direct below): the kernel then reads A(i,k) at
  *    a[i*a_rs + k*a_cs], with A's own strides, instead of a[k*MR + i]. (A transposed A, as
  *    dout in a weight gradient, gives MR consecutive numbers for each k: reading them there
- *    made DeiT-Ti's weight gradients 3-15% faster than copying them, fc2's 2-5% slower.)
+ *    made DeiT-Ti's weight gradients 3-15% faster than copying them, fc2's 2-5% slower, when
+ *    they came here; as deep products they now take trick 7, which packs A, measured faster.)
  *    So is a full B panel whose rows are contiguous, but only in a product of at most MC
  *    rows (b_direct), where the panel is read by a single block of A. With more
  *    blocks the copy pays: packed, the panel is 32 KB in a row that stays in L1 for every
@@ -3393,7 +3385,7 @@ static int k_slice(int K) { /* the length of K's slices: as few as KC allows, al
  *    whole tiles with 16, 32 or 64 rows, the channel counts of the ResNet's convolutions, where
  *    6 rows left one tile in three partly empty: ResNet-20 trained 10% faster, DeiT-Ti the same
  *    (dev/SPEED.md, "8 x 32 on AVX-512"). A 6 x 32 tile with AVX2's 16 registers of 8 floats
- *    spills to memory (77 against 107 GFLOP/s on one core, measured). AVX2 takes 4 x 24 on
+ *    spills to memory (77 against 107 GFLOP/s on one core; a measurement not logged in dev/SPEED.md). AVX2 takes 4 x 24 on
  *    Intel's processors: 12 accumulators (4 rows of 3 vectors), 3 vectors of B and the broadcast
  *    of A make 16, all of AVX2's registers, and per k there are 3 loads of B and 4 broadcasts
  *    for 12 FMAs. That holds only if the compiler keeps B's 3 vectors in registers: GCC 12's
@@ -3608,14 +3600,14 @@ static void pack_b_panel(float *restrict dst, const float *B, int b_rs, int b_cs
         if (NR == 32) pack_b_transposed(dst, src, b_cs, kc, 32);
         else if (NR == 48) pack_b_transposed(dst, src, b_cs, kc, 48);
         else if (NR == 24) pack_b_transposed(dst, src, b_cs, kc, 24);
-        else pack_b_transposed(dst, src, b_cs, kc, NR);
+        else pack_b_transposed(dst, src, b_cs, kc, NR); /* (no tile has another NR today: for a new one) */
         return;
     }
     if (b_cs == 1 && n == NR) {
         if (NR == 32) pack_b_rows(dst, src, b_rs, kc, 32);
         else if (NR == 48) pack_b_rows(dst, src, b_rs, kc, 48);
         else if (NR == 24) pack_b_rows(dst, src, b_rs, kc, 24);
-        else pack_b_rows(dst, src, b_rs, kc, NR);
+        else pack_b_rows(dst, src, b_rs, kc, NR); /* (likewise) */
         return;
     }
     if (n < NR) memset(dst, 0, sizeof(float) * NR * kc);
@@ -3632,9 +3624,9 @@ static const float *tile_init(int store, const float *bias, int k0, int j) {
     return bias ? bias + j : matmul_zero_row;
 }
 
-/* A product asked for from inside a parallel loop (attention: one image and head per thread)
-   runs on the calling thread alone, with its packing buffers on that thread's stack. These
-   products are small (T x T x hd), so only K is cut (k_slice); each B panel is packed
+/* A product asked for from inside a parallel loop (attention: one image and head per thread;
+   a convolution's lane: one chunk of images) runs on the calling thread alone, with its
+   packing buffers on that thread's stack. Only K is cut (k_slice); each B panel is packed
    once and used by every group of MR rows, as in the loops below. */
 static void matmul_fast_one_thread(const MatmulPath *path, float *C, int ldc, const float *A, int a_rs, int a_cs,
                                    const float *B, int b_rs, int b_cs, int M, int N, int K, int store,
@@ -3645,8 +3637,8 @@ static void matmul_fast_one_thread(const MatmulPath *path, float *C, int ldc, co
     for (int k0 = 0, ks = k_slice(K); k0 < K; k0 += ks) {
         int kc = K - k0 < ks ? K - k0 : ks, tail = M / MR * MR;
         /* A read in place (trick 4): only its last rows (fewer than MR) are packed, once per K
-           slice (a convolution's 16 output channels are 6 + 6 + 4: packing the 4 for every B
-           panel cost about a tenth of the product) */
+           slice, not once per B panel (with the old 6-row tile a convolution's 16 output channels
+           were 6 + 6 + 4, and packing the 4 for every panel cost about a tenth of the product) */
         if (a_direct && tail < M) pack_a(ap, A, a_rs, a_cs, tail, M - tail, k0, kc, MR);
         for (int j0 = 0; j0 < N; j0 += NR) {
             int n = N - j0 < NR ? N - j0 : NR, direct = b_cs == 1 && n == NR;
@@ -3683,7 +3675,7 @@ static void block_times_panel(const MatmulPath *path, float *C, int ldc, const f
 }
 
 /* 7. Deep products. A weight gradient sums over every token of the batch: K = 4224 for
- *    DeiT-Ti/4 at batch 64 (17 slices of 249), with M = 192 to 768 rows. The loops of matmul_fast
+ *    DeiT-Ti/4 at batch 64 (17 slices: 16 of 249 and one of 240), with M = 192 to 768 rows. The loops of matmul_fast
  *    below stop all threads twice per K slice (pack B together, then compute), 34 times for
  *    one such product, and cut 192 rows into blocks of 72 + 72 + 48, which two threads share
  *    unevenly. Here each thread owns a fixed range of the work items (one block of MC rows x
@@ -3806,8 +3798,8 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
             }
             /* Work items: (block of MC rows) x (group of G B panels). Each packs its A block (or
                just its last rows, when A is read in place). G = 4 reuses a packed A block over
-               four panels; a small product (a convolution's weight gradient: 16 rows, 5
-               panels) gets G = 1, so that it still splits evenly over the threads. */
+               four panels; a small product (fewer than 16 items of four panels: one block of
+               rows and a few panels) gets G = 1, so that it still splits evenly over the threads. */
             int n_blocks = (M + MC - 1) / MC;
             int G = n_blocks * ((n_panels + 3) / 4) >= 16 ? 4 : 1;
             int n_groups = (n_panels + G - 1) / G;
@@ -3867,7 +3859,8 @@ static void matmul_fast(float *C, int ldc, const float *A, int a_rs, int a_cs,
  *      dW^T[(ky,kx), c][co] = sum over q of in[q + shift(c, ky, kx)] * dout[co][q]: the input
  *        read in place, dout packed (conv_taps_weight_grad); conv_backward transposes it back;
  *      din = the transposed convolution of dout (w_flip; see conv_backward): the same
- *        product as the forward pass, added to din when copied back.
+ *        product as the forward pass, written to din (or added to it, with din_add) when
+ *        copied back.
  *    Stride 2 (ResNet's two downsampling 3x3 convolutions) fits the same scheme once the input
  *    is split into its four phases: plane (c, py, px) holds the pixels (2y + py, 2x + px), so
  *    input row 2y + ky - pad of output row y is row y + dy of phase py, with ky - pad = 2 dy + py.
@@ -3893,7 +3886,7 @@ static int conv_direct_shape(const ConvBN *l) { /* (not 1 x 1: there im2col is a
    (pad / w at stride 1; w: the output's width).
    With the AVX-512 tile that is 15%: images of 7 x 7 and more (pad 1). On an Intel Xeon at 2
    threads (dev/bench_conv.c), forward and backward: 1.04x and 1.11x faster than im2col at 8 x 8,
-   1.16x and 1.08x at 7 x 7 with 256 channels, 1.4-1.7x at 15 x 15 to 32 x 32; on 3 x 3 (33%)
+   1.16x and 1.08x at 7 x 7 with 256 channels, 1.25-1.7x at 15 x 15 to 32 x 32; on 3 x 3 (33%)
    1.00x and 0.88x. The portable tile, 10%: 8 x 8 is even there, 7 x 7 0.90x and 0.96x. AVX2's
    2 x 48 tile reads each B vector twice and gains more from a compact B: up to 50% (1.68x and
    1.23x at 3 x 3 on the Xeon; on an AMD EPYC, with the images one below the other, 1.35x
@@ -4421,9 +4414,10 @@ static int teacher_check_loaded(const Teacher *t, const char *path) {
    [10] optimizer, [11,12] seed, [13] total epochs, [14] batch, [15] train limit,
    [16] elapsed seconds, [17] steps done in the current epoch (0 at an epoch boundary; a run
    stopped by --steps continues mid-epoch), [18,19] a hash of the model's weights (so a state
-   is never paired with another checkpoint), [20,21] a hash of every training setting),
-   [22,23] a hash of the training set (labels and pixels), [24,25] a hash of the teacher's
-   weights (0 without a teacher), [26] 1 when Lookahead's slow weights follow (--lookahead);
+   is never paired with another checkpoint), [20,21] a hash of the settings that change what an
+   epoch computes (run_settings_hash), [22,23] a hash of the training set (labels and pixels),
+   [24,25] a hash of the teacher's weights (0 without a teacher), [26] 1 when Lookahead's slow
+   weights follow (--lookahead));
    then the optimizer moments m and v and, with [26] = 1, the slow weights (float32, 2 or 3 x
    parameter count). A state written before a hash existed has 0 there, and that check is skipped. */
 /* (RunState, the numbers of this header, is declared with the training loop in Part I.) */
@@ -5029,11 +5023,11 @@ typedef struct {
 
 #define MAX_FILES 32
 typedef struct Options {
-    const char *files[MAX_FILES]; /* compare: the checkpoints */
+    const char *files[MAX_FILES]; /* compare's and bench --table's checkpoints */
     int num_files, image, limit, img_size, table, zoom;
     const char *pos_interp;
     const char *model, *arch, *data, *aug, *opt, *sched, *distill, *teacher, *init, *out, *resume, *log, *ckpt,
-        *logits, *head, *dump, *matmul;
+        *logits, *dump, *matmul;
     int dim, depth, heads, patch, dist_token, epochs, batch, train_limit, no_shuffle, threads, randaug, nesterov, repeats,
         skip_nonfinite, eval_every, tta, teacher_tta, lookahead, force;
     long steps, seed;
@@ -5052,7 +5046,7 @@ static const Flag flags[] = {
     {"--patch", F_INT, &opt_values.patch, CMD_TRAIN | CMD_BENCH | CMD_DEMO, 1, 32, "patch size (default 4: 64 patches of 32x32 images)"},
     {"--img-size", F_INT, &opt_values.img_size, CMD_TRAIN, 8, 1024, "image size (default 32); with --init at another size: fine-tune there"},
     {"--pos-interp", F_STR, &opt_values.pos_interp, CMD_TRAIN, 0, 0, "position embedding resize for --img-size: bicubic (default) | bilinear"},
-    {"--dist-token", F_INT, &opt_values.dist_token, CMD_TRAIN | CMD_BENCH, 0, 1, "1: class + distillation token (default when distilling), 0: class token only (default otherwise)"},
+    {"--dist-token", F_INT, &opt_values.dist_token, CMD_TRAIN | CMD_BENCH, 0, 1, "1: class + distillation token (default when distilling, and in bench), 0: class token only (default otherwise)"},
     {"--arch", F_STR, &opt_values.arch, CMD_TEACHER | CMD_BENCH, 0, 0, "teacher: airbench (default; Jordan 2024, with its recipe), resnet20, resnet56, resnet20w4, resnet8"},
     {"--data", F_STR, &opt_values.data, ALL_TRAIN | CMD_EVAL | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_BENCH | CMD_DEMO, 0, 0, "CIFAR directory (default $DEIT_DATA or data/cifar-10-batches-bin)"},
     {"--train-limit", F_INT, &opt_values.train_limit, ALL_TRAIN | CMD_DEMO, 0, 1e9, "train on a class-balanced subset of N images"},
@@ -5068,10 +5062,10 @@ static const Flag flags[] = {
     {"--erase", F_FLOAT, &opt_values.erase, CMD_TRAIN, 0, 1, "random erasing probability (deit: 0.25)"},
     {"--randaug", F_INT, &opt_values.randaug, CMD_TRAIN, 0, 10, "RandAugment ops per image (deit: 2; 0 off)"},
     {"--randaug-mag", F_FLOAT, &opt_values.randaug_mag, CMD_TRAIN, 0, 10, "RandAugment magnitude (deit: 9)"},
-    {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN | CMD_DEBUG, 0, 1, "label smoothing epsilon (--aug deit: 0.1, airbench: 0.2, basic: 0)"},
+    {"--label-smoothing", F_FLOAT, &opt_values.smoothing, ALL_TRAIN | CMD_DEBUG, 0, 1, "label smoothing epsilon (--aug deit: 0.1, airbench: 0.2, basic: 0; debug-state: 0.1)"},
     {"--drop-path", F_FLOAT, &opt_values.drop_path, CMD_TRAIN, 0, 0.99, "stochastic depth rate (--aug deit: 0.1, else 0)"},
     {"--epochs", F_INT, &opt_values.epochs, ALL_TRAIN | CMD_DEMO, 1, 100000, "epochs (student 40, airbench 10, ResNet 30)"},
-    {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_DEMO, 1, 65536, "batch size (student 128, airbench 1024, ResNet 128)"},
+    {"--batch", F_INT, &opt_values.batch, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_DEMO, 1, 65536, "batch size (train: student 128; teacher: airbench 1024, ResNet 128; demo and bench 64; eval, tokens, compare 100; debug-state 4)"},
     {"--lr", F_FLOAT, &opt_values.lr, ALL_TRAIN | CMD_DEMO, 0, 100, "learning rate (AdamW: 2.5e-4 * batch / 128; SGD: 0.1 * batch / 128; airbench: 1.5 * batch / 1024)"},
     {"--min-lr", F_FLOAT, &opt_values.min_lr, ALL_TRAIN, 0, 100, "final learning rate (AdamW 1e-5, SGD 0, airbench 0.07 x lr)"},
     {"--warmup-lr", F_FLOAT, &opt_values.warmup_lr, ALL_TRAIN, 0, 100, "learning rate at the start of warmup (1e-6; airbench 0.2 x lr)"},
@@ -5085,9 +5079,9 @@ static const Flag flags[] = {
     {"--teacher", F_STR, &opt_values.teacher, CMD_TRAIN | CMD_DEBUG | CMD_BENCH | CMD_DEMO, 0, 0, "teacher checkpoint (a convnet: ResNet or airbench; or a student); bench: teacher architecture"},
     {"--alpha", F_FLOAT, &opt_values.kd.alpha, CMD_TRAIN | CMD_DEBUG, 0, 1, "weight of the distillation loss (0.5)"},
     {"--tau", F_FLOAT, &opt_values.kd.tau, CMD_TRAIN | CMD_DEBUG, 1e-3, 1000, "soft distillation temperature (1.0)"},
-    {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_BENCH | CMD_DEBUG | CMD_DEMO, 0, 9e18, "random seed (1337)"},
+    {"--seed", F_LONG, &opt_values.seed, ALL_TRAIN | CMD_DEBUG | CMD_DEMO, 0, 9e18, "random seed (1337)"},
     {"--threads", F_INT, &opt_values.threads, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_DEMO, 1, 1024, "OpenMP threads (default: all cores)"},
-    {"--matmul", F_STR, &opt_values.matmul, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_DEMO, 0, 0, "fast (default: Part II's packed matmul) | naive (the three loops of Part I.2)"},
+    {"--matmul", F_STR, &opt_values.matmul, ALL_TRAIN | CMD_EVAL | CMD_BENCH | CMD_DEBUG | CMD_TOKENS | CMD_COMPARE | CMD_ATTENTION | CMD_DEMO, 0, 0, "fast (default: Part II's packed matmul; make debug's deit_debug: naive) | naive (the three loops of Part I.2)"},
     {"--init", F_STR, &opt_values.init, ALL_TRAIN, 0, 0, "start from this checkpoint's weights"},
     {"--steps", F_LONG, &opt_values.steps, ALL_TRAIN, 1, 1e15, "stop after N optimizer steps"},
     {"--eval-every", F_INT, &opt_values.eval_every, ALL_TRAIN, 1, 100000, "test every N epochs and after the last (default 1)"},
@@ -5104,7 +5098,7 @@ static const Flag flags[] = {
     {"--dump", F_STR, &opt_values.dump, CMD_DEBUG, 0, 0, "directory for the debug-state files (must exist)"},
     {"--logits", F_STR, &opt_values.logits, CMD_EVAL, 0, 0, "write the inference logits as float32 (N, C), test-set order"},
     {"--repeats", F_INT, &opt_values.repeats, CMD_BENCH, 1, 1000, "timed repeats (median reported, default 5)"},
-    {"--table", F_INT, &opt_values.table, CMD_BENCH, 0, 1, "1: throughput/parameter table of DeiT-Ti/S/B and the teachers (+ accuracy of CKPT files given)"},
+    {"--table", F_INT, &opt_values.table, CMD_BENCH, 0, 1, "1: throughput/parameter table of DeiT-Ti/S/B and the ResNet teachers (+ accuracy of CKPT files given)"},
 };
 #define NUM_FLAGS ((int)(sizeof(flags) / sizeof(flags[0])))
 
@@ -5129,6 +5123,11 @@ static void command_usage(unsigned cmd) {
 }
 
 static unsigned char flag_given[NUM_FLAGS]; /* set by parse_flags: this flag was on the command line */
+static int flag_was_given(const char *name) {
+    for (int i = 0; i < NUM_FLAGS; i++)
+        if (flag_given[i] && !strcmp(flags[i].name, name)) return 1;
+    return 0;
+}
 
 /* Flags take a value, as "--flag value" or "--flag=value"; a 0/1 flag alone means 1
    ("--no-shuffle"). Numbers must parse completely and be in range. A word that is not a flag is
@@ -5528,16 +5527,12 @@ static int cmd_train(const Options *o, int is_teacher) {
     }
     if (o->img_size && net_img_size(&net) != o->img_size) { /* fine-tune at another resolution */
         int bicubic = !o->pos_interp || !strcmp(o->pos_interp, "bicubic"); /* checked above */
-        Net resized = {.kind = net.kind};
-        if (net.kind == NET_DEIT) {
-            if (o->img_size % net.deit.config.patch_size) die("--img-size %d is not divisible by the patch size %d", o->img_size,
-                                                              net.deit.config.patch_size);
-            deit_resize(&resized.deit, &net.deit, o->img_size, bicubic);
-        } else {
-            teacher_resize(&resized.cnn, &net.cnn, o->img_size);
-        }
-        fprintf(stderr, "deit: %s resized from %d to %d pixels%s\n", from ? from : "the model", net_img_size(&net), o->img_size,
-                net.kind == NET_CNN ? "" : (bicubic ? " (position embedding: bicubic)" : " (position embedding: bilinear)"));
+        Net resized = {.kind = NET_DEIT}; /* (--img-size is train's: net is a student) */
+        if (o->img_size % net.deit.config.patch_size) die("--img-size %d is not divisible by the patch size %d", o->img_size,
+                                                          net.deit.config.patch_size);
+        deit_resize(&resized.deit, &net.deit, o->img_size, bicubic);
+        fprintf(stderr, "deit: %s resized from %d to %d pixels (position embedding: %s)\n", from ? from : "the model",
+                net_img_size(&net), o->img_size, bicubic ? "bicubic" : "bilinear");
         net_free(&net);
         net = resized;
     }
@@ -5631,7 +5626,7 @@ static int cmd_eval(const Options *o) {
         for (int i = 0; i < C; i++) {
             int row = 0;
             for (int j = 0; j < C; j++) row += r.confusion[i * C + j];
-            printf("%s%.0f", i ? " " : " ", row ? 100.0 * r.confusion[i * C + i] / row : 0.0);
+            printf(" %.0f", row ? 100.0 * r.confusion[i * C + i] / row : 0.0);
         }
         printf("\n");
     }
@@ -5745,7 +5740,6 @@ static void predict(int *preds[3], Net *net, const Dataset *d, int n, int batch)
     free(images), free(targets), free(labels), free(idx);
 }
 
-/* Paper Table 4: how often two classifiers disagree on the test set. */
 /* Loads every checkpoint named on the command line once and checks it fits the data: a bad
    last file then fails at once, not after the others have run over the test set. */
 static int check_checkpoint_files(const Options *o, const Dataset *d) {
@@ -5759,6 +5753,7 @@ static int check_checkpoint_files(const Options *o, const Dataset *d) {
     return 0;
 }
 
+/* Paper Table 4: how often two classifiers disagree on the test set. */
 static int cmd_compare(const Options *o) {
     if (o->num_files < 1) die("compare needs checkpoint files: ./deit compare A.bin B.bin ...");
     Dataset d = load_test_or_die(o->data);
@@ -5882,9 +5877,11 @@ static int cmd_demo(const Options *o) {
     if (!file_exists(teacher))
         die("%s: no such teacher (the repository has it; or train one with ./deit teacher --out teacher.bin and give "
             "--teacher teacher.bin)", teacher);
+    Dataset test = load_test_or_die(o->data); /* checked before minutes of training, not after */
+    if (o->image < 0 || o->image >= test.n) die("--image %d: the test set has images 0 .. %d", o->image, test.n - 1);
     Options run = *o; /* the demo's flags (--seed, --threads, --data, sizes) pass through */
     run.dim = pick_int(o->dim, 64), run.depth = pick_int(o->depth, 4), run.heads = pick_int(o->heads, 2);
-    run.patch = o->patch == 4 ? 8 : o->patch; /* 16 patches of 8x8: the student costs little beside the teacher */
+    run.patch = flag_was_given("--patch") ? o->patch : 8; /* 16 patches of 8x8: the student costs little beside the teacher */
     run.train_limit = o->train_limit ? o->train_limit : 2000;
     run.epochs = pick_int(o->epochs, 50), run.batch = pick_int(o->batch, 64);
     run.lr = pick(o->lr, 1e-3f), run.warmup = 0.1f * run.epochs, run.aug = "basic";
@@ -5902,7 +5899,6 @@ static int cmd_demo(const Options *o) {
                 run.train_limit, run.epochs, bin[k]);
         if (cmd_train(&run, 0)) return 1;
     }
-    Dataset test = load_test_or_die(o->data);
     EvalResult r[2];
     for (int k = 0; k < 2; k++) {
         Net net;
@@ -6165,7 +6161,7 @@ static void time_linear_products(double sec[3], int M, int K, int N, int R) {
 }
 
 /* GFLOP/s of the fast and the naive matmul on the products of one linear layer. The naive one
-   runs on the first 256 rows only (it is slow), and once, for the qkv shape, in the textbook
+   runs on the first 256 rows only (it is slow), and once, for the fc1 shape, in the textbook
    order. */
 static void bench_matmul_shape(const char *name, int M, int K, int N, int R) {
     double fast[3], naive[3], flops = 2.0 * M * N * K;
@@ -6209,7 +6205,7 @@ static double inference_speed(Net *net, int B, int R) {
 }
 
 /* The paper's efficiency table (Table 1 and Fig. 1): parameters and inference throughput of
-   DeiT-Ti/S/B and the teachers on 32x32 images, and the test accuracy of the checkpoints given. */
+   DeiT-Ti/S/B and the ResNet presets on 32x32 images, and the test accuracy of the checkpoints given. */
 static int bench_table(const Options *o) {
     int B = pick_int(o->batch, 64), R = o->repeats;
     Dataset d = {0};

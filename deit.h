@@ -133,7 +133,7 @@ typedef struct {
     /* activations and their gradients, allocated at the first forward for batch_size */
     ActivationTensors acts;
     ActivationTensors grads_acts;
-    size_t act_sizes[NUM_ACTIVATION_TENSORS];
+    size_t act_sizes[NUM_ACTIVATION_TENSORS]; /* floats of each activation tensor (for the debugger: p m->act_sizes) */
     float *acts_memory;
     float *grads_acts_memory;
     size_t num_acts;        /* floats in acts_memory */

@@ -626,6 +626,11 @@ static void test_losses(void) {
     check(fabs(d1[0] - 0.7 * (e / (e + 2) - 1)) < 1e-6 && fabs(d1[2] - 0.7 / (e + 2)) < 1e-6 &&
               fabs(d2[2] - 0.3 * (1 / (2 + e2) - 1)) < 1e-6 && fabs(d2[1] - 0.3 * e2 / (2 + e2)) < 1e-6,
           "hard distillation gradients: (1 - alpha)(p - y) into the class head, alpha (p - y_teacher) into the distillation head");
+    /* ties in the teacher's logits: the first maximum, as torch.argmax and deit.c's argmax */
+    float tie[8] = {1, 3, 3, 0, 5, 5, 5, 5}, yt[8];
+    hard_targets(yt, tie, 2, 4);
+    check(yt[0] == 0 && yt[1] == 1 && yt[2] == 0 && yt[3] == 0 && yt[4] == 1 && yt[5] + yt[6] + yt[7] == 0,
+          "hard_targets: a tie goes to the first maximum (rows (1,3,3,0) -> class 1, (5,5,5,5) -> class 0)");
 }
 
 /* ---- 5. the whole model -------------------------------------------------------------------- */
@@ -959,6 +964,28 @@ static void test_checkpoint(void) {
         free(bytes);
         deit_free(&m);
     }
+    remove(path);
+    /* dist_token must be 0 or 1: a header with 2, in a file whose length matches what its table
+       would describe (so that the length check does not refuse it first), is refused */
+    DeiTConfig c2 = tiny_config(1);
+    c2.dist_token = 2;
+    check(deit_config_check(&c2, "test") != 0, "deit_config_check refuses dist_token 2");
+    c2.dist_token = -1;
+    check(deit_config_check(&c2, "test") != 0, "deit_config_check refuses dist_token -1");
+    c2.dist_token = 2;
+    TensorInfo t2[NUM_PARAM_TENSORS];
+    deit_tensor_table(t2, &c2);
+    size_t n2 = t2[NUM_PARAM_TENSORS - 1].offset + t2[NUM_PARAM_TENSORS - 1].size;
+    int32_t h2[HEADER_INTS] = {DEIT_MAGIC, DEIT_VERSION, c2.img_size, c2.patch_size, c2.in_chans, c2.num_classes, c2.dim,
+                               c2.depth, c2.heads, c2.mlp_hidden, 2};
+    float *zero2 = zeros(n2);
+    FILE *f2 = fopen(path, "wb");
+    check(f2 && fwrite(h2, 4, HEADER_INTS, f2) == HEADER_INTS && fwrite(zero2, 4, n2, f2) == n2 && fclose(f2) == 0,
+          "wrote a student file whose header says dist_token 2");
+    DeiT m3;
+    int rc3 = deit_load(&m3, path);
+    check(rc3 != 0, "deit_load refuses a header with dist_token 2 (file length consistent with it: %zu floats)", n2);
+    if (rc3 == 0) deit_free(&m3);
     remove(path);
 }
 
@@ -1818,6 +1845,61 @@ static void test_augmentation(void) {
     check(erase_ok, "random erasing: one rectangle, the same in all 3 channels, 2%%..1/3 of the 32x32 image (50 draws)");
     free(a1), free(a2), free(images), free(targets);
     dataset_free(&d);
+
+    /* In memory, 60 images whose three channels differ (pixel (i*31 + j*7 + 50*channel) & 255):
+       each channel is normalised with its own mean and std, and random erasing happens with its
+       probability (over 10 seeds x 60 images: none at 0, all at 1, 150 +- 40 at 0.25) */
+    Dataset m = {.n = 60, .num_classes = 10, .name = "CIFAR-10", .mean = {0.4914f, 0.4822f, 0.4465f},
+                 .std = {0.2470f, 0.2435f, 0.2616f}};
+    m.images = xmalloc((size_t)m.n * CIFAR_PIXELS), m.labels = xmalloc(m.n);
+    for (int i = 0; i < m.n; i++) {
+        m.labels[i] = (uint8_t)(i % 10);
+        for (int j = 0; j < CIFAR_PIXELS; j++) m.images[(size_t)i * CIFAR_PIXELS + j] = (uint8_t)((i * 31 + j * 7 + j / 1024 * 50) & 255);
+    }
+    int mb = m.n, midx[60], mlabels[60];
+    for (int b = 0; b < mb; b++) midx[b] = b;
+    float *plain = xmalloc(sizeof(float) * mb * CIFAR_PIXELS), *erased = xmalloc(sizeof(float) * mb * CIFAR_PIXELS);
+    float *mtargets = xmalloc(sizeof(float) * mb * 10);
+    make_batch(plain, 32, mtargets, mlabels, &m, midx, mb, &none, 0, 1);
+    int norm_ok = 1;
+    for (int ch = 0; ch < 3; ch++) {
+        size_t at = (size_t)2 * CIFAR_PIXELS + (size_t)ch * 1024 + 33;
+        norm_ok &= fabsf(plain[at] - (m.images[at] / 255.0f - m.mean[ch]) / m.std[ch]) < 1e-6f;
+    }
+    check(norm_ok, "eval batch: each of R, G, B normalised with its own mean and std");
+    float probs[3] = {0.0f, 0.25f, 1.0f};
+    int erased_count[3] = {0};
+    for (int k = 0; k < 3; k++) {
+        AugConfig only_erase = {.erase_prob = probs[k]};
+        for (int seed = 1; seed <= 10; seed++) {
+            make_batch(erased, 32, mtargets, mlabels, &m, midx, mb, &only_erase, 1, (uint64_t)seed);
+            for (int b = 0; b < mb; b++)
+                erased_count[k] += memcmp(erased + (size_t)b * CIFAR_PIXELS, plain + (size_t)b * CIFAR_PIXELS, sizeof(float) * CIFAR_PIXELS) != 0;
+        }
+    }
+    check(erased_count[0] == 0 && erased_count[2] == 600 && erased_count[1] >= 110 && erased_count[1] <= 190,
+          "random erasing with probability 0, 0.25, 1: %d, %d, %d of 600 images erased (expect 0, 150 +- 40, 600)", erased_count[0],
+          erased_count[1], erased_count[2]);
+    free(plain), free(erased), free(mtargets);
+    dataset_free(&m);
+
+    /* RandAugment's magnitude m reaches the ops as level m / 10 (noise std 0.5, clipped to
+       [0, 10]): on a uniform grey 128, which every op keeps but brightness (128 (1 +- 0.9 level))
+       and invert, solarize and posterize (127 or 0 at high levels), 4000 single ops each */
+    int lo[2] = {255, 255}, hi[2] = {0, 0};
+    float mags[2] = {0.0f, 10.0f};
+    for (int k = 0; k < 2; k++) {
+        Rng rr;
+        rng_seed(&rr, 42);
+        for (int trial = 0; trial < 4000; trial++) {
+            uint8_t grey[CIFAR_PIXELS];
+            memset(grey, 128, sizeof(grey));
+            randaugment(grey, 1, mags[k], &rr);
+            for (int i = 0; i < CIFAR_PIXELS; i++) lo[k] = grey[i] < lo[k] ? grey[i] : lo[k], hi[k] = grey[i] > hi[k] ? grey[i] : hi[k];
+        }
+    }
+    check(lo[0] >= 100 && hi[0] <= 156, "RandAugment at magnitude 0 keeps a grey 128 image within [100, 156] (got [%d, %d])", lo[0], hi[0]);
+    check(hi[1] >= 235 && hi[1] <= 245, "RandAugment at magnitude 10: the brightest result is 128 x 1.9 = 243 (got %d)", hi[1]);
 }
 
 /* ---- 6. optimizers and schedule against hand-computed steps ----------------------------------- */
@@ -1862,6 +1944,21 @@ static void test_optimizers(void) {
               lr_at(70, 100, 10, 1.0f, 0.1f, 0.0f, SCHED_CONSTANT) == 1.0f &&
               fabsf(lr_at(5, 100, 10, 1.0f, 0.1f, 0.2f, SCHED_COSINE) - 0.6f) < 1e-6f,
           "schedule: linear warmup from warmup_lr, cosine from lr to min_lr, constant");
+    /* Lookahead by hand: slow 0, w 1. Step 5 of 10: d = 0.95^5 (5/10)^3 = 0.0967226, and
+       slow = w = d 0 + (1 - d) 1 = 0.90327738. Step 7: no change. Step 12 of 12 (the last, not a
+       multiple of 5): d = 1, so w = slow = 0.90327738 whatever w was. */
+    optimizer_init(&o, OPT_SGD, 1, 0.0f, 0.0f, 0, 1);
+    o.slow[0] = 0.0f;
+    float w = 1.0f;
+    lookahead_step(&o, &w, 5, 10);
+    int ok5 = fabsf(w - 0.90327738f) < 1e-6f && fabsf(o.slow[0] - 0.90327738f) < 1e-6f;
+    w = 2.0f;
+    lookahead_step(&o, &w, 7, 12);
+    int ok7 = w == 2.0f;
+    lookahead_step(&o, &w, 12, 12);
+    check(ok5 && ok7 && fabsf(w - 0.90327738f) < 1e-6f,
+          "Lookahead: step 5 of 10 pulls w 1 to 0.90327738 (d = 0.95^5 x 0.5^3), step 7 leaves w, the last step sets w = slow");
+    optimizer_free(&o);
 }
 
 static TrainConfig tiny_train_config(const char *out) {
@@ -2657,6 +2754,11 @@ static void test_cli(void) {
           "a bare 0/1 flag (--no-shuffle) followed by another flag means 1");
     remove("test_cli_t2.bin"), remove("test_cli_t2.bin.state"), remove("test_cli_t2.bin.flags");
     check(file_exists("test_cli_t.bin.flags"), "a run that started wrote OUT.flags");
+    check(run("./deit demo --image 99999 --data test_data_tmp --teacher test_cli_t.bin") != 0 &&
+              output_has("--image 99999: the test set has images 0 .. ") && !output_has("demo: "),
+          "demo --image past the test set: refused before any training");
+    check(run("./deit bench --seed 1") != 0 && output_has("unknown option '--seed' for ./deit bench"),
+          "bench refuses --seed, which it would ignore");
     remove("test_cli_no.bin.flags");
     check(run("./deit teacher --arch resnet99 --data test_data_tmp --out test_cli_no.bin") != 0 && !file_exists("test_cli_no.bin.flags") &&
               run("./deit train --dim 16 --depth 1 --heads 2 --patch 8 --batch 10 --train-limit 5 --data test_data_tmp "
