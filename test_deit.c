@@ -948,6 +948,10 @@ static void test_checkpoint(void) {
         check(deit_load(&m2, bad) != 0, "wrong magic rejected");
         memcpy(copy, bytes, n), v = 2, memcpy(copy + 4, &v, 4), write_bytes(bad, copy, n);
         check(deit_load(&m2, bad) != 0, "wrong version rejected");
+        memcpy(copy, bytes, n), v = 0, memcpy(copy + 4, &v, 4), write_bytes(bad, copy, n);
+        check(deit_load(&m2, bad) != 0, "version 0 (below the one version there is) rejected");
+        memcpy(copy, bytes, n), v = 1, memcpy(copy + 4 * 11, &v, 4), write_bytes(bad, copy, n);
+        check(deit_load(&m2, bad) != 0, "non-zero header entry 11 (the first reserved one) rejected");
         memcpy(copy, bytes, n), v = 7, memcpy(copy + 4 * 8, &v, 4), write_bytes(bad, copy, n);
         check(deit_load(&m2, bad) != 0, "dim not divisible by heads rejected");
         memcpy(copy, bytes, n), v = 16, memcpy(copy + 4 * 6, &v, 4), write_bytes(bad, copy, n);
@@ -972,6 +976,9 @@ static void test_checkpoint(void) {
     check(deit_config_check(&c2, "test") != 0, "deit_config_check refuses dist_token 2");
     c2.dist_token = -1;
     check(deit_config_check(&c2, "test") != 0, "deit_config_check refuses dist_token -1");
+    DeiTConfig c3 = tiny_config(1);
+    c3.patch_size = 3; /* img_size 8 is not a multiple of 3 */
+    check(deit_config_check(&c3, "test") != 0, "deit_config_check refuses img_size 8 with patch_size 3 (not divisible)");
     c2.dist_token = 2;
     TensorInfo t2[NUM_PARAM_TENSORS];
     deit_tensor_table(t2, &c2);
@@ -1383,6 +1390,19 @@ static void test_teacher_model(void) {
     write_bytes(path, bytes, n);
     check(net_load(&back, path) != 0, "teacher checkpoint with a negative BatchNorm running variance rejected");
     memcpy(var_bytes, &saved, 4);
+    int32_t one = 1, three = 3, v1 = 1, zero15 = 0;
+    memcpy(bytes + 4 * 15, &one, 4);
+    write_bytes(path, bytes, n);
+    int rc15 = net_load(&back, path);
+    if (rc15 == 0) net_free(&back);
+    check(rc15 != 0, "a version-1 (ResNet) teacher checkpoint with header entry 15 set is rejected (reserved in version 1)");
+    memcpy(bytes + 4 * 15, &zero15, 4);
+    memcpy(bytes + 4, &three, 4);
+    write_bytes(path, bytes, n);
+    int rc3v = net_load(&back, path);
+    if (rc3v == 0) net_free(&back);
+    check(rc3v != 0, "a teacher checkpoint of version 3 (newer than this program) is rejected");
+    memcpy(bytes + 4, &v1, 4);
     int32_t zero = 0;
     memcpy(bytes + 4 * 6, &zero, 4);
     write_bytes(path, bytes, n);
@@ -1672,6 +1692,18 @@ static void test_loaders(void) {
     write_cifar_file("data_batch_3.bin", 12, 1, 1);
     check(dataset_load(&d, test_dir, 1) != 0, "a label out of range is rejected");
     write_cifar_file("data_batch_3.bin", 12, 1, 0);
+    {
+        size_t n3;
+        snprintf(path, sizeof(path), "%s/data_batch_3.bin", test_dir);
+        unsigned char *b3 = read_bytes(path, &n3);
+        b3[(size_t)5 * (1 + CIFAR_PIXELS)] = 10; /* record 5's label: 10, one past the last class */
+        write_bytes(path, b3, n3);
+        free(b3);
+        int rc10 = dataset_load(&d, test_dir, 1);
+        if (rc10 == 0) dataset_free(&d);
+        check(rc10 != 0, "a label equal to the class count (10 for CIFAR-10) is rejected");
+        write_cifar_file("data_batch_3.bin", 12, 1, 0);
+    }
     snprintf(path, sizeof(path), "%s/test_batch.bin", test_dir);
     write_bytes(path, junk, 0);
     check(dataset_load(&d, test_dir, 0) != 0, "an empty test file is rejected");
@@ -2121,6 +2153,47 @@ static void test_train_and_resume(void) {
             check(k == 0 ? result[k] == 0 : result[k] != 0, "resume: a state file with %s is %s", what[k], k ? "refused" : "accepted");
         remove("test_run_x.state"), remove("test_run_x.flags");
     }
+    {
+        size_t good_n;
+        unsigned char *good = read_bytes("test_run_e.bin.state", &good_n), *bad = xmalloc(good_n);
+        int32_t hh[HEADER_INTS];
+        memcpy(bad, good, good_n), memcpy(hh, bad, sizeof(hh));
+        hh[3] = 0, hh[4] = 6, hh[5] = 0, hh[17] = 6; /* epoch 0 + step 6 of 6: the step count agrees, the step in epoch is past the end */
+        memcpy(bad, hh, sizeof(hh)), write_bytes("test_run_x.state", bad, good_n);
+        RunState rx = r2;
+        check(state_load("test_run_x.state", &e, &o2, &rx, &te, 6) != 0, "resume: a state at step 6 of a 6-step epoch (not a step inside it) is refused");
+        memcpy(bad, good, good_n), memcpy(hh, bad, sizeof(hh));
+        hh[8] += 1; /* the parameter count, the file's length unchanged */
+        memcpy(bad, hh, sizeof(hh)), write_bytes("test_run_x.state", bad, good_n);
+        rx = r2;
+        check(state_load("test_run_x.state", &e, &o2, &rx, &te, 6) != 0, "resume: a state whose header gives another parameter count is refused");
+        memcpy(bad, good, good_n), memcpy(hh, bad, sizeof(hh));
+        hh[27] = 1; /* the first reserved entry after [26] (lookahead) */
+        memcpy(bad, hh, sizeof(hh)), write_bytes("test_run_x.state", bad, good_n);
+        rx = r2;
+        check(state_load("test_run_x.state", &e, &o2, &rx, &te, 6) != 0, "resume: a state with reserved header entry 27 (the first) = 1 is refused");
+        free(bad), free(good);
+        remove("test_run_x.state");
+        /* finish_interrupted_save takes FILE.state.tmp only when it is whole and belongs to the checkpoint's weights */
+        for (int la = 0; la <= 1; la++) {
+            Optimizer o3;
+            optimizer_init(&o3, OPT_ADAMW, e.deit.num_params, 0.05f, 0, 0, la);
+            TrainConfig tl = te;
+            tl.lookahead = la;
+            remove("test_fis.state"), remove("test_fis.state.tmp");
+            state_write("test_fis.state", &e, &o3, &r2, &tl, 0); /* test_fis.state.tmp, for e's weights */
+            e.deit.params_memory[0] = w0 + 1.0f;
+            finish_interrupted_save("test_fis.state", &e);
+            int kept = !file_exists("test_fis.state") && file_exists("test_fis.state.tmp");
+            e.deit.params_memory[0] = w0;
+            finish_interrupted_save("test_fis.state", &e);
+            int taken = file_exists("test_fis.state") && !file_exists("test_fis.state.tmp");
+            check(kept && taken, "finish_interrupted_save%s: a whole FILE.state.tmp of other weights is left alone, one of the "
+                  "checkpoint's weights completes the save", la ? " (--lookahead: m, v and the slow weights)" : "");
+            remove("test_fis.state"), remove("test_fis.state.tmp");
+            optimizer_free(&o3);
+        }
+    }
     size_t sn_bytes;
     unsigned char *st = read_bytes("test_run_e.bin.state", &sn_bytes);
     memset(st + 4 * 18, 0, 32); /* as written before the hashes existed */
@@ -2478,6 +2551,13 @@ static void test_faults(void) {
     check(deit_save(&n.deit, "test_fault_dir") != 0 && !file_exists("test_fault_dir.tmp") && file_exists("test_fault_dir/sub"),
           "fault: write_file_atomic: the rename fails (a directory is in the way): reported, the temp file removed");
     if (system("rm -rf test_fault_dir") != 0) die("rm failed");
+    if (file_exists("/dev/full")) { /* Linux: every write to it fails with ENOSPC */
+        remove("test_fault_full.bin");
+        if (system("ln -sf /dev/full test_fault_full.bin.tmp") != 0) die("ln failed");
+        check(deit_save(&n.deit, "test_fault_full.bin") != 0 && !file_exists("test_fault_full.bin.tmp") && !file_exists("test_fault_full.bin"),
+              "fault: write_file_atomic: the write fails (disk full: FILE.tmp is /dev/full): reported, the temp file removed, no FILE");
+        remove("test_fault_full.bin.tmp"), remove("test_fault_full.bin");
+    }
     net_free(&n);
     tc.out = "no_such_dir/x.bin";
     n = tiny_student();
@@ -2732,6 +2812,13 @@ static void test_cli(void) {
     check(run("./deit eval a.bin b.bin") != 0 && output_has("takes one checkpoint"), "eval with two positional checkpoints: clear error");
     check(run("./deit train --batch 2.5") != 0 && output_has("option --batch: '2.5' is not a whole number"), "fractional integer flag: clear error naming it");
     check(run("./deit train --data no_such_dir --steps 1") != 0 && output_has("no_such_dir"), "missing data directory named in the error");
+    check(run("./deit train --epochs 3x --data no_such_dir --out test_cli_x.bin") != 0 && output_has("option --epochs: '3x' is not a number"),
+          "a number with trailing characters (--epochs 3x): clear error");
+    check(run("./deit train --erase 1.5 --data no_such_dir --out test_cli_x.bin") != 0 && output_has("option --erase: 1.5 is out of range"),
+          "a flag above its range (--erase 1.5 > 1): clear error naming it");
+    check(run("./deit train --seed 1.5 --data no_such_dir --out test_cli_x.bin") != 0 && output_has("option --seed: '1.5' is not a whole number"),
+          "a fractional 64-bit integer flag (--seed 1.5): clear error naming it");
+    remove("test_cli_x.bin"), remove("test_cli_x.bin.state"), remove("test_cli_x.bin.flags");
     char long_out[4200 + 64];
     memset(long_out, 'x', 4200);
     snprintf(long_out + 4200, 64, ".bin");
@@ -2836,6 +2923,20 @@ static void test_cli(void) {
              args);
     run(cmd);
     int int_stopped = output_has("stopped by Ctrl-C (SIGINT)") && !output_has("exit 0");
+    {
+        char *int_text = output_text(), *at_int = strstr(int_text, "stopped by Ctrl-C (SIGINT) ");
+        int int_s = -1, int_e = -1;
+        if (at_int && (at_int = strstr(at_int, "step "))) sscanf(at_int, "step %d of epoch %d", &int_s, &int_e);
+        free(int_text);
+        size_t int_n = 0;
+        unsigned char *int_state = read_bytes("test_cli_int.bin.state", &int_n);
+        long saved_step = int_state && int_n >= 24 ? (long)((uint32_t)int_state[16] | (uint32_t)int_state[17] << 8 |
+                                                           (uint32_t)int_state[18] << 16 | (uint32_t)int_state[19] << 24) : -2;
+        free(int_state);
+        check(int_s >= 1 && int_e >= 1 && saved_step == (long)(int_e - 1) * 6 + int_s,
+              "Ctrl-C: the state is saved at the step the message names (epoch %d, step %d of 6: state step %ld)", int_e, int_s,
+              saved_step);
+    }
     snprintf(cmd, sizeof(cmd), "%s --resume test_cli_int.bin", args);
     resume_rc = run(cmd);
     no_warning = !output_has("ignored");
@@ -2943,6 +3044,8 @@ static void test_cli(void) {
           "./deit attention --zoom 3: 96x96 pictures");
     check(run("./deit attention --ckpt test_cli_s.bin --image 999 --out test_cli_att --data test_data_tmp") != 0 && output_has("--image 999"),
           "./deit attention with an image index out of range: clear error");
+    check(run("./deit attention --ckpt test_cli_s.bin --image 20 --out test_cli_att --data test_data_tmp") != 0 && output_has("--image 20"),
+          "./deit attention --image 20 of a 20-image test set (one past the last): clear error");
     if (system("rm -rf test_cli_att") != 0) printf("could not remove test_cli_att\n");
     check(run("./deit train --init test_cli_s.bin --img-size 48 --epochs 1 --batch 10 --data test_data_tmp --teacher test_cli_t.bin "
               "--distill hard --out test_cli_48.bin") == 0 && output_has("resized from 32 to 48") &&
@@ -2988,6 +3091,10 @@ static void test_cli(void) {
     check(run("./deit eval --ckpt test_cli_t.bin --logits no_such_dir/l.bin --data test_data_tmp") != 0 &&
               output_has("no_such_dir/l.bin: cannot open for writing") && !output_has("accuracy"),
           "eval --logits into a missing directory fails before evaluating");
+    snprintf(cmd, sizeof(cmd), "%s --train-limit 61 --steps 1 --out test_cli_tl.bin", tiny);
+    check(run(cmd) != 0 && output_has("--train-limit 61 is more than the 60 training images") && !file_exists("test_cli_tl.bin"),
+          "--train-limit above the training set's size (61 of 60): refused");
+    remove("test_cli_tl.bin"), remove("test_cli_tl.bin.state"), remove("test_cli_tl.bin.flags");
     snprintf(cmd, sizeof(cmd), "%s --pos-interp bogus --steps 1 --out test_cli_pi.bin", tiny);
     check(run(cmd) != 0 && output_has("--pos-interp must be bicubic or bilinear") && !file_exists("test_cli_pi.bin"),
           "--pos-interp with a bad value is refused even when nothing is resized");
