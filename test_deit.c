@@ -1703,6 +1703,13 @@ static void test_loaders(void) {
         if (rc10 == 0) dataset_free(&d);
         check(rc10 != 0, "a label equal to the class count (10 for CIFAR-10) is rejected");
         write_cifar_file("data_batch_3.bin", 12, 1, 0);
+        b3 = read_bytes(path, &n3); /* 11.5 records: a cut download that ends inside a record */
+        write_bytes(path, b3, n3 - (1 + CIFAR_PIXELS) / 2);
+        free(b3);
+        int rc_half = dataset_load(&d, test_dir, 1);
+        if (rc_half == 0) dataset_free(&d);
+        check(rc_half != 0, "a data file that ends inside a record (11.5 records) is rejected");
+        write_cifar_file("data_batch_3.bin", 12, 1, 0);
     }
     snprintf(path, sizeof(path), "%s/test_batch.bin", test_dir);
     write_bytes(path, junk, 0);
@@ -2172,7 +2179,11 @@ static void test_train_and_resume(void) {
         memcpy(bad, hh, sizeof(hh)), write_bytes("test_run_x.state", bad, good_n);
         rx = r2;
         check(state_load("test_run_x.state", &e, &o2, &rx, &te, 6) != 0, "resume: a state with reserved header entry 27 (the first) = 1 is refused");
-        free(bad), free(good);
+        unsigned char *longer = xcalloc(good_n + 4, 1);
+        memcpy(longer, good, good_n), write_bytes("test_run_x.state", longer, good_n + 4);
+        rx = r2;
+        check(state_load("test_run_x.state", &e, &o2, &rx, &te, 6) != 0, "resume: a state with 4 bytes more than its header says is refused");
+        free(longer), free(bad), free(good);
         remove("test_run_x.state");
         /* finish_interrupted_save takes FILE.state.tmp only when it is whole and belongs to the checkpoint's weights */
         for (int la = 0; la <= 1; la++) {
