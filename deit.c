@@ -2899,9 +2899,10 @@ static void make_batch(float *images, int S_out, float *targets, int *labels, co
 }
 
 /* ---- I.8.6 Fine-tuning at a higher resolution (paper Sec. 3, "Fixing the positional encoding
-   across resolutions", and Sec. 6, "Fine-tuning at different resolution"): the same weights at image size S; the patch part of the position embedding is
-   resized as a G x G grid of D-vectors (bicubic, as the paper; bilinear for comparison), the
-   class and distillation token positions are kept as they are. */
+   across resolutions", and Sec. 6, "Fine-tuning at different resolution"): the same weights at
+   image size S; the patch part of the position embedding is resized as a G x G grid of
+   D-vectors (bicubic, as the paper; bilinear for comparison), the class and distillation token
+   positions are kept as they are. */
 static int deit_config_check(const DeiTConfig *c, const char *what); /* hook: Part III.1 */
 
 static void deit_resize(DeiT *dst, const DeiT *src, int img_size, int bicubic) {
@@ -5380,9 +5381,9 @@ static TrainConfig train_config(const Options *o, int is_teacher) {
        of 2 pixels with the alternating flip; Lookahead. */
     /* The student's defaults are the "overnight" recipe (README): DeiT-Ti/4 for 40 epochs of
        batch 128 with DeiT's augmentation (Table 9), AdamW at lr 2.5e-4 x batch/128 (2x the paper's
-       5e-4 x batch/512) after 3 warmup epochs (the paper: 5 of 300). 2-epoch runs of 2.5e-4, 5e-4, 1e-3 and 2e-3 ranked
-       them in that order (experiments/README.md, "The overnight recipe"); 40 epochs fit 10 hours
-       of 2 cores with the teacher. */
+       5e-4 x batch/512) after 3 warmup epochs (the paper: 5 of 300). 2-epoch runs of 2.5e-4,
+       5e-4, 1e-3 and 2e-3 ranked them in that order (experiments/README.md, "The overnight
+       recipe"); 40 epochs fit 10 hours of 2 cores with the teacher. */
     int air = is_teacher && teacher_is_airbench(o);
     c.epochs = pick_int(o->epochs, air ? 10 : is_teacher ? 30 : 40);
     c.batch = pick_int(o->batch, air ? 1024 : 128);
@@ -5805,6 +5806,11 @@ static int cmd_compare(const Options *o) {
 /* Where the class and distillation tokens look: last layer per head, and the rollout. The PNG
    files are named PREFIX + "input.png", PREFIX + "cls_rollout.png", ... (PREFIX "DIR/" for
    ./deit attention, "demo_attention_" for ./deit demo). Returns the number written, -1 on error. */
+/* --image of attention and demo: an index into the test set, checked before any work */
+static void check_image_index(int image, const Dataset *d) {
+    if (image < 0 || image >= d->n) die("--image %d: the test set has images 0 .. %d", image, d->n - 1);
+}
+
 static int attention_maps(DeiT *m, const Dataset *d, int idx, const char *prefix, int zoom) {
     int L = m->config.depth, NH = m->config.heads, T = m->num_tokens, G = m->config.img_size / m->config.patch_size;
     int first_patch = 1 + m->config.dist_token, C = d->num_classes, W = CIFAR_SIDE * zoom;
@@ -5848,7 +5854,7 @@ static int cmd_attention(const Options *o) {
     if (m->config.img_size != CIFAR_SIDE) die("%s: attention maps are for %dx%d models", o->ckpt, CIFAR_SIDE, CIFAR_SIDE);
     Dataset d = load_test_or_die(o->data);
     if (net_fits_data(&net, &d, o->ckpt)) return 1;
-    if (o->image < 0 || o->image >= d.n) die("--image %d: the test set has images 0..%d", o->image, d.n - 1);
+    check_image_index(o->image, &d);
     char prefix[4096], names[20][32];
     path_printf(prefix, sizeof(prefix), "%s/", o->out);
     int written = attention_maps(m, &d, o->image, prefix, o->zoom), C = m->config.num_classes;
@@ -5878,7 +5884,7 @@ static int cmd_demo(const Options *o) {
         die("%s: no such teacher (the repository has it; or train one with ./deit teacher --out teacher.bin and give "
             "--teacher teacher.bin)", teacher);
     Dataset test = load_test_or_die(o->data); /* checked before minutes of training, not after */
-    if (o->image < 0 || o->image >= test.n) die("--image %d: the test set has images 0 .. %d", o->image, test.n - 1);
+    check_image_index(o->image, &test);
     Options run = *o; /* the demo's flags (--seed, --threads, --data, sizes) pass through */
     run.dim = pick_int(o->dim, 64), run.depth = pick_int(o->depth, 4), run.heads = pick_int(o->heads, 2);
     run.patch = flag_was_given("--patch") ? o->patch : 8; /* 16 patches of 8x8: the student costs little beside the teacher */
