@@ -3537,6 +3537,12 @@ static int matmul_best_path(void) {
     return n - 1;
 }
 
+static int matmul_path_named(const char *name) { /* its index in matmul_paths, or -1 */
+    for (int i = 0; i < (int)(sizeof(matmul_path_names) / sizeof(matmul_path_names[0])); i++)
+        if (!strcmp(name, matmul_path_names[i])) return i;
+    return -1;
+}
+
 /* The version in use, chosen at the first call (deit_main makes it before any thread starts):
    the best one, or the one DEIT_KERNEL names (portable, avx2, avx2_2x48 or avx512: for tests
    and benchmarks; one the processor lacks is refused). */
@@ -3546,9 +3552,7 @@ static const MatmulPath *matmul_path(void) {
     int use = matmul_best_path();
     const char *force = getenv("DEIT_KERNEL");
     if (force && *force) {
-        use = -1;
-        for (int i = 0; i < (int)(sizeof(matmul_path_names) / sizeof(matmul_path_names[0])); i++)
-            if (!strcmp(force, matmul_path_names[i])) use = i;
+        use = matmul_path_named(force);
         if (use < 0) die("DEIT_KERNEL=%s: must be portable, avx2, avx2_2x48 or avx512", force);
         if (use >= matmul_runnable_paths()) die("DEIT_KERNEL=%s: this processor (or this build) cannot run it", force);
     }

@@ -92,29 +92,33 @@ static double entry_error(double analytic, double num, double floor) { /* |a - n
    perturb the weights by 0.3, where the h^2 term at h = 1e-2 alone reached 18% on some random
    draws; 0.3% at h = 1e-3.)
    With kinks_skipped pointing to a counter (nets with max-pools), an entry where f has a kink
-   within +-h is left out and counted: there the slopes of f on the two sides, (f(x+h) - f(x))/h
-   and (f(x) - f(x-h))/h, differ by more than a tenth of their size (plus 1% of floor, the
-   rounding): a pool switching its choice, which no wrong gradient causes. (A quarter let an
-   exact tie through on one random draw: slopes of -0.00057 and about -0.00081 on the two
-   sides, the analytic gradient one of them and every central difference their mean.) Moving a convolution's
-   weight moves a whole channel, and many pools can switch by small amounts each, too small to
-   flag but together bending the difference at h by 10-20% (airbench, on about one random draw
-   in five); so there the error is the smallest of those at h, h/3 and h/10. A wrong gradient is
-   off at every h. */
-static int *kinks_skipped;
+   within +-h is left out and counted, and where the entries are drawn at random another is drawn
+   in its place (at most 3 max_checks draws; kinks_compared counts the entries compared). At a
+   kink the slopes of f on the two sides, (f(x+h) - f(x))/h and (f(x) - f(x-h))/h, differ by more
+   than a twentieth of their sum (plus 1% of floor, the rounding): a pool switching its choice,
+   which no wrong gradient causes. (A quarter let an exact tie through on one random draw: slopes
+   of -0.00057 and about -0.00081, the analytic gradient one of them and every central difference
+   their mean; a tenth, slopes of -0.00152 and -0.00127 with the analytic gradient at -0.00126,
+   on 1 draw in 1500.) Moving a convolution's weight moves a whole channel, and many pools can
+   switch by small amounts each, too small to flag but together bending the difference at h by
+   10-20% (airbench, on about one random draw in five); so there the error is the smallest of
+   those at h, h/3 and h/10. A wrong gradient is off at every h. */
+static int *kinks_skipped, *kinks_compared; /* set together */
 static double grad_error(float *x, const float *analytic, size_t n, ProbeFn f, void *ctx, float h,
                          double floor, int max_checks) {
     double worst = 0.0;
-    int checks = (size_t)max_checks < n ? max_checks : (int)n;
+    int checks = (size_t)max_checks < n ? max_checks : (int)n, draws = 0;
     for (int c = 0; c < checks; c++) {
         size_t i = (size_t)checks == n ? (size_t)c : (size_t)rng_int(&test_rng, (int)n);
         double fp, fm, num = central_difference(x, i, f, ctx, h, &fp, &fm), err = entry_error(analytic[i], num, floor), e;
         if (kinks_skipped) {
             double f0 = f(ctx), sp = (fp - f0) / h, sm = (f0 - fm) / h;
-            if (fabs(sp - sm) > 0.1 * (fabs(sp) + fabs(sm)) + 0.01 * floor) {
+            if (fabs(sp - sm) > 0.05 * (fabs(sp) + fabs(sm)) + 0.01 * floor) {
                 (*kinks_skipped)++;
+                if ((size_t)checks < n && ++draws < 3 * checks) c--; /* another entry in its place */
                 continue;
             }
+            (*kinks_compared)++;
             e = entry_error(analytic[i], central_difference(x, i, f, ctx, h / 3, NULL, NULL), floor);
             if (e < err) err = e; /* (a NaN in err stays) */
             e = entry_error(analytic[i], central_difference(x, i, f, ctx, h / 10, NULL, NULL), floor);
@@ -252,6 +256,59 @@ static void test_matmul(void) {
     matmul_fast(C[3], N, A, 1, M, B, N, 1, M, N, K, 0, NULL);
     check(!memcmp(C[0], C[2], sizeof(float) * M * N) && !memcmp(C[1], C[3], sizeof(float) * M * N),
           "matmul() runs matmul_naive when the switch says naive, matmul_fast when it says fast");
+    /* DEIT_KERNEL's names (matmul_path_named) each give their own version and tile, the table pairs
+       each version with its own kernels, and a version set in matmul_chosen_path (how these tests
+       run each) is the one used */
+    {
+        static const struct { const char *name; int mr, nr; const char *isa; } want[] = {
+            {"portable", 4, 24, "portable"}, {"avx2", 4, 24, "AVX2"}, {"avx2_2x48", 2, 48, "AVX2"},
+            {"avx512", 8, 32, "AVX-512"}};
+        int runnable = matmul_runnable_paths(), built = (int)(sizeof(matmul_paths) / sizeof(matmul_paths[0])), distinct = 1;
+        int named = matmul_path_named("avx") < 0 && matmul_path_named("") < 0;
+        for (int i = 0; i < 4; i++) {
+            int p = matmul_path_named(want[i].name);
+            named &= p == i && (p >= built || (matmul_paths[p].mr == want[i].mr && matmul_paths[p].nr == want[i].nr &&
+                                                  strstr(matmul_paths[p].name, want[i].isa)));
+        }
+        check(named, "DEIT_KERNEL=portable, avx2, avx2_2x48, avx512 (the first %d built in, %d run here) each name their own "
+              "version and tile; 'avx' and '' none", built, runnable);
+        for (int i = 0; i < runnable; i++) {
+            char tile[32];
+            snprintf(tile, sizeof(tile), "%dx%d", matmul_paths[i].mr, matmul_paths[i].nr);
+            distinct &= strstr(matmul_paths[i].name, tile) != NULL;
+            for (int j = 0; j < i; j++)
+                distinct &= matmul_paths[i].kernel != matmul_paths[j].kernel &&
+                            matmul_paths[i].kernel_taps != matmul_paths[j].kernel_taps;
+        }
+        check(distinct, "matmul_paths: every version has a kernel and a _taps kernel of its own, and its name gives its tile");
+        const MatmulPath *saved_path = matmul_chosen_path;
+        matmul_chosen_path = &matmul_paths[0];
+        check(matmul_path() == &matmul_paths[0], "a version set in matmul_chosen_path is the one matmul_path() returns");
+        matmul_chosen_path = saved_path;
+    }
+    /* A with neither stride 1 (no product of deit.c has one, but matmul_fast takes any strides:
+       every group of A's rows is packed), in the blocked loops, trick 7 and on one thread */
+    {
+        const MatmulPath *saved_path = matmul_chosen_path;
+        int sh[][3] = {{13, 37, 29}, {100, 300, 513}, {1100, 50, 300}};
+        double worst_strided = 0.0;
+        for (int p = 0; p < matmul_runnable_paths(); p++)
+            for (int s = 0; s < 3; s++)
+                for (int alone = 0; alone < 2; alone++) {
+                    matmul_chosen_path = &matmul_paths[p];
+                    int M = sh[s][0], N = sh[s][1], K = sh[s][2], a_rs = 2 * K + 1, a_cs = 2;
+                    float *A = rand_tensor((size_t)M * a_rs, 1.0f), *B = rand_tensor((size_t)K * N, 1.0f);
+                    float *C1 = zeros((size_t)M * N), *C2 = zeros((size_t)M * N);
+                    if (alone) matmul_fast_one_thread(matmul_chosen_path, C1, N, A, a_rs, a_cs, B, N, 1, M, N, K, 0, NULL);
+                    else matmul_fast(C1, N, A, a_rs, a_cs, B, N, 1, M, N, K, 0, NULL);
+                    matmul_reference(C2, N, A, a_rs, a_cs, B, N, 1, M, N, K);
+                    for (size_t i = 0; i < (size_t)M * N; i++)
+                        worst_strided = max_or_nan(worst_strided, fabs(C1[i] - C2[i]) / (1.0 + fabs(C2[i])) / sqrt((double)K));
+                }
+        matmul_chosen_path = saved_path;
+        check(worst_strided < 1e-4, "matmul, A with row and column strides both > 1 (packed), every version, blocked loops, "
+              "trick 7 and one thread, vs reference: max err %.1e / sqrt(K)", worst_strided);
+    }
 }
 
 /* ---- 3. every layer of the transformer ----------------------------------------------------- */
@@ -1127,8 +1184,11 @@ static void test_conv_direct_strided(int cin, int cout, int k, int stride, int h
                 for (size_t i = 0; i < nin; i++) din[direct][i] = NAN;
             conv_backward(din[direct], !direct, dw[direct], dw_lanes, col, dcol, NULL, w_flip, dout, in, l.w, &l, B);
         }
-        /* the direct path again, its padded input kept by the forward for the backward: the same numbers */
+        /* the direct path again, its padded input kept by the forward for the backward: the same numbers,
+           and din added to what it held (din_add 1: here the gradient itself, so din_k becomes twice it) */
         float *out_k = zeros(nout), *din_k = zeros(nin), *dw_k = zeros(nw), *kept = zeros(conv_padded_size(&l, B));
+        float *din_twice = zeros(nin);
+        for (size_t i = 0; i < nin; i++) din_k[i] = din[1][i], din_twice[i] = 2.0f * din[1][i];
         {
             size_t scratch = conv_scratch_size(&l, B);
             float *col = zeros(scratch), *dcol = zeros(scratch), *w_flip = zeros(nw), *dw_lanes = zeros(CONV_LANES * nw);
@@ -1138,13 +1198,14 @@ static void test_conv_direct_strided(int cin, int cout, int k, int stride, int h
             for (size_t i = 0; i < scratch; i++) col[i] = dcol[i] = NAN; /* the backward reads only what was kept */
             conv_backward(din_k, 1, dw_k, dw_lanes, col, dcol, kept, w_flip, dout, in, l.w, &l, B);
         }
-        int kept_same = !memcmp(out_k, out[1], sizeof(float) * nout) && !memcmp(din_k, din[1], sizeof(float) * nin) &&
+        int kept_same = !memcmp(out_k, out[1], sizeof(float) * nout) && max_rel_diff(din_k, din_twice, nin) < 1e-6 &&
                         !memcmp(dw_k, dw[1], sizeof(float) * nw);
         int same = memcmp(out[0], out[1], sizeof(float) * nout) == 0;
         double e_din = max_rel_diff(din[1], din[0], nin), e_dw = max_rel_diff(dw[1], dw[0], nw);
         check(used == 1 && same && e_din < 1e-5 && e_dw < 1e-5 && kept_same,
               "conv without im2col (%s), %d->%d %dx%d stride %d on %dx%d, %d images%s = im2col: out %s, din %.1e, dW %.1e; "
-              "with the padded input kept for the backward: %s", matmul_path_names[path], cin, cout, k, k, stride, h, w, B,
+              "with the padded input kept for the backward (din added to itself: twice it): %s", matmul_path_names[path], cin,
+              cout, k, k, stride, h, w, B,
               chunk_floats == 1 ? " in 1-image chunks" : "", same ? "identical" : "DIFFERENT", e_din, e_dw,
               kept_same ? "identical" : "DIFFERENT");
     }
@@ -1154,6 +1215,16 @@ static void test_conv_direct_strided(int cin, int cout, int k, int stride, int h
 
 static void test_conv_direct(int cin, int cout, int k, int h, int w, int B, size_t chunk_floats) {
     test_conv_direct_strided(cin, cout, k, 1, h, w, B, chunk_floats);
+}
+
+/* Stride 2 goes without im2col only on an input of exactly twice the output's size (the four
+   phases): an odd height or width (7 -> 4: the last output row reads one padding row) takes im2col */
+static void test_conv_direct_shape(void) {
+    ConvBN odd_h = {.cin = 3, .cout = 4, .ksize = 3, .pad = 1, .stride = 2, .hin = 7, .win = 6, .hout = 4, .wout = 3};
+    ConvBN odd_w = {.cin = 3, .cout = 4, .ksize = 3, .pad = 1, .stride = 2, .hin = 6, .win = 7, .hout = 3, .wout = 4};
+    ConvBN even = {.cin = 3, .cout = 4, .ksize = 3, .pad = 1, .stride = 2, .hin = 6, .win = 8, .hout = 3, .wout = 4};
+    check(!conv_direct_shape(&odd_h) && !conv_direct_shape(&odd_w) && conv_direct_shape(&even),
+          "conv_direct_shape: stride 2 on a 7x6 or 6x7 input (odd) takes im2col, on 6x8 the phases");
 }
 
 /* The chunks as training makes them: a multiple of the lanes, evenly filled (ResNet-20, batch 128) */
@@ -1541,29 +1612,39 @@ static void test_airbench_model(void) {
             for (size_t j = 0; j < t->tensors[i].size; j++) t->params_memory[t->tensors[i].offset + j] = 0.5f * rng_normal(&test_rng);
         else if (!strcmp(t->tensors[i].name, "conv_w"))
             for (size_t j = 0; j < t->tensors[i].size; j++) t->params_memory[t->tensors[i].offset + j] += 0.1f * rng_normal(&test_rng);
-    net_forward(&net, c.images, B, 1);
-    net_loss_backward(&net, c.targets, NULL, &(Distillation){DISTILL_NONE, 0.5f, 1.0f}, B);
     /* Element by element (as for the student), not along a direction of a whole tensor: moving
        every weight of a convolution at once moves thousands of pixels, and the max-pools then
        switch their choice in some windows (kinks of max, not errors); one weight at a time moves
-       one channel by ~h, and such switches become rare. */
+       one channel by ~h, and such switches become rare. Rare, not absent: where two numbers of one
+       pool window lie closer than ~h apart, moving almost any weight before it switches that
+       window, and most entries sit at a kink (on about 1 random draw of the images in 300); the
+       images are then drawn again (at most 3 draws). The floor of 2e-3: the loss's float rounding
+       moves a central difference at h = 1e-3 by up to ~6e-5 (1e-3 failed 1 draw in 70). */
     double worst = 0;
     const char *worst_name = "";
-    int checked = 0, kinks = 0;
-    kinks_skipped = &kinks;
-    for (int i = 0; i < t->num_tensors; i++) {
-        const TensorInfo *ti = &t->tensors[i];
-        if (!ti->trainable) continue;
-        double e = grad_error(t->params_memory + ti->offset, t->grads_memory + ti->offset, ti->size, probe_teacher, &c, 1e-3f,
-                              1e-3, 6);
-        if (getenv("DEIT_TEST_VERBOSE")) printf("     airbench tensor %2d %-10s worst rel err %.2e\n", i, ti->name, e);
-        if (e > worst || e != e) worst = e, worst_name = ti->name;
-        checked++;
-    }
-    kinks_skipped = NULL;
-    check(worst < 5e-2 && kinks <= checked, /* 6 entries a tensor: at most 1 in 6 at a kink */
+    int checked = 0, kinks = 0, compared = 0, planned = 0, draws = 0;
+    do {
+        if (draws++) c.images = rand_tensor((size_t)B * 3 * 1024, 1); /* (freed at the end, as every test tensor) */
+        net_forward(&net, c.images, B, 1);
+        net_loss_backward(&net, c.targets, NULL, &(Distillation){DISTILL_NONE, 0.5f, 1.0f}, B);
+        worst = 0, worst_name = "", checked = kinks = compared = planned = 0;
+        kinks_skipped = &kinks, kinks_compared = &compared;
+        for (int i = 0; i < t->num_tensors; i++) {
+            const TensorInfo *ti = &t->tensors[i];
+            if (!ti->trainable) continue;
+            double e = grad_error(t->params_memory + ti->offset, t->grads_memory + ti->offset, ti->size, probe_teacher, &c,
+                                  1e-3f, 2e-3, 6);
+            planned += ti->size < 6 ? (int)ti->size : 6;
+            if (getenv("DEIT_TEST_VERBOSE")) printf("     airbench tensor %2d %-10s worst rel err %.2e\n", i, ti->name, e);
+            if (e > worst || e != e) worst = e, worst_name = ti->name;
+            checked++;
+        }
+        kinks_skipped = kinks_compared = NULL;
+    } while (kinks > planned / 6 && draws < 3);
+    check(worst < 5e-2 && kinks <= planned / 6 && compared >= planned * 5 / 6,
           "gradcheck airbench (train-mode BN, max-pools, 1/9 logit scale), %d trainable tensors: worst %s rel err %.2e"
-          " (%d of %d entries at a max-pool kink, left out)", checked, worst_name, worst, kinks, 6 * checked);
+          " on %d entries of the %d planned (%d at a max-pool kink, left out, most replaced; images drawn %d time(s))",
+          checked, worst_name, worst, compared, planned, kinks, draws);
     check_written_grads(&net, c.images, c.targets, B, "airbench, whitening bias training");
     /* from epoch 3 the whitening bias is frozen and the backward stops at the first block: every
        other gradient is the same as with the bias training, the bias gets none */
@@ -3187,7 +3268,8 @@ int main(void) {
     (void)deit_main; /* the command line is tested by running ./deit itself (test_cli) */
     printf("(lines \"deit: error: ...\" and \"deit: warning: ...\" below are messages the tests expect: rejected inputs, tiny data files)\n");
     /* TEST_SEED=N ./test_deit draws other random inputs (the default 1234 is what CI runs): every
-       check should pass on any seed (80 were tried) */
+       check should pass on any seed (1-40 were tried; the airbench gradcheck, whose max-pools have kinks, alone
+       on 1-3000: 2 failed, by 5.6e-2 and 6.5e-2 against its 5e-2) */
     const char *seed = getenv("TEST_SEED");
     rng_seed(&test_rng, seed ? (uint64_t)strtoull(seed, NULL, 10) : 1234);
     printf("== matmul ==\n");
@@ -3239,6 +3321,7 @@ int main(void) {
     test_conv(3, 1, 3, 4);
     test_conv(3, 1, 4, 4);
     test_conv(5, 1, 2, 2);
+    test_conv(3, 2, 3, 4); /* stride 2 on a 7x6 input: odd, so im2col even here */
     conv_direct_enabled = 1;
     conv_chunk_floats = chunk_floats;
     test_im2col(3, 1, 1, 5, 6);
@@ -3250,6 +3333,7 @@ int main(void) {
     test_im2col(3, 2, 1, 7, 6); /* the general path */
     test_im2col(2, 1, 0, 5, 5);
     test_conv_chunks();
+    test_conv_direct_shape();
     test_conv_direct(3, 5, 3, 5, 6, 4, (size_t)1 << 24);
     test_conv_direct(3, 5, 3, 5, 6, 4, 1);
     test_conv_direct(7, 13, 3, 9, 8, 3, 1);
