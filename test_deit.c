@@ -1264,6 +1264,16 @@ static void test_conv_lanes(int cin, int cout) {
           cin, cout, CONV_LANES, e_out, e_din, e_dw);
     check(!memcmp(dw[1], dw[2], sizeof(float) * nw) && !memcmp(din[1], din[2], sizeof(float) * nin),
           "conv %d->%d: dW and din bit-identical at 1 thread and at the default thread count", cin, cout);
+    /* conv_backward adds to dw (and, with din_add 1, to din): a second pass doubles them */
+    float *out2 = zeros(nout), *din2 = zeros(nin), *dw2 = zeros(nw);
+    memcpy(din2, din[1], sizeof(float) * nin), memcpy(dw2, dw[1], sizeof(float) * nw);
+    conv_chunk_floats = 1, conv_chunk_even = 0;
+    conv_pass(&l, B, in, dout, out2, din2, dw2);
+    conv_chunk_floats = chunk_floats, conv_chunk_even = 1;
+    for (size_t i = 0; i < nw; i++) dw[2][i] = 2.0f * dw[1][i];
+    for (size_t i = 0; i < nin; i++) din[2][i] = 2.0f * din[1][i];
+    check(max_rel_diff(dw2, dw[2], nw) < 1e-6 && max_rel_diff(din2, din[2], nin) < 1e-6,
+          "conv %d->%d: the backward adds to dW and din (a second pass doubles them)", cin, cout);
 }
 
 typedef struct {
@@ -1585,16 +1595,31 @@ static void test_airbench_layers(void) {
     check(off < 1e-4 && diag_hi < 1.0 + 1e-4 && diag_lo > 0.0 && neg == 0.0,
           "whitening filters: patch outputs decorrelated (|off-diagonal| %.1e), variances in (0, 1] (%.3f .. %.3f), filters 12-23 = -(0-11)",
           off, diag_lo, diag_hi);
+    /* largest eigenvalue first: filter i's squared norm 1 / (lambda_i + eps) grows with i */
+    int ordered = 1;
+    for (int f = 1; f < 12; f++) {
+        double n0 = 0, n1 = 0;
+        for (int a = 0; a < 12; a++) n0 += (double)t.whiten.w[(f - 1) * 12 + a] * t.whiten.w[(f - 1) * 12 + a],
+                                     n1 += (double)t.whiten.w[f * 12 + a] * t.whiten.w[f * 12 + a];
+        ordered &= n1 >= n0 * (1 - 1e-5);
+    }
+    check(ordered, "whitening filters in the order of their eigenvalues, largest first (squared norms non-decreasing)");
     teacher_free(&t);
+}
+
+/* airbench at widths 4, 6, 6 and 5 classes, initialised (seed 9); cfg: its config */
+static void tiny_airbench(Net *net, TeacherConfig *cfg) {
+    teacher_preset(cfg, "airbench");
+    cfg->num_classes = 5, cfg->widths[0] = 4, cfg->widths[1] = 6, cfg->widths[2] = 6;
+    *net = (Net){.kind = NET_CNN};
+    teacher_build(&net->cnn, cfg);
+    teacher_init(&net->cnn, 9);
 }
 
 static void test_airbench_model(void) {
     TeacherConfig cfg;
-    teacher_preset(&cfg, "airbench");
-    cfg.num_classes = 5, cfg.widths[0] = 4, cfg.widths[1] = 6, cfg.widths[2] = 6;
-    Net net = {.kind = NET_CNN};
-    teacher_build(&net.cnn, &cfg);
-    teacher_init(&net.cnn, 9);
+    Net net;
+    tiny_airbench(&net, &cfg);
     Teacher *t = &net.cnn;
     check(t->whiten.hout == 31 && t->air[0].hp == 15 && t->air[1].hp == 7 && t->air[2].hp == 3 && t->fc_b == NULL &&
               t->tensors[0].trainable == 0 && t->tensors[3].trainable == 0 && t->tensors[4].lr_mult == 64.0f &&
@@ -1963,6 +1988,26 @@ static void test_augmentation(void) {
         erase_ok &= count[0] == area && count[1] == area && count[2] == area && area >= 12 && area <= 400;
     }
     check(erase_ok, "random erasing: one rectangle, the same in all 3 channels, 2%%..1/3 of the 32x32 image (50 draws)");
+    /* as timm's: a rectangle as tall or as wide as the image is redrawn (h < S and w < S) */
+    int max_side = 0;
+    float *e2 = zeros(3 * 1024);
+    for (int trial = 0; trial < 3000; trial++) {
+        memset(e2, 0, sizeof(float) * 3 * 1024);
+        random_erase(e2, 3, 32, &r);
+        int rows = 0, cols = 0;
+        for (int y = 0; y < 32; y++) {
+            int any = 0;
+            for (int x = 0; x < 32; x++) any |= e2[y * 32 + x] != 0.0f;
+            rows += any;
+        }
+        for (int x = 0; x < 32; x++) {
+            int any = 0;
+            for (int y = 0; y < 32; y++) any |= e2[y * 32 + x] != 0.0f;
+            cols += any;
+        }
+        max_side = rows > max_side ? rows : max_side, max_side = cols > max_side ? cols : max_side;
+    }
+    check(max_side >= 28 && max_side < 32, "random erasing: the rectangle's sides stay below the image's 32 (longest %d, 3000 draws)", max_side);
     free(a1), free(a2), free(images), free(targets);
     dataset_free(&d);
 
@@ -2548,6 +2593,17 @@ static void test_evaluate(void) {
           "evaluate: 2 of 20 right per head (each head names one class; two records of each class)");
     check(confusion_ok, "evaluate: confusion matrix of the averaged heads: every true class predicted 3, twice");
     check(logits_ok, "evaluate: the logits written are the heads' average (3: 5, 7: 2.5), all 20 rows over partial batches");
+    /* with test-time augmentation every head is scored on the averaged logits (class 3), not on
+       its own head's last view (class 7 for the class head): all 20 records labelled 3 here */
+    uint8_t saved_labels[20];
+    memcpy(saved_labels, d.labels, 20);
+    memset(d.labels, 3, 20);
+    free(r.confusion);
+    evaluate(&n, &d, 7, 1, &r, logits);
+    check(r.correct[HEAD_CLS] == 20 && r.correct[HEAD_DIST] == 20 && r.correct[HEAD_MEAN] == 20,
+          "evaluate with --tta 1: each head scored on the averaged logits (%d %d %d of 20)", r.correct[HEAD_MEAN],
+          r.correct[HEAD_CLS], r.correct[HEAD_DIST]);
+    memcpy(d.labels, saved_labels, 20);
     free(r.confusion); /* logits came from zeros(): freed at exit */
     net_free(&n);
     /* with the initial (random) heads every row differs: row i must be test image i's own logits */
@@ -3264,11 +3320,205 @@ static void test_cli(void) {
 }
 
 /* ============================================================================================ */
+/* ---- Part I.6, I.8, I.10 again: the teachers in eval mode, test-time augmentation, airbench's
+   crop and alternating flip --------------------------------------------------------------- */
+/* A teacher in eval mode treats each image on its own: logits of a batch = logits of each image
+   alone (the (B, C, H, W) -> (C, B, H, W) copy of teacher_forward; eval-mode BatchNorm with the
+   running statistics in every layer, airbench's pooled BN included). */
+static double teacher_batch_vs_single(Net *net, const float *images, int B) {
+    int C = net_num_classes(net), S = net_img_size(net);
+    size_t img = (size_t)3 * S * S;
+    float *all = remember(xmalloc(sizeof(float) * (size_t)B * C));
+    net_forward(net, images, B, 0);
+    memcpy(all, net_logits(net, HEAD_MEAN), sizeof(float) * (size_t)B * C);
+    double worst = 0, scale = 1e-30;
+    for (int b = 0; b < B; b++) {
+        net_forward(net, images + (size_t)b * img, 1, 0);
+        for (int c = 0; c < C; c++) {
+            worst = max_or_nan(worst, fabs((double)net_logits(net, HEAD_MEAN)[c] - all[(size_t)b * C + c]));
+            scale = max_or_nan(scale, fabs(all[(size_t)b * C + c]));
+        }
+    }
+    return worst / scale;
+}
+
+/* view (dy, dx, flip) of images (B, 3, S, S), written here independently of shift_flip: the image
+   shifted by (dy, dx) pixels (down, right), reflect-padded, then mirrored if flip */
+static void tta_view(float *dst, const float *src, int B, int S, int dy, int dx, int flip) {
+    for (int p = 0; p < B * 3; p++)
+        for (int y = 0; y < S; y++)
+            for (int x = 0; x < S; x++) {
+                int xm = flip ? S - 1 - x : x; /* mirror of the shifted image: read the shifted one at xm */
+                int sy = y - dy, sx = xm - dx;
+                sy = sy < 0 ? -sy : sy >= S ? 2 * S - 2 - sy : sy;
+                sx = sx < 0 ? -sx : sx >= S ? 2 * S - 2 - sx : sx;
+                dst[((size_t)p * S + y) * S + x] = src[((size_t)p * S + sy) * S + sx];
+            }
+}
+
+static void test_cnn_eval_and_tta(void) {
+    /* ResNet init as torchvision: BN weight 1, bias 0, running mean 0, var 1; convs Kaiming
+       normal with fan_out (std sqrt(2 / (cout k k))): the stem, 3 -> 16, tells fan_out (0.118)
+       from fan_in (0.272) */
+    TeacherConfig rc;
+    teacher_preset(&rc, "resnet8");
+    Teacher r;
+    teacher_build(&r, &rc);
+    teacher_init(&r, 11);
+    ConvBN **convs = xmalloc(sizeof(ConvBN *) * teacher_max_convs(&r));
+    int nconv = teacher_convs(&r, convs), bn_ok = 1;
+    for (int i = 0; i < nconv; i++)
+        for (int ch = 0; ch < convs[i]->cout; ch++)
+            bn_ok &= convs[i]->gamma[ch] == 1.0f && convs[i]->beta[ch] == 0.0f && convs[i]->running_mean[ch] == 0.0f &&
+                     convs[i]->running_var[ch] == 1.0f;
+    free(convs);
+    double ss = 0;
+    size_t nstem = (size_t)16 * 3 * 9;
+    for (size_t j = 0; j < nstem; j++) ss += (double)r.stem.w[j] * r.stem.w[j];
+    double stem_std = sqrt(ss / nstem), want_std = sqrt(2.0 / (16 * 9));
+    check(bn_ok && stem_std > 0.85 * want_std && stem_std < 1.15 * want_std,
+          "ResNet init: BN weight 1, bias 0, running mean 0, var 1; stem std %.4f (Kaiming fan_out: %.4f)", stem_std, want_std);
+    teacher_free(&r);
+
+    /* airbench: every BatchNorm (both convs of all 3 stages) with eps 1e-12, momentum 0.4, weight
+       frozen, bias at 64x the learning rate with decay */
+    TeacherConfig ac;
+    Net air;
+    tiny_airbench(&air, &ac);
+    Teacher *t = &air.cnn;
+    int layout_ok = 1, n_gamma = 0, n_beta = 0;
+    for (int s = 0; s < 3; s++)
+        layout_ok &= t->air[s].conv1.bn_eps == AIR_BN_EPS && t->air[s].conv2.bn_eps == AIR_BN_EPS &&
+                     t->air[s].conv1.bn_momentum == AIR_BN_MOMENTUM && t->air[s].conv2.bn_momentum == AIR_BN_MOMENTUM;
+    for (int i = 0; i < t->num_tensors; i++) {
+        if (!strcmp(t->tensors[i].name, "bn_gamma")) n_gamma++, layout_ok &= t->tensors[i].trainable == 0;
+        if (!strcmp(t->tensors[i].name, "bn_beta"))
+            n_beta++, layout_ok &= t->tensors[i].lr_mult == 64.0f && t->tensors[i].decay == 1 && t->tensors[i].trainable == 1;
+    }
+    check(layout_ok && n_gamma == 6 && n_beta == 6,
+          "airbench: all 6 BatchNorms with eps 1e-12, momentum 0.4, weight frozen, bias at 64x lr with decay");
+
+    /* eval mode: a batch's logits are each image's alone (ResNet and airbench), with BN
+       statistics that are not the defaults (as after training) */
+    TeacherConfig tc = tiny_teacher_config();
+    Net res = {.kind = NET_CNN};
+    teacher_build(&res.cnn, &tc);
+    teacher_init(&res.cnn, 5);
+    Net *nets[2] = {&res, &air};
+    for (int k = 0; k < 2; k++) {
+        Teacher *tk = &nets[k]->cnn;
+        ConvBN **cl = xmalloc(sizeof(ConvBN *) * teacher_max_convs(tk));
+        int nc = teacher_convs(tk, cl);
+        for (int i = 0; i < nc; i++)
+            if (cl[i]->running_mean)
+                for (int ch = 0; ch < cl[i]->cout; ch++)
+                    cl[i]->running_mean[ch] = 0.2f * rng_normal(&test_rng), cl[i]->running_var[ch] = 0.5f + rng_uniform(&test_rng),
+                    cl[i]->beta[ch] = 0.3f * rng_normal(&test_rng);
+        free(cl);
+    }
+    int S8 = tc.img_size, B = 3;
+    float *ri = rand_tensor((size_t)B * 3 * S8 * S8, 1), *ai = rand_tensor((size_t)B * 3 * 1024, 1);
+    double e_res = teacher_batch_vs_single(&res, ri, B), e_air = teacher_batch_vs_single(&air, ai, B);
+    check(e_res < 1e-5 && e_air < 1e-5,
+          "teachers in eval mode: logits of a batch of 3 = each image alone (ResNet %.1e, airbench %.1e)", e_res, e_air);
+
+    /* global max-pool: the max may be any pixel, the last one included */
+    float gin[2 * 1 * 4] = {0.1f, 0.2f, 0.3f, 0.9f, 0.5f, 0.1f, 0.0f, 0.2f}, gout[2];
+    int32_t gfrom[2];
+    global_maxpool_forward(gout, gfrom, gin, 1, 2, 4);
+    check(gout[0] == 0.9f && gfrom[0] == 3 && gout[1] == 0.5f && gfrom[1] == 0,
+          "global max-pool: the largest of all hw pixels (the last one included)");
+
+    /* test-time augmentation against views made here: level 1 = (f(x) + f(mirror x)) / 2; level 2 =
+       level 1 / 2 + (level 1 of x shifted down-right + level 1 of x shifted up-left) / 4 */
+    int C = 5;
+    float *v = remember(xmalloc(sizeof(float) * (size_t)B * 3 * S8 * S8)), *views = remember(xmalloc(sizeof(float) * (size_t)B * 3 * S8 * S8));
+    float *out = remember(xmalloc(sizeof(float) * (size_t)B * C)), *want1 = remember(xmalloc(sizeof(float) * (size_t)B * C));
+    float *want2 = remember(xmalloc(sizeof(float) * (size_t)B * C));
+    static const int vs[6][3] = {{0, 0, 0}, {0, 0, 1}, {1, 1, 0}, {1, 1, 1}, {-1, -1, 0}, {-1, -1, 1}};
+    for (int i = 0; i < B * C; i++) want1[i] = want2[i] = 0.0f;
+    for (int k = 0; k < 6; k++) {
+        tta_view(v, ri, B, S8, vs[k][0], vs[k][1], vs[k][2]);
+        net_forward(&res, v, B, 0);
+        for (int i = 0; i < B * C; i++) {
+            if (k < 2) want1[i] += 0.5f * res.cnn.logits[i];
+            want2[i] += (k < 2 ? 0.25f : 0.125f) * res.cnn.logits[i];
+        }
+    }
+    const float *lg0 = tta_forward(&res, ri, B, 0, views, out);
+    float plain[15];
+    memcpy(plain, lg0, sizeof(plain));
+    net_forward(&res, ri, B, 0);
+    double e0 = max_rel_diff(plain, res.cnn.logits, (size_t)B * C);
+    double e1 = max_rel_diff(tta_forward(&res, ri, B, 1, views, out), want1, (size_t)B * C);
+    double e2 = max_rel_diff(tta_forward(&res, ri, B, 2, views, out), want2, (size_t)B * C);
+    double moved = max_rel_diff(want1, plain, (size_t)B * C);
+    check(e0 == 0 && e1 < 1e-5 && e2 < 1e-5 && moved > 1e-3,
+          "test-time augmentation, eval mode: level 0 the plain logits, level 1 (mirror) %.1e, level 2 (6 views, reflect-padded "
+          "shifts) %.1e off the views made here", e1, e2);
+    net_free(&res);
+    net_free(&air);
+}
+
+/* airbench's crop (translate 2) and alternating flip in make_batch: every image is its source
+   shifted by (dy, dx) in [-2, 2]^2, reflect-padded, mirrored or not; every shift occurs, dy and
+   dx drawn apart; the flip is the image's own and reverses every epoch. */
+static int is_translated_view(const float *img, const Dataset *m, int idx, int dy, int dx, int flip) {
+    for (int c = 0; c < 3; c++)
+        for (int y = 0; y < 32; y++)
+            for (int x = 0; x < 32; x++) {
+                int sy = y + dy, sx = (flip ? 31 - x : x) + dx;
+                sy = sy < 0 ? -sy : sy > 31 ? 62 - sy : sy;
+                sx = sx < 0 ? -sx : sx > 31 ? 62 - sx : sx;
+                float want = (m->images[(size_t)idx * CIFAR_PIXELS + (c * 32 + sy) * 32 + sx] / 255.0f - m->mean[c]) / m->std[c];
+                if (fabsf(img[(c * 32 + y) * 32 + x] - want) > 1e-6f) return 0;
+            }
+    return 1;
+}
+
+static void test_translate_flip(void) {
+    Dataset m = {.n = 40, .num_classes = 10, .name = "CIFAR-10", .mean = {0.4914f, 0.4822f, 0.4465f},
+                 .std = {0.2470f, 0.2435f, 0.2616f}};
+    m.images = xmalloc((size_t)m.n * CIFAR_PIXELS), m.labels = xmalloc(m.n);
+    for (int i = 0; i < m.n; i++) { /* every pixel distinct within its plane: a view is told by its content */
+        m.labels[i] = (uint8_t)(i % 10);
+        for (int j = 0; j < CIFAR_PIXELS; j++) {
+            int y = (j % 1024) / 32, x = j % 32;
+            m.images[(size_t)i * CIFAR_PIXELS + j] = (uint8_t)((i * 13 + y * 7 + x * 3 * (y % 2 ? 1 : -1) + x * x + j / 1024 * 50) & 255);
+        }
+    }
+    int B = m.n, idx[40], labels[40];
+    for (int b = 0; b < B; b++) idx[b] = b;
+    float *img = remember(xmalloc(sizeof(float) * (size_t)B * CIFAR_PIXELS)), *targets = remember(xmalloc(sizeof(float) * (size_t)B * 10));
+    int flips[2][40], all_views = 1, seen[5][5] = {{0}}, apart = 0, n_flip = 0;
+    for (int epoch = 0; epoch < 2; epoch++) {
+        AugConfig air = {.translate = 2, .alternate_flip = 1, .flip_seed = 5, .epoch = epoch};
+        make_batch(img, 32, targets, labels, &m, idx, B, &air, 1, 1000 + (uint64_t)epoch);
+        for (int b = 0; b < B; b++) {
+            int found = 0;
+            for (int dy = -2; dy <= 2 && !found; dy++)
+                for (int dx = -2; dx <= 2 && !found; dx++)
+                    for (int f = 0; f < 2 && !found; f++)
+                        if (is_translated_view(img + (size_t)b * CIFAR_PIXELS, &m, b, dy, dx, f))
+                            found = 1, seen[dy + 2][dx + 2]++, apart += dy != dx, flips[epoch][b] = f, n_flip += f;
+            all_views &= found;
+        }
+    }
+    int every_shift = 1, reversed = 1;
+    for (int dy = 0; dy < 5; dy++) every_shift &= seen[dy][0] + seen[dy][1] + seen[dy][2] + seen[dy][3] + seen[dy][4] > 0 &&
+                                                  seen[0][dy] + seen[1][dy] + seen[2][dy] + seen[3][dy] + seen[4][dy] > 0;
+    for (int b = 0; b < B && all_views; b++) reversed &= flips[0][b] != flips[1][b];
+    check(all_views && every_shift && apart > B / 2 && reversed && n_flip == B,
+          "translate 2 + alternating flip: every image its source shifted within +-2 (reflect-padded), mirrored or not; every dy "
+          "and dx in -2..2 seen, %d of %d shifts with dy != dx; each image's flip reversed from epoch 0 to 1", apart, 2 * B);
+    free(m.images), free(m.labels);
+}
+
 int main(void) {
     (void)deit_main; /* the command line is tested by running ./deit itself (test_cli) */
     printf("(lines \"deit: error: ...\" and \"deit: warning: ...\" below are messages the tests expect: rejected inputs, tiny data files)\n");
     /* TEST_SEED=N ./test_deit draws other random inputs (the default 1234 is what CI runs): every
-       check should pass on any seed (1-40 were tried; the airbench gradcheck, whose max-pools have kinks, alone
+       check should pass on any seed (1-40 were tried, 1-10 with the last 12 checks; the airbench gradcheck, whose max-pools have kinks, alone
        on 1-3000: 2 failed, by 5.6e-2 and 6.5e-2 against its 5e-2) */
     const char *seed = getenv("TEST_SEED");
     rng_seed(&test_rng, seed ? (uint64_t)strtoull(seed, NULL, 10) : 1234);
@@ -3332,6 +3582,7 @@ int main(void) {
     test_im2col(3, 1, 1, 2, 9);
     test_im2col(3, 2, 1, 7, 6); /* the general path */
     test_im2col(2, 1, 0, 5, 5);
+    test_im2col(3, 3, 1, 8, 7); /* stride 3: the general strided copy */
     test_conv_chunks();
     test_conv_direct_shape();
     test_conv_direct(3, 5, 3, 5, 6, 4, (size_t)1 << 24);
@@ -3372,9 +3623,11 @@ int main(void) {
     conv_direct_enabled = 1;
     test_airbench_layers();
     test_airbench_model();
+    test_cnn_eval_and_tta();
     printf("== data ==\n");
     test_loaders();
     test_augmentation();
+    test_translate_flip();
     printf("== training ==\n");
     test_train_and_resume();
     test_evaluate();
