@@ -3518,7 +3518,7 @@ int main(void) {
     (void)deit_main; /* the command line is tested by running ./deit itself (test_cli) */
     printf("(lines \"deit: error: ...\" and \"deit: warning: ...\" below are messages the tests expect: rejected inputs, tiny data files)\n");
     /* TEST_SEED=N ./test_deit draws other random inputs (the default 1234 is what CI runs): every
-       check should pass on any seed (1-40 were tried, 1-10 with the last 12 checks; the airbench gradcheck, whose max-pools have kinks, alone
+       check should pass on any seed (1-40 were tried; the airbench gradcheck, whose max-pools have kinks, alone
        on 1-3000: 2 failed, by 5.6e-2 and 6.5e-2 against its 5e-2) */
     const char *seed = getenv("TEST_SEED");
     rng_seed(&test_rng, seed ? (uint64_t)strtoull(seed, NULL, 10) : 1234);
