@@ -3464,15 +3464,11 @@ static void test_cnn_eval_and_tta(void) {
    shifted by (dy, dx) in [-2, 2]^2, reflect-padded, mirrored or not; every shift occurs, dy and
    dx drawn apart; the flip is the image's own and reverses every epoch. */
 static int is_translated_view(const float *img, const Dataset *m, int idx, int dy, int dx, int flip) {
-    for (int c = 0; c < 3; c++)
-        for (int y = 0; y < 32; y++)
-            for (int x = 0; x < 32; x++) {
-                int sy = y + dy, sx = (flip ? 31 - x : x) + dx;
-                sy = sy < 0 ? -sy : sy > 31 ? 62 - sy : sy;
-                sx = sx < 0 ? -sx : sx > 31 ? 62 - sx : sx;
-                float want = (m->images[(size_t)idx * CIFAR_PIXELS + (c * 32 + sy) * 32 + sx] / 255.0f - m->mean[c]) / m->std[c];
-                if (fabsf(img[(c * 32 + y) * 32 + x] - want) > 1e-6f) return 0;
-            }
+    float src[CIFAR_PIXELS], view[CIFAR_PIXELS]; /* the source normalised, then its view by tta_view */
+    for (int j = 0; j < CIFAR_PIXELS; j++) src[j] = (m->images[(size_t)idx * CIFAR_PIXELS + j] / 255.0f - m->mean[j / 1024]) / m->std[j / 1024];
+    tta_view(view, src, 1, 32, -dy, -dx, flip); /* (tta_view shifts the content the other way) */
+    for (int j = 0; j < CIFAR_PIXELS; j++)
+        if (fabsf(img[j] - view[j]) > 1e-6f) return 0;
     return 1;
 }
 
