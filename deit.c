@@ -3386,25 +3386,25 @@ static int k_slice(int K) { /* the length of K's slices: as few as KC allows, al
  *    whole tiles with 16, 32 or 64 rows, the channel counts of the ResNet's convolutions, where
  *    6 rows left one tile in three partly empty: ResNet-20 trained 10% faster, DeiT-Ti the same
  *    (dev/SPEED.md, "8 x 32 on AVX-512"). A 6 x 32 tile with AVX2's 16 registers of 8 floats
- *    spills to memory (77 against 107 GFLOP/s on one core; a measurement not logged in dev/SPEED.md). AVX2 takes 4 x 24 on
- *    Intel's processors: 12 accumulators (4 rows of 3 vectors), 3 vectors of B and the broadcast
+ *    spills to memory (77 against 107 GFLOP/s on one core; a measurement not logged in dev/SPEED.md). AVX2 takes 4 x 24:
+ *    12 accumulators (4 rows of 3 vectors), 3 vectors of B and the broadcast
  *    of A make 16, all of AVX2's registers, and per k there are 3 loads of B and 4 broadcasts
  *    for 12 FMAs. That holds only if the compiler keeps B's 3 vectors in registers: GCC 12's
  *    tuning for AMD's Zen (znver2, znver3: what -march=native picks there) reloads B inside each
  *    FMA instead (seen in its assembly), hence "tune=haswell" in the attribute (AVX2_TARGET). On
  *    an Intel Xeon held to this kernel (DEIT_KERNEL=avx2, built without -march), 4 x 24 ran fc1
- *    at 76-86 GFLOP/s on one core against 61-69 with 2 x 48, and from L1 at 90-91 against 70-73
- *    (dev/SPEED.md, "The AVX2 tile, again"). On AMD's processors AVX2 takes 2 x 48 (2 rows of 6
- *    vectors, B read from memory by each FMA): on a Zen 3 EPYC the fc1 product ran at 48 GFLOP/s
- *    on one core with it, against 39 with 4 x 24, 41 with 3 x 32, 44 with 2 x 40, 32 with 1 x 64
- *    and 8 x 8 (dev/SPEED.md, "The AVX2 tile"). Why is not known (llvm-mca's model of Zen 3
- *    times both loops alike), and no AMD processor without AVX-512 was at hand to time 4 x 24
- *    with B kept in registers, so AMD keeps what was measured there. So the kernel is written
+ *    at 76-86 GFLOP/s on one core against 61-69 with 2 x 48 (2 rows of 6 vectors, B read from
+ *    memory by each FMA); on an AMD EPYC (Zen 5) held to AVX2 and built as `make` builds on a
+ *    Zen 3 (-march=znver3), at 97-99 against 55-57, and DeiT-Ti trained 1.5-1.7x faster
+ *    (dev/SPEED.md, "The AVX2 tile, again" and "An AMD EPYC with AVX-512"). 2 x 48 had won on
+ *    a Zen 3 EPYC (48 GFLOP/s against 39) only against a 4 x 24 that reloaded B, before
+ *    tune=haswell; it stays, as DEIT_KERNEL=avx2_2x48, for whoever has such a processor to
+ *    time it again (dev/SPEED.md, "The AVX2 tile"). So the kernel is written
  *    once, for any tile (kernel_tile), and compiled four times: for AVX-512 with 8 x 32, for
  *    AVX2 + FMA with 4 x 24 and with 2 x 48, and for any x86-64 or other processor (SSE2 and
  *    such) with 4 x 24. GCC and Clang compile a function for another instruction set than the
  *    rest of the program when it carries __attribute__((target(...))); the first matmul asks the
- *    processor what it has (__builtin_cpu_supports, __builtin_cpu_is) and takes the best
+ *    processor what it has (__builtin_cpu_supports) and takes the best
  *    version. So the plain `cc -O3 deit.c -lm`, which targets the oldest x86-64, still runs the
  *    kernel at full vector width. Every version adds the products over k in the same order: they
  *    differ only in rounding (FMA or not), and the tests run each against the reference.        */
@@ -3528,13 +3528,10 @@ static int matmul_runnable_paths(void) {
 }
 
 /* The best version for this processor: an index into matmul_paths. With AVX2 and no AVX-512,
-   4 x 24 on Intel's processors and 2 x 48 on AMD's (5. above). */
+   4 x 24, not 2 x 48 (5. above). */
 static int matmul_best_path(void) {
     int n = matmul_runnable_paths();
-#ifdef DEIT_X86_DISPATCH
-    if (n == 3 && !__builtin_cpu_is("amd")) return 1;
-#endif
-    return n - 1;
+    return n == 3 ? 1 : n - 1;
 }
 
 static int matmul_path_named(const char *name) { /* its index in matmul_paths, or -1 */

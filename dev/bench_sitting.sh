@@ -29,8 +29,7 @@ if [ "${ISA:-}" = avx2 ]; then
     core=Haswell isa="held to AVX2 (ISA=avx2)" deit=/tmp/deit_avx2
     ptenv="ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
     cc -O3 -march=x86-64-v3 -fopenmp -fno-math-errno deit.c -lm -o /tmp/deit_avx2 || exit 1
-    export DEIT_KERNEL=avx2 # the tile deit.c picks on an Intel processor without AVX-512; AMD's is 2x48
-    grep -q AuthenticAMD /proc/cpuinfo && DEIT_KERNEL=avx2_2x48
+    export DEIT_KERNEL=avx2 # the tile deit.c picks on a processor without AVX-512
 fi
 dirty=$(git status --porcelain -- deit.c deit.h 2>/dev/null | wc -l)
 echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC'); $(lscpu 2>/dev/null | grep -m1 'Model name' | tr -s ' '); $(nproc) CPUs;" \
