@@ -6,7 +6,8 @@
 #     ROW  none (default) | soft | hard_cls | hard_dist   (a quick-budget table3 row)
 #     DIR  where the clone goes (default: ../deit_fresh, beside this repository)
 #   DATA=PATH   the CIFAR-10 binary directory or tarball for ./cifar_download.sh --from
-#               (default: ../shared/data/cifar-10-batches-bin beside this repository)
+#               (default: this repository's data/cifar-10-batches-bin, set up by ./cifar_download.sh;
+#               without it, ../shared/data/cifar-10-batches-bin beside this repository)
 #   THREADS=N   threads of the run (default 1)
 #   STEPS=N     a trial: the row stops after N optimizer steps (lib.sh), and no comparison is made
 #
@@ -20,7 +21,10 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 ROW=${1:-none}
 DIR=${2:-$REPO/../deit_fresh}
-DATA=${DATA:-$REPO/../shared/data/cifar-10-batches-bin}
+if [ -z "${DATA:-}" ]; then
+    DATA=$REPO/data/cifar-10-batches-bin
+    [ -d "$DATA" ] || DATA=$REPO/../shared/data/cifar-10-batches-bin
+fi
 case "$ROW" in none | soft | hard_cls | hard_dist) ;; *) echo "ROW must be none, soft, hard_cls or hard_dist, not '$ROW'" >&2; exit 2 ;; esac
 NAME=t3_quick_$ROW
 COL=5
